@@ -1,0 +1,318 @@
+//! `spellhost spell …`: what a spell author runs on their own machine.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use base64::Engine as _;
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use spellhost::sandbox::{Outcome, RunReport, Sandbox, SandboxConfig};
+use spellhost::supply_chain::{
+    self, GateError, Manifest, ModuleDigest, SignaturePolicy, SignerKey, SpellBundle, Verifier,
+};
+
+use super::print_json;
+
+#[derive(Subcommand)]
+pub enum SpellCommand {
+    /// Write a new P-256 signing key pair: DIR/spell.key (PKCS#8, mode 0600) and DIR/spell.pub.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write DIR/sbom.cdx.json (CycloneDX 1.5) binding module.wasm to spell.toml.
+    Sbom {
+        dir: PathBuf,
+        /// Keep this document's components and bind its metadata component to the spell.
+        #[arg(long)]
+        from: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write DIR/module.wasm.sig: base64 ECDSA P-256 signature, as `cosign sign-blob --key`.
+    Sign {
+        dir: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a spell directory exactly as the server does; prints `sha256:<hex>`.
+    Verify {
+        dir: PathBuf,
+        #[arg(long)]
+        public_key: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a spell locally with the server's sandbox settings.
+    Run(RunArgs),
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    dir: PathBuf,
+    /// Input as JSON text (becomes the spell's stdin).
+    #[arg(long, conflicts_with = "input_file")]
+    input: Option<String>,
+    /// Input from a file, as raw bytes.
+    #[arg(long)]
+    input_file: Option<PathBuf>,
+    /// Lower the fuel cap.
+    #[arg(long)]
+    fuel: Option<u64>,
+    /// Lower the wall-clock limit, in milliseconds.
+    #[arg(long)]
+    wall_ms: Option<u64>,
+    /// Lower the memory limit, in bytes.
+    #[arg(long)]
+    memory_bytes: Option<u64>,
+    /// Verify the signature with this SPKI PEM public key (without it, only the SBOM, manifest
+    /// and module are checked).
+    #[arg(long)]
+    public_key: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(command: SpellCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        SpellCommand::Keygen { out, json } => keygen(&out, json),
+        SpellCommand::Sbom { dir, from, json } => sbom(&dir, from.as_deref(), json),
+        SpellCommand::Sign { dir, key, json } => sign(&dir, &key, json),
+        SpellCommand::Verify {
+            dir,
+            public_key,
+            json,
+        } => verify(&dir, &public_key, json),
+        SpellCommand::Run(args) => run_local(args),
+    }
+}
+
+fn keygen(out: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let (private_pem, public_pem) = supply_chain::signature::generate_key_pair()?;
+    let key_path = out.join("spell.key");
+    let pub_path = out.join("spell.pub");
+    write_private(&key_path, private_pem.as_bytes())?;
+    std::fs::write(&pub_path, public_pem)
+        .with_context(|| format!("writing {}", pub_path.display()))?;
+    if json {
+        print_json(&json!({"private_key": key_path, "public_key": pub_path}));
+    } else {
+        println!(
+            "wrote {} (keep it secret) and {}",
+            key_path.display(),
+            pub_path.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Creates a file readable only by its owner, refusing to overwrite an existing key.
+fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| {
+            format!(
+                "creating {} (an existing key is never overwritten)",
+                path.display()
+            )
+        })?;
+    file.write_all(contents)?;
+    Ok(())
+}
+
+fn read_manifest_and_module(dir: &Path) -> anyhow::Result<(Manifest, Vec<u8>)> {
+    let manifest_path = dir.join(supply_chain::MANIFEST_FILE);
+    let text = std::fs::read_to_string(&manifest_path)
+        .with_context(|| format!("reading {}", manifest_path.display()))?;
+    let manifest = Manifest::parse(&text)?;
+    let module_path = dir.join(supply_chain::MODULE_FILE);
+    let module = std::fs::read(&module_path)
+        .with_context(|| format!("reading {}", module_path.display()))?;
+    Ok((manifest, module))
+}
+
+fn sbom(dir: &Path, from: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
+    let (manifest, module) = read_manifest_and_module(dir)?;
+    let digest = ModuleDigest::of(&module);
+    let base = from
+        .map(|path| std::fs::read(path).with_context(|| format!("reading {}", path.display())))
+        .transpose()?;
+    let document = supply_chain::sbom::generate(&manifest, &digest, base.as_deref())?;
+    let path = dir.join(supply_chain::SBOM_FILE);
+    std::fs::write(&path, document).with_context(|| format!("writing {}", path.display()))?;
+    if json {
+        print_json(&json!({"sbom": path, "digest": digest.to_string()}));
+    } else {
+        println!("wrote {} for {digest}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn sign(dir: &Path, key: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let (_, module) = read_manifest_and_module(dir)?;
+    let private_pem =
+        std::fs::read_to_string(key).with_context(|| format!("reading {}", key.display()))?;
+    let signature = supply_chain::signature::sign(&private_pem, &module)?;
+    let path = dir.join(supply_chain::SIGNATURE_FILE);
+    std::fs::write(&path, &signature).with_context(|| format!("writing {}", path.display()))?;
+    let digest = ModuleDigest::of(&module);
+    if json {
+        print_json(&json!({"signature": path, "digest": digest.to_string()}));
+    } else {
+        println!("wrote {} for {digest}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read_key(path: &Path) -> anyhow::Result<SignerKey> {
+    let pem =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    SignerKey::from_pem(&pem)
+        .with_context(|| format!("{} is not a usable public key", path.display()))
+}
+
+fn verify(dir: &Path, public_key: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let key = read_key(public_key)?;
+    let bundle = SpellBundle::read_dir(dir)?;
+    match Verifier::verify(&bundle, SignaturePolicy::AnyOf(std::slice::from_ref(&key))) {
+        Ok(module) => {
+            if json {
+                print_json(&json!({"ok": true, "digest": module.digest().to_string(),
+                    "name": module.manifest().name, "version": module.manifest().version.to_string()}));
+            } else {
+                println!("{}", module.digest());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(error) => {
+            print_rejection(&error, json);
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn print_rejection(error: &GateError, json: bool) {
+    if json {
+        print_json(&json!({"ok": false, "code": error.code(), "message": error.to_string()}));
+    } else {
+        println!("{}", error.code());
+        eprintln!("{error}");
+    }
+}
+
+fn run_local(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let input = match (&args.input, &args.input_file) {
+        (Some(text), _) => {
+            serde_json::from_str::<serde_json::Value>(text).context("--input must be JSON")?;
+            text.clone().into_bytes()
+        }
+        (None, Some(path)) => {
+            std::fs::read(path).with_context(|| format!("reading {}", path.display()))?
+        }
+        (None, None) => Vec::new(),
+    };
+    let bundle = SpellBundle::read_dir(&args.dir)?;
+    let key = args.public_key.as_deref().map(read_key).transpose()?;
+    let policy = match &key {
+        Some(key) => SignaturePolicy::AnyOf(std::slice::from_ref(key)),
+        None => {
+            eprintln!("warning: no --public-key given; the signature is not checked");
+            SignaturePolicy::SkipForLocalRun
+        }
+    };
+    let module = match Verifier::verify(&bundle, policy) {
+        Ok(module) => module,
+        Err(error) => {
+            print_rejection(&error, args.json);
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    // One worker: exactly the server's engine and limits, sized for one run at a time.
+    let sandbox = Sandbox::new(SandboxConfig {
+        workers: 1,
+        queue_depth: 1,
+        ..SandboxConfig::default()
+    })?;
+    let (spell, _) = sandbox.prepare(&module)?;
+    let mut limits = sandbox.limits_for(&spell);
+    if let Some(fuel) = args.fuel {
+        limits = limits.with_fuel_at_most(fuel);
+    }
+    if let Some(wall_ms) = args.wall_ms {
+        limits = limits.with_wall_ms_at_most(wall_ms);
+    }
+    if let Some(memory_bytes) = args.memory_bytes {
+        limits = limits.with_memory_bytes_at_most(memory_bytes);
+    }
+    let report = sandbox.run_blocking(spell, input, limits)?;
+    print_report(&report, module.digest(), args.json);
+    Ok(if report.outcome.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// The JSON shape of a local run (also used by tests and scripts).
+pub fn report_json(report: &RunReport, digest: &ModuleDigest) -> serde_json::Value {
+    let mut value = json!({
+        "outcome": report.outcome.as_str(),
+        "exit_code": match report.outcome {
+            Outcome::Ok => Some(0),
+            Outcome::ExitCode(code) => Some(code),
+            _ => None,
+        },
+        "stderr": String::from_utf8_lossy(&report.stderr),
+        "fuel_used": report.fuel_used,
+        "duration_us": u64::try_from(report.duration.as_micros()).unwrap_or(u64::MAX),
+        "digest": digest.to_string(),
+    });
+    match serde_json::from_slice::<serde_json::Value>(&report.output) {
+        Ok(output) => value["output"] = output,
+        Err(_) => {
+            value["output_base64"] = base64::engine::general_purpose::STANDARD
+                .encode(&report.output)
+                .into();
+        }
+    }
+    if let Outcome::Trapped(message) = &report.outcome {
+        value["trap"] = message.clone().into();
+    }
+    value
+}
+
+fn print_report(report: &RunReport, digest: &ModuleDigest, json: bool) {
+    if json {
+        print_json(&report_json(report, digest));
+        return;
+    }
+    use std::io::Write as _;
+    let _ = std::io::stdout().write_all(&report.output);
+    if !report.output.ends_with(b"\n") && !report.output.is_empty() {
+        println!();
+    }
+    let _ = std::io::stderr().write_all(&report.stderr);
+    let detail = match &report.outcome {
+        Outcome::ExitCode(code) => format!(" (exit code {code})"),
+        Outcome::Trapped(message) => format!(" ({message})"),
+        _ => String::new(),
+    };
+    eprintln!(
+        "outcome: {}{detail}; fuel used: {}; {} µs",
+        report.outcome.as_str(),
+        report.fuel_used,
+        report.duration.as_micros()
+    );
+}

@@ -1,0 +1,60 @@
+//! The one `wasmtime::Engine` of the process and its epoch ticker.
+
+use std::time::Duration;
+
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
+
+use super::HostLimits;
+
+/// How often the epoch advances. Wall-clock deadlines are counted in these ticks, so this is
+/// the precision of a deadline; 1 ms costs one atomic increment per millisecond.
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// Builds the engine: fuel metering, epoch interruption, pooling allocator, bounded stack;
+/// threads, shared memory, memory64, GC, exceptions and components off.
+pub fn build(host: &HostLimits, instance_slots: u32) -> wasmtime::Result<Engine> {
+    let mut config = Config::new();
+    config
+        .consume_fuel(true)
+        .epoch_interruption(true)
+        .max_wasm_stack(host.wasm_stack_bytes_max)
+        // Fibers (async calls) need the wasm stack plus room for host frames.
+        .async_stack_size(host.wasm_stack_bytes_max + 1024 * 1024)
+        .wasm_memory64(false)
+        .wasm_gc(false)
+        .wasm_component_model(false)
+        .cranelift_opt_level(OptLevel::Speed)
+        .parallel_compilation(true);
+
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_core_instances(instance_slots)
+        .total_memories(instance_slots)
+        .total_tables(instance_slots)
+        .total_stacks(instance_slots)
+        .total_component_instances(0)
+        .max_memory_size(usize::try_from(host.memory_bytes_max).unwrap_or(usize::MAX))
+        .table_elements(usize::try_from(host.table_elements_max).unwrap_or(usize::MAX))
+        // Pages touched by one cast are returned to the OS lazily; keeping 1 MiB resident per
+        // slot makes the next instantiation cheap without holding on to a hostile spell's
+        // high-water mark.
+        .linear_memory_keep_resident(1024 * 1024);
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    Engine::new(&config)
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] until the engine is dropped.
+pub fn spawn_epoch_ticker(engine: &Engine) -> std::io::Result<()> {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("spellhost-epoch".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(EPOCH_TICK);
+                match weak.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => return,
+                }
+            }
+        })?;
+    Ok(())
+}

@@ -1,0 +1,308 @@
+//! The spell runtime. Knows wasmtime and nothing of HTTP or SQL.
+//!
+//! One [`Sandbox`] per process owns the engine, the module cache and the worker pool. A run
+//! takes a [`CompiledSpell`] (only obtainable from a [`VerifiedModule`]), the input bytes and
+//! [`RunLimits`], and returns a [`RunReport`] whose [`Outcome`] is typed and whose `fuel_used`
+//! is always set.
+
+mod cache;
+mod engine;
+mod limits;
+mod outcome;
+mod output;
+mod pool;
+mod run;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use wasmtime::{Engine, InstancePre, Linker, Module};
+
+pub use cache::ModuleSource;
+pub use limits::{HostLimits, RunLimits};
+pub use outcome::{Outcome, RunReport};
+pub use run::FUEL_YIELD_INTERVAL;
+
+use crate::supply_chain::{ManifestLimits, ModuleDigest, VerifiedModule};
+use cache::{ArtifactStore, CacheCounters, LruMap};
+use pool::WorkerPool;
+use run::SpellState;
+
+/// How the sandbox is set up; every field has a laptop-friendly default.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    pub limits: HostLimits,
+    /// Threads that run wasm. Defaults to the number of cores: wasm is CPU-bound.
+    pub workers: usize,
+    /// Runs allowed to wait for a worker before new ones are refused (503 with Retry-After).
+    /// 64 per worker keeps the worst queueing delay near 64 short casts.
+    pub queue_depth: usize,
+    /// Compiled modules kept in memory. Each costs its machine code (~1–3× the wasm size).
+    pub cached_modules_max: usize,
+    /// Where precompiled artifacts live, and the key that authenticates them.
+    pub artifacts: Option<(PathBuf, [u8; 32])>,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        SandboxConfig {
+            limits: HostLimits::default(),
+            workers,
+            queue_depth: workers * 64,
+            cached_modules_max: 256,
+            artifacts: None,
+        }
+    }
+}
+
+/// Why the sandbox could not run a spell at all (as opposed to a spell that ran and failed,
+/// which is an [`Outcome`]).
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("all sandbox workers are busy")]
+    Busy,
+    #[error("input is {actual} bytes; the limit is {limit}")]
+    InputTooLarge { actual: usize, limit: u64 },
+    #[error("the module could not be compiled: {0}")]
+    Compile(String),
+    #[error("the sandbox worker stopped before answering")]
+    WorkerLost,
+}
+
+/// A verified module compiled and linked, ready to instantiate. Cheap to clone (`Arc`).
+pub struct CompiledSpell {
+    digest: ModuleDigest,
+    name: String,
+    manifest_limits: ManifestLimits,
+    /// The largest initial memory the module declares, in bytes.
+    declared_memory_bytes: u64,
+    /// `None` when the module's declared memory or tables exceed the host's maxima: every run
+    /// of it ends in `memory_limit_exceeded` without instantiating.
+    pre: Option<InstancePre<SpellState>>,
+}
+
+impl CompiledSpell {
+    pub fn digest(&self) -> &ModuleDigest {
+        &self.digest
+    }
+    pub fn manifest_limits(&self) -> &ManifestLimits {
+        &self.manifest_limits
+    }
+}
+
+pub struct Sandbox {
+    engine: Engine,
+    linker: Linker<SpellState>,
+    limits: HostLimits,
+    modules: LruMap<Arc<CompiledSpell>>,
+    counters: CacheCounters,
+    artifacts: Option<ArtifactStore>,
+    pool: WorkerPool,
+}
+
+impl Sandbox {
+    pub fn new(config: SandboxConfig) -> anyhow::Result<Self> {
+        // Each worker holds at most one live instance; the slack covers a store still being
+        // torn down while the next run starts.
+        let instance_slots = u32::try_from(config.workers * 2 + 2).unwrap_or(u32::MAX);
+        let engine = engine::build(&config.limits, instance_slots)?;
+        engine::spawn_epoch_ticker(&engine)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut linker, SpellState::wasi)?;
+        let artifacts = match config.artifacts {
+            Some((dir, key)) => Some(ArtifactStore::new(dir, key)?),
+            None => None,
+        };
+        Ok(Sandbox {
+            engine,
+            linker,
+            limits: config.limits,
+            modules: LruMap::new(config.cached_modules_max),
+            counters: CacheCounters::default(),
+            artifacts,
+            pool: WorkerPool::new(config.workers, config.queue_depth)?,
+        })
+    }
+
+    pub fn host_limits(&self) -> &HostLimits {
+        &self.limits
+    }
+
+    /// The limits for this spell before any caller or budget cap.
+    pub fn limits_for(&self, spell: &CompiledSpell) -> RunLimits {
+        RunLimits::for_spell(&self.limits, &spell.manifest_limits)
+    }
+
+    /// Compiles (or finds) the module. Compiling takes tens of milliseconds: call this from a
+    /// blocking context (`spawn_blocking`), never on the reactor.
+    pub fn prepare(
+        &self,
+        module: &VerifiedModule,
+    ) -> Result<(Arc<CompiledSpell>, ModuleSource), SandboxError> {
+        let digest = *module.digest();
+        if let Some(spell) = self.modules.get(&digest) {
+            self.counters.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok((spell, ModuleSource::Memory));
+        }
+        self.counters.misses.fetch_add(1, Ordering::Relaxed);
+        let declared = declared_sizes(module.bytes());
+        let fits = declared.memory_bytes <= self.limits.memory_bytes_max
+            && declared.table_elements <= self.limits.table_elements_max;
+        let (pre, source) = if fits {
+            let (compiled, source) = self.compile(&digest, module.bytes())?;
+            let pre = self
+                .linker
+                .instantiate_pre(&compiled)
+                .map_err(|e| SandboxError::Compile(e.to_string()))?;
+            (Some(pre), source)
+        } else {
+            (None, ModuleSource::Compiled)
+        };
+        let spell = Arc::new(CompiledSpell {
+            digest,
+            name: module.manifest().name.clone(),
+            manifest_limits: module.manifest().limits.clone(),
+            declared_memory_bytes: declared.memory_bytes,
+            pre,
+        });
+        self.modules.insert(digest, spell.clone());
+        Ok((spell, source))
+    }
+
+    fn compile(
+        &self,
+        digest: &ModuleDigest,
+        bytes: &[u8],
+    ) -> Result<(Module, ModuleSource), SandboxError> {
+        if let Some(module) = self
+            .artifacts
+            .as_ref()
+            .and_then(|store| store.load(&self.engine, digest))
+        {
+            return Ok((module, ModuleSource::Artifact));
+        }
+        let module =
+            Module::new(&self.engine, bytes).map_err(|e| SandboxError::Compile(e.to_string()))?;
+        if let Some(store) = &self.artifacts {
+            store.store(digest, &module);
+        }
+        Ok((module, ModuleSource::Compiled))
+    }
+
+    /// Runs a spell on the worker pool and waits for its report without blocking the reactor.
+    pub async fn run(
+        &self,
+        spell: Arc<CompiledSpell>,
+        input: Vec<u8>,
+        limits: RunLimits,
+    ) -> Result<RunReport, SandboxError> {
+        let receiver = self.submit(spell, input, limits)?;
+        receiver.await.map_err(|_| SandboxError::WorkerLost)
+    }
+
+    /// Like [`run`](Self::run), for callers outside any async runtime (the CLI).
+    pub fn run_blocking(
+        &self,
+        spell: Arc<CompiledSpell>,
+        input: Vec<u8>,
+        limits: RunLimits,
+    ) -> Result<RunReport, SandboxError> {
+        let receiver = self.submit(spell, input, limits)?;
+        receiver
+            .blocking_recv()
+            .map_err(|_| SandboxError::WorkerLost)
+    }
+
+    /// Runs on the current thread. Only for a thread that is not a reactor thread and that
+    /// drives a single-threaded runtime (benchmarks); everything else uses the pool.
+    pub async fn run_on_this_thread(
+        &self,
+        spell: &CompiledSpell,
+        input: &[u8],
+        limits: RunLimits,
+    ) -> RunReport {
+        run::execute(&self.engine, spell, input, limits, &self.limits).await
+    }
+
+    fn submit(
+        &self,
+        spell: Arc<CompiledSpell>,
+        input: Vec<u8>,
+        limits: RunLimits,
+    ) -> Result<tokio::sync::oneshot::Receiver<RunReport>, SandboxError> {
+        if input.len() as u64 > self.limits.input_bytes_max {
+            return Err(SandboxError::InputTooLarge {
+                actual: input.len(),
+                limit: self.limits.input_bytes_max,
+            });
+        }
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let engine = self.engine.clone();
+        let host = self.limits.clone();
+        self.pool
+            .try_submit(Box::new(move |runtime| {
+                let report = runtime.block_on(run::execute(&engine, &spell, &input, limits, &host));
+                let _ = sender.send(report);
+            }))
+            .map_err(|_| SandboxError::Busy)?;
+        Ok(receiver)
+    }
+
+    pub fn cache_hits(&self) -> u64 {
+        self.counters.hits.load(Ordering::Relaxed)
+    }
+    pub fn cache_misses(&self) -> u64 {
+        self.counters.misses.load(Ordering::Relaxed)
+    }
+    pub fn cached_modules(&self) -> usize {
+        self.modules.entry_count()
+    }
+    pub fn artifacts_rejected(&self) -> u64 {
+        self.artifacts.as_ref().map_or(0, ArtifactStore::rejected)
+    }
+    pub fn queue_depth(&self) -> usize {
+        self.pool.queue_depth()
+    }
+}
+
+struct DeclaredSizes {
+    memory_bytes: u64,
+    table_elements: u64,
+}
+
+/// The initial memory and table sizes a module declares (the gate has validated it; anything
+/// unparseable counts as zero and is caught by the compiler).
+fn declared_sizes(bytes: &[u8]) -> DeclaredSizes {
+    use wasmparser::{Parser, Payload};
+    let mut sizes = DeclaredSizes {
+        memory_bytes: 0,
+        table_elements: 0,
+    };
+    for payload in Parser::new(0).parse_all(bytes).flatten() {
+        match payload {
+            Payload::MemorySection(reader) => {
+                for memory in reader.into_iter().flatten() {
+                    let bytes = memory
+                        .initial
+                        .saturating_mul(1 << memory.page_size_log2.unwrap_or(16));
+                    sizes.memory_bytes = sizes.memory_bytes.max(bytes);
+                }
+            }
+            Payload::TableSection(reader) => {
+                for table in reader.into_iter().flatten() {
+                    sizes.table_elements = sizes.table_elements.max(table.ty.initial);
+                }
+            }
+            _ => {}
+        }
+    }
+    sizes
+}
+
+/// A deterministic random source for a run (see `run::new_store`).
+fn seeded_rng(seed: [u8; 32]) -> rand::rngs::StdRng {
+    use rand::SeedableRng;
+    rand::rngs::StdRng::from_seed(seed)
+}

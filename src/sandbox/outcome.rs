@@ -1,0 +1,55 @@
+//! What a run ended in, as a typed value.
+
+use std::time::Duration;
+
+/// How a spell run ended. `fuel_used` is reported beside it in [`RunReport`], always.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// `_start` returned or the spell called `proc_exit(0)`.
+    Ok,
+    /// The spell called `proc_exit` with a non-zero code.
+    ExitCode(i32),
+    /// The fuel cap was reached.
+    OutOfFuel,
+    /// The wall-clock limit was reached.
+    DeadlineExceeded,
+    /// A memory or table growth was refused by the limits (even if the spell then trapped), or
+    /// the module declares more memory or table than allowed.
+    MemoryLimitExceeded,
+    /// The spell wrote past the stdout cap; it was stopped at that write.
+    OutputTooLarge,
+    /// Any other trap (unreachable, stack overflow, out-of-bounds access, …).
+    Trapped(String),
+}
+
+impl Outcome {
+    /// The stable snake_case name used in JSON (`"outcome"`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::ExitCode(_) => "exit_code",
+            Outcome::OutOfFuel => "out_of_fuel",
+            Outcome::DeadlineExceeded => "deadline_exceeded",
+            Outcome::MemoryLimitExceeded => "memory_limit_exceeded",
+            Outcome::OutputTooLarge => "output_too_large",
+            Outcome::Trapped(_) => "trapped",
+        }
+    }
+
+    pub fn is_ok(&self) -> bool {
+        matches!(self, Outcome::Ok)
+    }
+}
+
+/// Everything a run produced.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub outcome: Outcome,
+    /// Fuel burned, exact also after traps and deadlines.
+    pub fuel_used: u64,
+    /// stdout, at most the run's output cap.
+    pub output: Vec<u8>,
+    /// stderr, truncated to the host's stderr cap.
+    pub stderr: Vec<u8>,
+    pub duration: Duration,
+}

@@ -1,0 +1,56 @@
+//! The bounded pool of threads that run wasm, so that wasm never runs on the async reactor.
+
+use std::panic::AssertUnwindSafe;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+
+type Job = Box<dyn FnOnce(&tokio::runtime::Runtime) + Send>;
+
+/// A fixed set of worker threads, each with its own single-threaded tokio runtime for the
+/// async WASI host calls, fed by a bounded queue. A full queue is refused at once rather than
+/// letting latency grow without bound.
+pub struct WorkerPool {
+    sender: Sender<Job>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("all sandbox workers are busy and the queue is full")]
+pub struct QueueFull;
+
+impl WorkerPool {
+    pub fn new(workers: usize, queue_depth: usize) -> std::io::Result<Self> {
+        let (sender, receiver) = crossbeam_channel::bounded::<Job>(queue_depth);
+        for index in 0..workers.max(1) {
+            let receiver = receiver.clone();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()?;
+            std::thread::Builder::new()
+                .name(format!("spellhost-wasm-{index}"))
+                .spawn(move || work(&runtime, &receiver))?;
+        }
+        Ok(WorkerPool { sender })
+    }
+
+    pub fn try_submit(&self, job: Job) -> Result<(), QueueFull> {
+        self.sender.try_send(job).map_err(|error| match error {
+            TrySendError::Full(_) | TrySendError::Disconnected(_) => QueueFull,
+        })
+    }
+
+    /// Jobs waiting for a worker.
+    pub fn queue_depth(&self) -> usize {
+        self.sender.len()
+    }
+}
+
+fn work(runtime: &tokio::runtime::Runtime, receiver: &Receiver<Job>) {
+    // The loop ends when the pool (the only sender) is dropped.
+    while let Ok(job) = receiver.recv() {
+        // A panic in one job must not take the worker down with it; the job's reply channel
+        // is dropped, which its caller sees as a lost worker.
+        if std::panic::catch_unwind(AssertUnwindSafe(|| job(runtime))).is_err() {
+            tracing::error!("a sandbox job panicked; the worker continues");
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! The supply-chain gate: nothing reaches the compiler unless its signature, SBOM, manifest and
+//! wasm imports check out.
+//!
+//! [`VerifiedModule`] has exactly one constructor, [`Verifier::verify`], so code that holds one
+//! knows every check below has passed for the exact bytes it carries. This module depends on
+//! nothing else of ours: imports are checked with a wasm parser, not with the sandbox.
+
+mod digest;
+pub mod manifest;
+pub mod sbom;
+pub mod signature;
+mod wasm;
+
+use std::path::Path;
+use std::sync::Arc;
+
+pub use digest::{DigestParseError, ModuleDigest};
+pub use manifest::{Manifest, ManifestLimits};
+pub use signature::SignerKey;
+
+/// The largest module the gate accepts, in bytes. Real spells built with `opt-level = "s"` are
+/// 50–500 KiB; 16 MiB leaves room for large interpreters while bounding the memory and compile
+/// time one upload can cost.
+pub const MODULE_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// The largest SBOM document the gate parses, in bytes. SBOMs of single modules are a few KiB;
+/// this bounds the JSON parser's work on hostile input.
+pub const SBOM_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// The largest manifest (`spell.toml`) accepted, in bytes.
+pub const MANIFEST_BYTES_MAX: usize = 64 * 1024;
+
+/// The file names of a spell directory.
+pub const MODULE_FILE: &str = "module.wasm";
+pub const MANIFEST_FILE: &str = "spell.toml";
+pub const SBOM_FILE: &str = "sbom.cdx.json";
+pub const SIGNATURE_FILE: &str = "module.wasm.sig";
+
+/// Why the gate refused a spell. Each variant has a stable [`code`](GateError::code).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum GateError {
+    #[error("signature does not verify: {0}")]
+    SignatureInvalid(String),
+    #[error("SBOM is not a valid CycloneDX document: {0}")]
+    SbomInvalid(String),
+    #[error("SBOM names digest {found}, but the module is {expected}")]
+    SbomDigestMismatch { expected: String, found: String },
+    #[error("SBOM metadata component does not match the manifest: {0}")]
+    SbomComponentMismatch(String),
+    #[error("manifest is invalid: {0}")]
+    ManifestInvalid(String),
+    #[error("module is invalid: {0}")]
+    ModuleInvalid(String),
+    #[error("import {module}::{name} is not allowed")]
+    ImportNotAllowed { module: String, name: String },
+}
+
+impl GateError {
+    /// The stable, machine-readable code of this rejection.
+    pub fn code(&self) -> &'static str {
+        match self {
+            GateError::SignatureInvalid(_) => "signature_invalid",
+            GateError::SbomInvalid(_) => "sbom_invalid",
+            GateError::SbomDigestMismatch { .. } => "sbom_digest_mismatch",
+            GateError::SbomComponentMismatch(_) => "sbom_component_mismatch",
+            GateError::ManifestInvalid(_) => "manifest_invalid",
+            GateError::ModuleInvalid(_) => "module_invalid",
+            GateError::ImportNotAllowed { .. } => "import_not_allowed",
+        }
+    }
+}
+
+/// The four parts of a published spell, as received (from a directory or a multipart upload).
+#[derive(Clone)]
+pub struct SpellBundle {
+    pub module: Vec<u8>,
+    pub manifest: String,
+    pub sbom: Vec<u8>,
+    pub signature: Vec<u8>,
+}
+
+impl SpellBundle {
+    /// Reads a spell directory (`module.wasm`, `spell.toml`, `sbom.cdx.json`,
+    /// `module.wasm.sig`).
+    pub fn read_dir(dir: &Path) -> std::io::Result<Self> {
+        let read = |name: &str| {
+            std::fs::read(dir.join(name)).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("{}: {e}", dir.join(name).display()))
+            })
+        };
+        Ok(SpellBundle {
+            module: read(MODULE_FILE)?,
+            manifest: String::from_utf8_lossy(&read(MANIFEST_FILE)?).into_owned(),
+            sbom: read(SBOM_FILE)?,
+            signature: read(SIGNATURE_FILE)?,
+        })
+    }
+}
+
+/// A module that passed every check of the gate. Cheap to clone.
+#[derive(Clone)]
+pub struct VerifiedModule {
+    inner: Arc<VerifiedInner>,
+}
+
+struct VerifiedInner {
+    digest: ModuleDigest,
+    bytes: Arc<[u8]>,
+    manifest: Manifest,
+}
+
+impl VerifiedModule {
+    pub fn digest(&self) -> &ModuleDigest {
+        &self.inner.digest
+    }
+    /// The exact bytes that were hashed and whose signature was checked.
+    pub fn bytes(&self) -> &[u8] {
+        &self.inner.bytes
+    }
+    pub fn manifest(&self) -> &Manifest {
+        &self.inner.manifest
+    }
+}
+
+impl std::fmt::Debug for VerifiedModule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifiedModule")
+            .field("digest", &self.inner.digest)
+            .field("name", &self.inner.manifest.name)
+            .field("version", &self.inner.manifest.version)
+            .finish()
+    }
+}
+
+/// Which signatures the gate accepts.
+pub enum SignaturePolicy<'a> {
+    /// The signature must verify under one of these keys (the publisher's registered signers).
+    AnyOf(&'a [SignerKey]),
+    /// No signature check at all. Only the author's local runner (`spellhost spell run` without
+    /// `--public-key`) uses this; the server never does.
+    SkipForLocalRun,
+}
+
+/// The gate. Stateless; checks run cheapest-and-most-authenticating first, so unsigned input is
+/// refused before its SBOM or wasm is parsed.
+pub struct Verifier;
+
+impl Verifier {
+    pub fn verify(
+        bundle: &SpellBundle,
+        policy: SignaturePolicy<'_>,
+    ) -> Result<VerifiedModule, GateError> {
+        let manifest = Manifest::parse(&bundle.manifest)?;
+        if bundle.module.len() > MODULE_BYTES_MAX {
+            return Err(GateError::ModuleInvalid(format!(
+                "module is {} bytes; the limit is {MODULE_BYTES_MAX}",
+                bundle.module.len()
+            )));
+        }
+        // Hash the exact bytes that will be compiled; the VerifiedModule keeps these bytes.
+        let bytes: Arc<[u8]> = Arc::from(bundle.module.as_slice());
+        let digest = ModuleDigest::of(&bytes);
+        if let SignaturePolicy::AnyOf(keys) = policy {
+            signature::verify_any(keys, &bytes, &bundle.signature)?;
+        }
+        sbom::check(&bundle.sbom, &manifest, &digest)?;
+        wasm::check(&bytes)?;
+        Ok(VerifiedModule {
+            inner: Arc::new(VerifiedInner {
+                digest,
+                bytes,
+                manifest,
+            }),
+        })
+    }
+}

@@ -1,0 +1,139 @@
+//! cosign-compatible key-based signatures: ECDSA P-256 over SHA-256 of the module bytes, the
+//! signature file being the base64 of the ASN.1 DER signature — exactly what `cosign sign-blob
+//! --key` or `openssl dgst -sha256 -sign key.pem module.wasm | base64 -w0` produce. Keys are
+//! SPKI PEM (public) and PKCS#8 PEM (private).
+
+use base64::Engine as _;
+use sigstore::crypto::signing_key::SigStoreKeyPair;
+use sigstore::crypto::{CosignVerificationKey, Signature, SigningScheme};
+
+use super::GateError;
+
+/// The largest signature file accepted, in bytes. A base64 DER P-256 signature is ≤ 96 bytes;
+/// the slack allows line breaks and whitespace from other tools.
+const SIGNATURE_BYTES_MAX: usize = 4096;
+
+/// A public key a publisher registered to sign their spells.
+#[derive(Clone)]
+pub struct SignerKey {
+    key: CosignVerificationKey,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("not a PEM-encoded public key: {0}")]
+    Unparseable(String),
+    #[error("only ECDSA P-256 keys are accepted")]
+    UnsupportedAlgorithm,
+    #[error("key generation or signing failed: {0}")]
+    Crypto(String),
+}
+
+impl SignerKey {
+    /// Parses an SPKI PEM public key; only ECDSA P-256 is accepted.
+    pub fn from_pem(pem: &str) -> Result<Self, KeyError> {
+        let key = CosignVerificationKey::try_from_pem(pem.as_bytes())
+            .map_err(|e| KeyError::Unparseable(e.to_string()))?;
+        match key {
+            CosignVerificationKey::ECDSA_P256_SHA256_ASN1(_) => Ok(SignerKey { key }),
+            _ => Err(KeyError::UnsupportedAlgorithm),
+        }
+    }
+
+    /// Whether `signature` (base64 DER, surrounding whitespace allowed) is this key's
+    /// signature over `message`.
+    pub fn verifies(&self, message: &[u8], signature: &[u8]) -> bool {
+        let trimmed = signature.trim_ascii();
+        self.key
+            .verify_signature(Signature::Base64Encoded(trimmed), message)
+            .is_ok()
+    }
+}
+
+/// Checks that `signature` verifies under at least one of `keys`.
+pub fn verify_any(keys: &[SignerKey], message: &[u8], signature: &[u8]) -> Result<(), GateError> {
+    if signature.len() > SIGNATURE_BYTES_MAX {
+        return Err(GateError::SignatureInvalid(
+            "signature file is too large".into(),
+        ));
+    }
+    if keys.is_empty() {
+        return Err(GateError::SignatureInvalid(
+            "the publisher has no registered signer".into(),
+        ));
+    }
+    if keys.iter().any(|key| key.verifies(message, signature)) {
+        Ok(())
+    } else {
+        Err(GateError::SignatureInvalid(
+            "not a signature over these module bytes by any registered signer".into(),
+        ))
+    }
+}
+
+/// A new P-256 key pair as (PKCS#8 private PEM, SPKI public PEM).
+pub fn generate_key_pair() -> Result<(String, String), KeyError> {
+    let crypto = |e: sigstore::errors::SigstoreError| KeyError::Crypto(e.to_string());
+    let signer = SigningScheme::ECDSA_P256_SHA256_ASN1
+        .create_signer()
+        .map_err(crypto)?;
+    let pair = signer.to_sigstore_keypair().map_err(crypto)?;
+    let private_pem = pair.private_key_to_pem().map_err(crypto)?.to_string();
+    let public_pem = pair.public_key_to_pem().map_err(crypto)?;
+    Ok((private_pem, public_pem))
+}
+
+/// Signs `message` with a PKCS#8 PEM P-256 private key; returns the base64 DER signature.
+pub fn sign(private_key_pem: &str, message: &[u8]) -> Result<String, KeyError> {
+    let pair = SigStoreKeyPair::from_pem(private_key_pem.as_bytes())
+        .map_err(|e| KeyError::Unparseable(e.to_string()))?;
+    let signer = pair
+        .to_sigstore_signer(&SigningScheme::ECDSA_P256_SHA256_ASN1)
+        .map_err(|_| KeyError::UnsupportedAlgorithm)?;
+    let der = signer
+        .sign(message)
+        .map_err(|e| KeyError::Crypto(e.to_string()))?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(der))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_signature_verifies_only_over_its_own_bytes_and_key() {
+        let (private_pem, public_pem) = generate_key_pair().expect("keygen");
+        let (_, other_public) = generate_key_pair().expect("keygen");
+        let key = SignerKey::from_pem(&public_pem).expect("parses");
+        let other = SignerKey::from_pem(&other_public).expect("parses");
+        let signature = sign(&private_pem, b"module bytes").expect("signs");
+
+        assert!(key.verifies(b"module bytes", signature.as_bytes()));
+        assert!(key.verifies(b"module bytes", format!("{signature}\n").as_bytes()));
+        assert!(!key.verifies(b"module bytez", signature.as_bytes()));
+        assert!(!other.verifies(b"module bytes", signature.as_bytes()));
+        assert!(verify_any(&[other.clone(), key], b"module bytes", signature.as_bytes()).is_ok());
+        let error = verify_any(&[other], b"module bytes", signature.as_bytes()).unwrap_err();
+        assert_eq!(error.code(), "signature_invalid");
+    }
+
+    #[test]
+    fn garbage_signatures_are_refused_without_panicking() {
+        let (_, public_pem) = generate_key_pair().expect("keygen");
+        let key = SignerKey::from_pem(&public_pem).expect("parses");
+        for junk in [&b""[..], b"!!!", b"AAAA", &[0xff; 200]] {
+            assert!(!key.verifies(b"m", junk));
+        }
+    }
+
+    #[test]
+    fn non_p256_and_malformed_keys_are_refused() {
+        assert!(SignerKey::from_pem("not a key").is_err());
+        // An Ed25519 SPKI public key.
+        let ed25519 = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n-----END PUBLIC KEY-----\n";
+        assert!(matches!(
+            SignerKey::from_pem(ed25519),
+            Err(KeyError::UnsupportedAlgorithm)
+        ));
+    }
+}

@@ -1,0 +1,102 @@
+//! Typed helpers shared by the black-box tests: signed bundles, example spells, sandboxes.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use spellhost::sandbox::{CompiledSpell, Sandbox, SandboxConfig};
+use spellhost::supply_chain::{
+    Manifest, ModuleDigest, SignaturePolicy, SignerKey, SpellBundle, VerifiedModule, Verifier,
+    sbom, signature,
+};
+
+pub fn repo_path(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+/// A fresh signing key pair: (private PEM, public key).
+pub fn new_signer() -> (String, SignerKey, String) {
+    let (private_pem, public_pem) = signature::generate_key_pair().expect("keygen");
+    let key = SignerKey::from_pem(&public_pem).expect("public key parses");
+    (private_pem, key, public_pem)
+}
+
+pub fn manifest_text(name: &str, limits: &str) -> String {
+    format!(
+        "name = \"{name}\"\nversion = \"1.0.0\"\ndescription = \"test spell\"\n[limits]\n{limits}\n"
+    )
+}
+
+/// A complete, correctly signed bundle for arbitrary module bytes.
+pub fn signed_bundle(module: Vec<u8>, manifest: &str, private_pem: &str) -> SpellBundle {
+    let parsed = Manifest::parse(manifest).expect("manifest parses");
+    let digest = ModuleDigest::of(&module);
+    let sbom = sbom::generate(&parsed, &digest, None).expect("sbom");
+    let signature = signature::sign(private_pem, &module).expect("signs");
+    SpellBundle {
+        module,
+        manifest: manifest.to_owned(),
+        sbom,
+        signature: signature.into_bytes(),
+    }
+}
+
+/// A hostile fixture from `spells/hostile/`, compiled from WAT, signed and verified.
+pub fn fixture(name: &str) -> VerifiedModule {
+    let wat = std::fs::read_to_string(repo_path(&format!("spells/hostile/{name}.wat")))
+        .expect("fixture exists");
+    verified_wat(&name.replace('_', "-"), &wat, "")
+}
+
+pub fn verified_wat(name: &str, wat: &str, limits: &str) -> VerifiedModule {
+    let module = wat::parse_str(wat).expect("valid WAT");
+    let (private_pem, key, _) = new_signer();
+    let bundle = signed_bundle(module, &manifest_text(name, limits), &private_pem);
+    Verifier::verify(&bundle, SignaturePolicy::AnyOf(&[key])).expect("verifies")
+}
+
+/// The demo signer's public key, committed in `spells/demo-key/`.
+pub fn demo_signer() -> SignerKey {
+    let pem = std::fs::read_to_string(repo_path("spells/demo-key/spell.pub")).expect("demo key");
+    SignerKey::from_pem(&pem).expect("demo key parses")
+}
+
+pub fn example_bundle(name: &str) -> SpellBundle {
+    SpellBundle::read_dir(&repo_path(&format!("spells/{name}"))).expect("example spell")
+}
+
+pub fn example(name: &str) -> VerifiedModule {
+    Verifier::verify(
+        &example_bundle(name),
+        SignaturePolicy::AnyOf(&[demo_signer()]),
+    )
+    .expect("example verifies")
+}
+
+pub fn sandbox() -> Sandbox {
+    Sandbox::new(SandboxConfig {
+        workers: 2,
+        queue_depth: 64,
+        ..SandboxConfig::default()
+    })
+    .expect("sandbox")
+}
+
+pub fn compile(sandbox: &Sandbox, module: &VerifiedModule) -> Arc<CompiledSpell> {
+    sandbox.prepare(module).expect("compiles").0
+}
+
+/// The process's peak resident set size, in bytes (Linux `VmHWM`).
+pub fn peak_rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .map_or(0, |kib| kib * 1024)
+}

@@ -1,0 +1,320 @@
+//! The sandbox against real example spells and hostile fixtures: exact outcomes, exact fuel,
+//! and a host that stays healthy.
+
+use std::time::Duration;
+
+use spellhost::sandbox::{Outcome, RunLimits, Sandbox};
+
+use crate::helpers::{compile, example, fixture, peak_rss_bytes, sandbox, verified_wat};
+
+fn run(
+    sandbox: &Sandbox,
+    module: &spellhost::supply_chain::VerifiedModule,
+    input: &[u8],
+    limits: impl FnOnce(RunLimits) -> RunLimits,
+) -> spellhost::sandbox::RunReport {
+    let spell = compile(sandbox, module);
+    let limits = limits(sandbox.limits_for(&spell));
+    sandbox
+        .run_blocking(spell, input.to_vec(), limits)
+        .expect("runs")
+}
+
+fn assert_host_healthy(sandbox: &Sandbox) {
+    let report = run(sandbox, &example("hello"), br#"{"name":"Ada"}"#, |l| l);
+    assert_eq!(report.outcome, Outcome::Ok);
+    assert_eq!(report.output, br#"{"greeting":"Hello, Ada!"}"#);
+}
+
+#[test]
+fn hello_greets_by_name() {
+    let sandbox = sandbox();
+    let report = run(&sandbox, &example("hello"), br#"{"name":"Ada"}"#, |l| l);
+    assert_eq!(report.outcome, Outcome::Ok);
+    assert_eq!(
+        String::from_utf8_lossy(&report.output),
+        r#"{"greeting":"Hello, Ada!"}"#
+    );
+    assert!(report.fuel_used > 0);
+}
+
+#[test]
+fn hello_without_a_name_exits_with_code_2_and_explains_on_stderr() {
+    let sandbox = sandbox();
+    let report = run(&sandbox, &example("hello"), b"{}", |l| l);
+    assert_eq!(report.outcome, Outcome::ExitCode(2));
+    assert!(!report.stderr.is_empty());
+}
+
+#[test]
+fn each_hostile_fixture_ends_in_its_exact_outcome_and_the_host_stays_healthy() {
+    let sandbox = sandbox();
+    let small = |_: RunLimits| RunLimits {
+        fuel: 50_000_000,
+        wall_ms: 1_000,
+        memory_bytes: 16 << 20,
+        output_bytes: 1 << 20,
+    };
+    let cases: [(&str, Outcome); 8] = [
+        ("infinite_loop", Outcome::OutOfFuel),
+        ("memory_grow_loop", Outcome::MemoryLimitExceeded),
+        ("table_growth", Outcome::MemoryLimitExceeded),
+        ("huge_data_segment", Outcome::MemoryLimitExceeded),
+        ("stdout_flood", Outcome::OutputTooLarge),
+        ("proc_exit_3", Outcome::ExitCode(3)),
+        ("unreachable", Outcome::Trapped(String::new())),
+        ("deep_recursion", Outcome::Trapped(String::new())),
+    ];
+    for (name, expected) in cases {
+        let report = run(&sandbox, &fixture(name), b"", small);
+        match (&expected, &report.outcome) {
+            (Outcome::Trapped(_), Outcome::Trapped(message)) => {
+                assert!(!message.is_empty(), "{name}")
+            }
+            _ => assert_eq!(report.outcome, expected, "{name}: {report:?}"),
+        }
+        assert!(report.fuel_used <= 50_000_000, "{name}");
+        if name == "stdout_flood" {
+            assert!(report.output.len() <= 1 << 20, "output is capped");
+        }
+        assert_host_healthy(&sandbox);
+    }
+    // The memory fixtures asked for up to 1 GiB; none of it was ever resident.
+    assert!(
+        peak_rss_bytes() < 768 << 20,
+        "peak RSS {} bytes",
+        peak_rss_bytes()
+    );
+}
+
+#[test]
+fn deep_recursion_is_a_stack_overflow_trap() {
+    let sandbox = sandbox();
+    let report = run(&sandbox, &fixture("deep_recursion"), b"", |l| l);
+    let Outcome::Trapped(message) = &report.outcome else {
+        panic!("{report:?}")
+    };
+    assert!(message.contains("call stack exhausted"), "{message}");
+}
+
+#[test]
+fn host_calls_in_a_loop_end_at_the_deadline_or_the_fuel_cap() {
+    let sandbox = sandbox();
+    let report = run(&sandbox, &fixture("busy_host_calls"), b"", |l| RunLimits {
+        wall_ms: 200,
+        ..l
+    });
+    assert!(
+        matches!(
+            report.outcome,
+            Outcome::DeadlineExceeded | Outcome::OutOfFuel
+        ),
+        "{report:?}"
+    );
+    assert!(
+        report.duration < Duration::from_millis(400),
+        "{:?}",
+        report.duration
+    );
+}
+
+#[test]
+fn fuel_is_deterministic_over_100_runs() {
+    let sandbox = sandbox();
+    for (name, input) in [
+        ("hello", &br#"{"name":"Ada"}"#[..]),
+        (
+            "wordfreq",
+            &br#"{"text":"the quick brown fox jumps over the lazy dog the end","top":3}"#[..],
+        ),
+        ("primes", &br#"{"below":20000}"#[..]),
+    ] {
+        let module = example(name);
+        let first = run(&sandbox, &module, input, |l| l);
+        assert_eq!(first.outcome, Outcome::Ok, "{name}");
+        for _ in 0..99 {
+            let again = run(&sandbox, &module, input, |l| l);
+            assert_eq!(again.fuel_used, first.fuel_used, "{name}");
+            assert_eq!(again.output, first.output, "{name}");
+        }
+    }
+}
+
+#[test]
+fn fuel_grows_with_the_input_of_the_cpu_bound_spell() {
+    let sandbox = sandbox();
+    let module = example("primes");
+    let small = run(&sandbox, &module, br#"{"below":1000}"#, |l| l).fuel_used;
+    let large = run(&sandbox, &module, br#"{"below":100000}"#, |l| l).fuel_used;
+    assert!(large > 20 * small, "{small} → {large}");
+}
+
+/// A loop of `iterations` with no calls in it, then either a normal return or a trap from the
+/// same function: the case where wasmtime's fuel counter is not flushed before the trap
+/// (wasmtime issue 13802).
+fn burn_then(ending: &str, iterations: u32) -> String {
+    format!(
+        r#"(module
+          (memory (export "memory") 1)
+          (func (export "_start") (local $n i32)
+            (local.set $n (i32.const {iterations}))
+            (block $done
+              (loop $again
+                (br_if $done (i32.eqz (local.get $n)))
+                (local.set $n (i32.sub (local.get $n) (i32.const 1)))
+                (br $again)))
+            {ending}))"#
+    )
+}
+
+#[test]
+fn fuel_after_a_trap_counts_the_work_done_before_it() {
+    let sandbox = sandbox();
+    for iterations in [10, 1_000, 100_000] {
+        let returns = verified_wat(
+            "burn-return",
+            &burn_then("(drop (i32.const 0))", iterations),
+            "",
+        );
+        let divides = verified_wat(
+            "burn-trap",
+            &burn_then("(drop (i32.div_s (i32.const 1) (i32.const 0)))", iterations),
+            "",
+        );
+        let clean = run(&sandbox, &returns, b"", |l| l);
+        let trapped = run(&sandbox, &divides, b"", |l| l);
+        assert_eq!(clean.outcome, Outcome::Ok);
+        assert!(
+            matches!(trapped.outcome, Outcome::Trapped(_)),
+            "{trapped:?}"
+        );
+        // The trapping version executes the same loop plus a few cheaper instructions.
+        let difference = trapped.fuel_used.abs_diff(clean.fuel_used);
+        assert!(
+            difference <= 8,
+            "{iterations}: {} vs {}",
+            trapped.fuel_used,
+            clean.fuel_used
+        );
+    }
+}
+
+#[test]
+fn fuel_after_a_long_trapping_run_is_never_less_than_burned_and_at_most_one_interval_more() {
+    // Beyond the replay budget the upper bound is charged: never an undercharge.
+    let sandbox = sandbox();
+    let iterations = 5_000_000;
+    let returns = verified_wat(
+        "burn-return",
+        &burn_then("(drop (i32.const 0))", iterations),
+        "",
+    );
+    let divides = verified_wat(
+        "burn-trap",
+        &burn_then("(drop (i32.div_s (i32.const 1) (i32.const 0)))", iterations),
+        "",
+    );
+    let clean = run(&sandbox, &returns, b"", |l| l).fuel_used;
+    let trapped = run(&sandbox, &divides, b"", |l| l).fuel_used;
+    assert!(trapped + 8 >= clean, "{trapped} < {clean}");
+    assert!(
+        trapped <= clean + spellhost::sandbox::FUEL_YIELD_INTERVAL + 8,
+        "{trapped} vs {clean}"
+    );
+}
+
+#[test]
+fn fuel_at_the_deadline_is_what_was_burned_until_then() {
+    let sandbox = sandbox();
+    let module = fixture("infinite_loop");
+    let report = run(&sandbox, &module, b"", |l| RunLimits {
+        fuel: u64::MAX / 4,
+        wall_ms: 50,
+        ..l
+    });
+    assert_eq!(report.outcome, Outcome::DeadlineExceeded);
+    // ~50 ms of a tight loop is tens of millions of instructions, far below the cap.
+    assert!(report.fuel_used > 1_000_000, "{}", report.fuel_used);
+    assert!(report.fuel_used < u64::MAX / 8);
+}
+
+#[test]
+fn running_out_of_fuel_uses_exactly_the_cap() {
+    let sandbox = sandbox();
+    let report = run(&sandbox, &fixture("infinite_loop"), b"", |l| RunLimits {
+        fuel: 123_456,
+        ..l
+    });
+    assert_eq!(report.outcome, Outcome::OutOfFuel);
+    assert_eq!(report.fuel_used, 123_456);
+}
+
+#[test]
+fn deadlines_stop_spells_close_to_the_wall_limit() {
+    let sandbox = sandbox();
+    let module = fixture("infinite_loop");
+    let wall_ms = 30;
+    let mut overshoot_us: Vec<i64> = (0..40)
+        .map(|_| {
+            let report = run(&sandbox, &module, b"", |l| RunLimits {
+                fuel: u64::MAX / 4,
+                wall_ms,
+                ..l
+            });
+            assert_eq!(report.outcome, Outcome::DeadlineExceeded);
+            report.duration.as_micros() as i64 - (wall_ms as i64 * 1000)
+        })
+        .collect();
+    overshoot_us.sort_unstable();
+    let p50 = overshoot_us[overshoot_us.len() / 2];
+    let p99 = overshoot_us[overshoot_us.len() * 99 / 100];
+    eprintln!(
+        "deadline overshoot over {} runs: p50 {p50} µs, p99 {p99} µs",
+        overshoot_us.len()
+    );
+    assert!(
+        overshoot_us[0] > -2_000,
+        "stopped before its limit: {overshoot_us:?}"
+    );
+    assert!(p99 < 20_000, "p99 overshoot {p99} µs");
+}
+
+#[test]
+fn the_queue_refuses_work_beyond_its_depth_instead_of_growing() {
+    let sandbox = spellhost::sandbox::Sandbox::new(spellhost::sandbox::SandboxConfig {
+        workers: 1,
+        queue_depth: 1,
+        ..Default::default()
+    })
+    .expect("sandbox");
+    let spell = compile(&sandbox, &fixture("infinite_loop"));
+    let limits = RunLimits {
+        fuel: u64::MAX / 4,
+        wall_ms: 300,
+        ..sandbox.limits_for(&spell)
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let results = runtime.block_on(async {
+        let a = sandbox.run(spell.clone(), vec![], limits);
+        let b = sandbox.run(spell.clone(), vec![], limits);
+        let c = sandbox.run(spell.clone(), vec![], limits);
+        tokio::join!(a, b, c)
+    });
+    let busy = [&results.0, &results.1, &results.2]
+        .iter()
+        .filter(|r| matches!(r, Err(spellhost::sandbox::SandboxError::Busy)))
+        .count();
+    assert!(busy >= 1, "{results:?}");
+}
+
+#[test]
+fn input_larger_than_the_host_limit_is_refused_before_running() {
+    let sandbox = sandbox();
+    let spell = compile(&sandbox, &example("hello"));
+    let limits = sandbox.limits_for(&spell);
+    let huge = vec![b' '; (sandbox.host_limits().input_bytes_max + 1) as usize];
+    assert!(matches!(
+        sandbox.run_blocking(spell, huge, limits),
+        Err(spellhost::sandbox::SandboxError::InputTooLarge { .. })
+    ));
+}
