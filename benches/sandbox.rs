@@ -55,7 +55,9 @@ fn fuel_overhead(c: &mut Criterion) {
     let module = example("primes");
     let input = br#"{"below":200000}"#;
     let mut group = c.benchmark_group("primes");
-    group.sample_size(20).measurement_time(Duration::from_secs(8));
+    group
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(8));
 
     let sandbox = Sandbox::new(SandboxConfig::default()).expect("sandbox");
     let (spell, _) = sandbox.prepare(&module).expect("compiles");
@@ -78,7 +80,9 @@ fn fuel_overhead(c: &mut Criterion) {
         b.iter(|| {
             runtime.block_on(async {
                 let wasi = wasmtime_wasi::WasiCtxBuilder::new()
-                    .stdin(wasmtime_wasi::p2::pipe::MemoryInputPipe::new(input.to_vec()))
+                    .stdin(wasmtime_wasi::p2::pipe::MemoryInputPipe::new(
+                        input.to_vec(),
+                    ))
                     .stdout(wasmtime_wasi::p2::pipe::MemoryOutputPipe::new(1 << 20))
                     .build_p1();
                 let mut store = wasmtime::Store::new(&engine, wasi);

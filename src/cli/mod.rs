@@ -1,5 +1,7 @@
-//! Command definitions (clap) and dispatch. Each command lives in its own file.
+//! Command definitions (clap) and dispatch. Each group of commands lives in its own file.
 
+mod admin;
+mod demo;
 mod spell;
 
 use std::process::ExitCode;
@@ -13,19 +15,55 @@ use clap::{Parser, Subcommand};
     about = "Runs signed WebAssembly spells and bills them by the instruction"
 )]
 pub struct Cli {
+    #[command(flatten)]
+    config: admin::ConfigArgs,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Spell authoring: keys, SBOMs, signatures, local runs.
+    /// Run the HTTP service (applies migrations first).
+    Serve {
+        /// A newcomer's setup: demo user with $1.00, demo signer, example spells, a curl line.
+        #[arg(long)]
+        demo: bool,
+    },
+    /// Apply database migrations.
+    Migrate,
+    /// Users.
+    #[command(subcommand)]
+    User(admin::UserCommand),
+    /// API keys.
+    #[command(subcommand)]
+    Key(admin::KeyCommand),
+    /// Credit.
+    #[command(subcommand)]
+    Credits(admin::CreditsCommand),
+    /// Signing keys allowed to publish a user's spells.
+    #[command(subcommand)]
+    Signer(admin::SignerCommand),
+    /// The ledger.
+    #[command(subcommand)]
+    Ledger(admin::LedgerCommand),
+    /// Spell authoring: keys, SBOMs, signatures, local runs, publishing.
     #[command(subcommand)]
     Spell(spell::SpellCommand),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = cli.config.config.as_deref();
     match cli.command {
+        Command::Serve { demo } => admin::serve(config, demo),
+        Command::Migrate => admin::migrate(config),
+        Command::User(command) => admin::user(config, command),
+        Command::Key(command) => admin::key(config, command),
+        Command::Credits(command) => admin::credits(config, command),
+        Command::Signer(command) => admin::signer(config, command),
+        Command::Ledger(command) => admin::ledger(config, command),
+        Command::Spell(spell::SpellCommand::Publish { dir, user, json }) => {
+            admin::publish(config, &dir, &user, json)
+        }
         Command::Spell(command) => spell::run(command),
     }
 }

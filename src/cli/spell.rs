@@ -51,6 +51,14 @@ pub enum SpellCommand {
     },
     /// Run a spell locally with the server's sandbox settings.
     Run(RunArgs),
+    /// Publish a spell directory for a user (same verification as `POST /v1/spells`).
+    Publish {
+        dir: PathBuf,
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -90,6 +98,7 @@ pub fn run(command: SpellCommand) -> anyhow::Result<ExitCode> {
             json,
         } => verify(&dir, &public_key, json),
         SpellCommand::Run(args) => run_local(args),
+        SpellCommand::Publish { .. } => unreachable!("dispatched by cli::run"),
     }
 }
 

@@ -16,6 +16,7 @@ mod run;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use wasmtime::{Engine, InstancePre, Linker, Module};
 
@@ -42,6 +43,9 @@ pub struct SandboxConfig {
     pub cached_modules_max: usize,
     /// Where precompiled artifacts live, and the key that authenticates them.
     pub artifacts: Option<(PathBuf, [u8; 32])>,
+    /// The longest a run may wait in the queue before it is refused as `Busy` instead of
+    /// started. Bounds latency under overload, and bounds how long a cast's hold can live.
+    pub queue_wait_max: Duration,
 }
 
 impl Default for SandboxConfig {
@@ -53,6 +57,7 @@ impl Default for SandboxConfig {
             queue_depth: workers * 64,
             cached_modules_max: 256,
             artifacts: None,
+            queue_wait_max: Duration::from_secs(2),
         }
     }
 }
@@ -100,6 +105,7 @@ pub struct Sandbox {
     counters: CacheCounters,
     artifacts: Option<ArtifactStore>,
     pool: WorkerPool,
+    queue_wait_max: Duration,
 }
 
 impl Sandbox {
@@ -123,6 +129,7 @@ impl Sandbox {
             counters: CacheCounters::default(),
             artifacts,
             pool: WorkerPool::new(config.workers, config.queue_depth)?,
+            queue_wait_max: config.queue_wait_max,
         })
     }
 
@@ -133,6 +140,13 @@ impl Sandbox {
     /// The limits for this spell before any caller or budget cap.
     pub fn limits_for(&self, spell: &CompiledSpell) -> RunLimits {
         RunLimits::for_spell(&self.limits, &spell.manifest_limits)
+    }
+
+    /// The compiled module for `digest`, if it is in memory (counted as a cache hit).
+    pub fn cached(&self, digest: &ModuleDigest) -> Option<Arc<CompiledSpell>> {
+        let spell = self.modules.get(digest)?;
+        self.counters.hits.fetch_add(1, Ordering::Relaxed);
+        Some(spell)
     }
 
     /// Compiles (or finds) the module. Compiling takes tens of milliseconds: call this from a
@@ -199,7 +213,7 @@ impl Sandbox {
         limits: RunLimits,
     ) -> Result<RunReport, SandboxError> {
         let receiver = self.submit(spell, input, limits)?;
-        receiver.await.map_err(|_| SandboxError::WorkerLost)
+        receiver.await.map_err(|_| SandboxError::WorkerLost)?
     }
 
     /// Like [`run`](Self::run), for callers outside any async runtime (the CLI).
@@ -212,7 +226,7 @@ impl Sandbox {
         let receiver = self.submit(spell, input, limits)?;
         receiver
             .blocking_recv()
-            .map_err(|_| SandboxError::WorkerLost)
+            .map_err(|_| SandboxError::WorkerLost)?
     }
 
     /// Runs on the current thread. Only for a thread that is not a reactor thread and that
@@ -231,7 +245,7 @@ impl Sandbox {
         spell: Arc<CompiledSpell>,
         input: Vec<u8>,
         limits: RunLimits,
-    ) -> Result<tokio::sync::oneshot::Receiver<RunReport>, SandboxError> {
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<RunReport, SandboxError>>, SandboxError> {
         if input.len() as u64 > self.limits.input_bytes_max {
             return Err(SandboxError::InputTooLarge {
                 actual: input.len(),
@@ -241,10 +255,17 @@ impl Sandbox {
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let engine = self.engine.clone();
         let host = self.limits.clone();
+        let start_by = Instant::now() + self.queue_wait_max;
         self.pool
             .try_submit(Box::new(move |runtime| {
+                // A run that waited too long is refused rather than started late: the caller
+                // has been told nothing yet and its hold must not outlive its limits.
+                if Instant::now() > start_by {
+                    let _ = sender.send(Err(SandboxError::Busy));
+                    return;
+                }
                 let report = runtime.block_on(run::execute(&engine, &spell, &input, limits, &host));
-                let _ = sender.send(report);
+                let _ = sender.send(Ok(report));
             }))
             .map_err(|_| SandboxError::Busy)?;
         Ok(receiver)

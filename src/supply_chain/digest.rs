@@ -70,9 +70,6 @@ mod tests {
         assert!(ModuleDigest::from_hex(&format!("{hex}0")).is_err());
         assert!(ModuleDigest::from_hex(&format!("{}g", &hex[..63])).is_err());
         assert!(ModuleDigest::from_hex(&hex.to_uppercase()).is_ok());
-        assert!(
-            hex.parse::<ModuleDigest>().is_err(),
-            "prefix is required"
-        );
+        assert!(hex.parse::<ModuleDigest>().is_err(), "prefix is required");
     }
 }

@@ -180,7 +180,10 @@ fn bytes_that_are_not_wasm_are_module_invalid() {
         &manifest_text("junk", ""),
         &private_pem,
     );
-    assert_eq!(rejection(&bundle, std::slice::from_ref(&key)), "module_invalid");
+    assert_eq!(
+        rejection(&bundle, std::slice::from_ref(&key)),
+        "module_invalid"
+    );
     // A valid module that is not a WASI command (no `_start`).
     let reactor = wat::parse_str("(module (func (export \"run\")))").expect("wat");
     let bundle = signed_bundle(reactor, &manifest_text("reactor", ""), &private_pem);
@@ -197,7 +200,10 @@ fn an_unknown_import_is_import_not_allowed() {
         &manifest_text("evil", ""),
         &private_pem,
     );
-    assert_eq!(rejection(&bundle, std::slice::from_ref(&key)), "import_not_allowed");
+    assert_eq!(
+        rejection(&bundle, std::slice::from_ref(&key)),
+        "import_not_allowed"
+    );
     let sockets = wat::parse_str(
         r#"(module (import "wasi_snapshot_preview1" "sock_accept" (func (param i32 i32 i32) (result i32)))
            (memory (export "memory") 1) (func (export "_start")))"#,

@@ -1,0 +1,327 @@
+//! Who is calling: users, API keys, and the verified-key cache that keeps argon2 off the hot
+//! path.
+
+pub mod keys;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use tokio::sync::Semaphore;
+
+pub use keys::{ApiKey, MalformedKey};
+
+use crate::store::{Db, is_unique_violation, now_ms};
+
+/// How long a successful verification is trusted without argon2. The key row is still read
+/// on every request, so a deleted key is refused at once; the cache only saves the hash.
+const VERIFIED_TTL: Duration = Duration::from_secs(300);
+/// Entries kept in the verified-key cache; past this it is cleared (cheap, and rare).
+const VERIFIED_CACHE_MAX: usize = 100_000;
+/// Concurrent argon2 verifications. Each takes ~15 ms of CPU and 19 MiB: two keeps a burst of
+/// bad keys from starving the sandbox workers or the memory.
+const ARGON2_CONCURRENCY: usize = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing or invalid API key")]
+    Unauthorized,
+    #[error("{0} already exists")]
+    Conflict(&'static str),
+    #[error("invalid {field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+    #[error("no such user {0:?}")]
+    UnknownUser(String),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub user_id: i64,
+    pub key_id: String,
+    pub handle: String,
+    pub is_admin: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct User {
+    pub id: i64,
+    pub handle: String,
+    pub email: String,
+    pub is_admin: bool,
+    pub balance_microusd: i64,
+    pub held_microusd: i64,
+    pub stripe_customer_id: Option<String>,
+}
+
+// Booleans are stored as integers 0/1 in both dialects (the `Any` driver decodes no bool
+// from SQLite), so `User` is read by hand.
+impl<'r> sqlx::FromRow<'r, sqlx::any::AnyRow> for User {
+    fn from_row(row: &'r sqlx::any::AnyRow) -> Result<Self, sqlx::Error> {
+        use sqlx::Row as _;
+        Ok(User {
+            id: row.try_get("id")?,
+            handle: row.try_get("handle")?,
+            email: row.try_get("email")?,
+            is_admin: row.try_get::<i64, _>("is_admin")? != 0,
+            balance_microusd: row.try_get("balance_microusd")?,
+            held_microusd: row.try_get("held_microusd")?,
+            stripe_customer_id: row.try_get("stripe_customer_id")?,
+        })
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KeyInfo {
+    pub prefix: String,
+    pub name: String,
+    pub created_at_ms: i64,
+}
+
+pub struct Authenticator {
+    db: Db,
+    cache_key: [u8; 32],
+    verified: Mutex<HashMap<[u8; 32], (String, Instant)>>,
+    argon2_slots: Semaphore,
+}
+
+impl Authenticator {
+    pub fn new(db: Db, cache_key: [u8; 32]) -> Self {
+        Authenticator {
+            db,
+            cache_key,
+            verified: Mutex::new(HashMap::new()),
+            argon2_slots: Semaphore::new(ARGON2_CONCURRENCY),
+        }
+    }
+
+    /// Authenticates an `Authorization` header value. A malformed key is refused without
+    /// touching the database or argon2.
+    pub async fn authenticate(&self, header: Option<&str>) -> Result<Caller, AuthError> {
+        let token = header
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .ok_or(AuthError::Unauthorized)?;
+        let key = ApiKey::parse(token.trim()).map_err(|_| AuthError::Unauthorized)?;
+        let row: Option<(i64, String, Option<i64>, String, i64)> = sqlx::query_as(
+            "SELECT k.user_id, k.secret_hash, k.deleted_at_ms, u.handle, u.is_admin \
+             FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.id = $1",
+        )
+        .bind(key.id())
+        .fetch_optional(self.db.reader())
+        .await?;
+        let Some((user_id, stored, None, handle, is_admin)) = row else {
+            return Err(AuthError::Unauthorized);
+        };
+        let tag = self.tag(&key);
+        if !self.recently_verified(&tag, key.id()) {
+            let _slot = self
+                .argon2_slots
+                .acquire()
+                .await
+                .map_err(|_| AuthError::Unauthorized)?;
+            let candidate = key.clone();
+            let matches = tokio::task::spawn_blocking(move || keys::verify(&candidate, &stored))
+                .await
+                .unwrap_or(false);
+            if !matches {
+                return Err(AuthError::Unauthorized);
+            }
+            self.remember(tag, key.id());
+        }
+        Ok(Caller {
+            user_id,
+            key_id: key.id().to_owned(),
+            handle,
+            is_admin: is_admin != 0,
+        })
+    }
+
+    fn tag(&self, key: &ApiKey) -> [u8; 32] {
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(&self.cache_key).expect("HMAC takes any key length");
+        mac.update(key.expose().as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
+    fn recently_verified(&self, tag: &[u8; 32], key_id: &str) -> bool {
+        let cache = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        cache
+            .get(tag)
+            .is_some_and(|(id, at)| id == key_id && at.elapsed() < VERIFIED_TTL)
+    }
+
+    fn remember(&self, tag: [u8; 32], key_id: &str) {
+        let mut cache = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= VERIFIED_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(tag, (key_id.to_owned(), Instant::now()));
+    }
+
+    fn forget(&self, key_id: &str) {
+        let mut cache = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        cache.retain(|_, (id, _)| id != key_id);
+    }
+
+    /// Creates a key for a user; the returned key is shown once and never stored.
+    pub async fn create_key(
+        &self,
+        user_id: i64,
+        name: &str,
+    ) -> Result<(ApiKey, KeyInfo), AuthError> {
+        let name = valid_text("name", name, 100)?;
+        let key = ApiKey::generate();
+        let hashed = {
+            let key = key.clone();
+            let _slot = self
+                .argon2_slots
+                .acquire()
+                .await
+                .map_err(|_| AuthError::Unauthorized)?;
+            tokio::task::spawn_blocking(move || keys::hash(&key))
+                .await
+                .map_err(|e| AuthError::Invalid {
+                    field: "key",
+                    message: e.to_string(),
+                })?
+        };
+        let created_at_ms = now_ms();
+        sqlx::query(
+            "INSERT INTO api_keys (id, user_id, name, secret_hash, created_at_ms) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(key.id())
+        .bind(user_id)
+        .bind(&name)
+        .bind(&hashed)
+        .bind(created_at_ms)
+        .execute(self.db.writer())
+        .await?;
+        let info = KeyInfo {
+            prefix: key.prefix(),
+            name,
+            created_at_ms,
+        };
+        Ok((key, info))
+    }
+
+    pub async fn list_keys(&self, user_id: i64) -> Result<Vec<KeyInfo>, AuthError> {
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT id, name, created_at_ms FROM api_keys \
+             WHERE user_id = $1 AND deleted_at_ms IS NULL ORDER BY created_at_ms, id",
+        )
+        .bind(user_id)
+        .fetch_all(self.db.reader())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, name, created_at_ms)| KeyInfo {
+                prefix: keys::prefix_of(&id),
+                name,
+                created_at_ms,
+            })
+            .collect())
+    }
+
+    /// Deletes one of the user's keys; `false` if they have no such key.
+    pub async fn delete_key(&self, user_id: i64, prefix: &str) -> Result<bool, AuthError> {
+        let Some(id) = keys::id_from_prefix(prefix) else {
+            return Ok(false);
+        };
+        let deleted = sqlx::query(
+            "UPDATE api_keys SET deleted_at_ms = $1 WHERE id = $2 AND user_id = $3 AND deleted_at_ms IS NULL",
+        )
+        .bind(now_ms())
+        .bind(id)
+        .bind(user_id)
+        .execute(self.db.writer())
+        .await?
+        .rows_affected();
+        self.forget(id);
+        Ok(deleted == 1)
+    }
+}
+
+fn valid_text(field: &'static str, value: &str, max: usize) -> Result<String, AuthError> {
+    let value = value.trim();
+    if value.is_empty() || value.len() > max || value.chars().any(char::is_control) {
+        return Err(AuthError::Invalid {
+            field,
+            message: format!("must be 1 to {max} printable characters"),
+        });
+    }
+    Ok(value.to_owned())
+}
+
+/// Handles: `[a-z0-9-]{1,39}`, starting with a letter or digit (like GitHub's).
+pub fn is_valid_handle(handle: &str) -> bool {
+    (1..=39).contains(&handle.len())
+        && !handle.starts_with('-')
+        && handle
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+pub async fn create_user(
+    db: &Db,
+    handle: &str,
+    email: &str,
+    is_admin: bool,
+) -> Result<User, AuthError> {
+    if !is_valid_handle(handle) {
+        return Err(AuthError::Invalid {
+            field: "handle",
+            message: "must match [a-z0-9-]{1,39}".into(),
+        });
+    }
+    let email = valid_text("email", email, 254)?;
+    if !email.contains('@') {
+        return Err(AuthError::Invalid {
+            field: "email",
+            message: "must contain @".into(),
+        });
+    }
+    let inserted = sqlx::query(
+        "INSERT INTO users (handle, email, is_admin, created_at_ms) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(handle)
+    .bind(&email)
+    .bind(i64::from(is_admin))
+    .bind(now_ms())
+    .execute(db.writer())
+    .await;
+    match inserted {
+        Err(error) if is_unique_violation(&error) => return Err(AuthError::Conflict("handle")),
+        other => other?,
+    };
+    user_by_handle(db, handle)
+        .await?
+        .ok_or_else(|| AuthError::UnknownUser(handle.to_owned()))
+}
+
+const USER_COLUMNS: &str = "SELECT id, handle, email, is_admin, balance_microusd, held_microusd, stripe_customer_id FROM users";
+
+pub async fn user_by_handle(db: &Db, handle: &str) -> Result<Option<User>, AuthError> {
+    let user = sqlx::query_as::<_, User>(sqlx::AssertSqlSafe(format!(
+        "{USER_COLUMNS} WHERE handle = $1"
+    )))
+    .bind(handle)
+    .fetch_optional(db.reader())
+    .await?;
+    Ok(user)
+}
+
+pub async fn user_by_id(db: &Db, id: i64) -> Result<Option<User>, AuthError> {
+    let user =
+        sqlx::query_as::<_, User>(sqlx::AssertSqlSafe(format!("{USER_COLUMNS} WHERE id = $1")))
+            .bind(id)
+            .fetch_optional(db.reader())
+            .await?;
+    Ok(user)
+}

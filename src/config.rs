@@ -1,0 +1,419 @@
+//! Typed configuration from `SPELLHOST_*` environment variables and an optional TOML file,
+//! validated before anything listens. A bad value stops the process with a message naming the
+//! variable. Defaults serve a newcomer on a laptop.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::money::Pricing;
+use crate::sandbox::{HostLimits, SandboxConfig};
+
+/// The smallest accepted server secret, in bytes: HMAC-SHA256 keys derive from it.
+const SECRET_BYTES_MIN: usize = 32;
+const SECRET_FILE: &str = "secret.key";
+
+#[derive(Debug, thiserror::Error)]
+#[error("{variable}: {message}")]
+pub struct ConfigError {
+    pub variable: String,
+    pub message: String,
+}
+
+fn error(variable: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        variable: variable.to_owned(),
+        message: message.into(),
+    }
+}
+
+#[derive(Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub database_url: String,
+    pub database_max_connections: u32,
+    pub pricing: Pricing,
+    pub sandbox: SandboxConfig,
+    /// The server's secret: HMAC keys for the verified-key cache and precompiled artifacts.
+    pub secret: SecretString,
+    /// How this service is reached from outside (links in responses, Stripe return URLs).
+    pub public_url: String,
+    pub log_json: bool,
+    pub billing: Option<BillingConfig>,
+    pub topup_min_cents: i64,
+    pub topup_max_cents: i64,
+}
+
+/// Stripe settings; present only when both the secret key and a webhook secret are set.
+#[derive(Clone)]
+pub struct BillingConfig {
+    pub stripe_secret_key: SecretString,
+    /// Several secrets (comma-separated) so one can be rotated without downtime.
+    pub webhook_secrets: Vec<SecretString>,
+    pub api_base: Option<String>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .field("database", &redact_url(&self.database_url))
+            .field("pricing", &self.pricing)
+            .field("billing", &self.billing.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A database URL without its password, for logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            let user = credentials.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Raw values by variable name: the TOML file first, the environment over it.
+struct Source(HashMap<String, String>);
+
+impl Source {
+    fn load(
+        file: Option<&Path>,
+        env: impl Iterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut values = HashMap::new();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| error("--config", format!("{}: {e}", path.display())))?;
+            let table: toml::Table = toml::from_str(&text)
+                .map_err(|e| error("--config", format!("{}: {}", path.display(), e.message())))?;
+            for (key, value) in table {
+                let text = match value {
+                    toml::Value::String(text) => text,
+                    other => other.to_string(),
+                };
+                values.insert(format!("SPELLHOST_{}", key.to_ascii_uppercase()), text);
+            }
+        }
+        for (key, value) in env {
+            if key.starts_with("SPELLHOST_") {
+                values.insert(key, value);
+            }
+        }
+        Ok(Source(values))
+    }
+
+    fn text(&self, name: &str) -> Option<&str> {
+        self.0
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+
+    fn parse<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T, ConfigError>
+    where
+        T::Err: std::fmt::Display,
+    {
+        match self.text(name) {
+            None => Ok(default),
+            Some(text) => text
+                .trim()
+                .parse()
+                .map_err(|e| error(name, format!("invalid value {text:?}: {e}"))),
+        }
+    }
+}
+
+impl Config {
+    /// Reads the process environment (and `file`, if given).
+    pub fn from_env(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::from_source(Source::load(file, std::env::vars())?)
+    }
+
+    /// For tests: the given variables only.
+    pub fn from_vars(vars: &[(&str, &str)]) -> Result<Self, ConfigError> {
+        let env = vars.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        Self::from_source(Source::load(None, env)?)
+    }
+
+    fn from_source(source: Source) -> Result<Self, ConfigError> {
+        let listen = source.parse("SPELLHOST_LISTEN", SocketAddr::from(([127, 0, 0, 1], 8080)))?;
+        let data_dir: PathBuf =
+            source.parse("SPELLHOST_DATA_DIR", PathBuf::from("./spellhost-data"))?;
+        let database_url = match source.text("SPELLHOST_DATABASE_URL") {
+            Some(url)
+                if url.starts_with("postgres://")
+                    || url.starts_with("postgresql://")
+                    || url.starts_with("sqlite:") =>
+            {
+                url.to_owned()
+            }
+            Some(url) => {
+                return Err(error(
+                    "SPELLHOST_DATABASE_URL",
+                    format!(
+                        "expected a postgres:// or sqlite: URL, got {:?}",
+                        redact_url(url)
+                    ),
+                ));
+            }
+            None => format!("sqlite://{}", data_dir.join("spellhost.db").display()),
+        };
+        let defaults = Pricing::default();
+        let pricing = Pricing {
+            price_per_billion_fuel_microusd: source.parse(
+                "SPELLHOST_PRICE_PER_BILLION_FUEL_MICROUSD",
+                defaults.price_per_billion_fuel_microusd,
+            )?,
+            cast_base_fee_microusd: source.parse(
+                "SPELLHOST_CAST_BASE_FEE_MICROUSD",
+                defaults.cast_base_fee_microusd,
+            )?,
+        };
+        let sandbox = sandbox_config(&source)?;
+        let secret = match source.text("SPELLHOST_SECRET_KEY") {
+            Some(secret) if secret.len() >= SECRET_BYTES_MIN => {
+                SecretString::from(secret.to_owned())
+            }
+            Some(_) => {
+                return Err(error(
+                    "SPELLHOST_SECRET_KEY",
+                    format!("must be at least {SECRET_BYTES_MIN} bytes"),
+                ));
+            }
+            None => SecretString::from(String::new()), // generated by `ensure_secret`
+        };
+        let public_url = source
+            .text("SPELLHOST_PUBLIC_URL")
+            .map(|url| url.trim_end_matches('/').to_owned())
+            .unwrap_or_else(|| format!("http://{listen}"));
+        if !(public_url.starts_with("http://") || public_url.starts_with("https://")) {
+            return Err(error(
+                "SPELLHOST_PUBLIC_URL",
+                "must start with http:// or https://",
+            ));
+        }
+        let log_json = match source.text("SPELLHOST_LOG_FORMAT").unwrap_or("text") {
+            "text" => false,
+            "json" => true,
+            other => {
+                return Err(error(
+                    "SPELLHOST_LOG_FORMAT",
+                    format!("expected text or json, got {other:?}"),
+                ));
+            }
+        };
+        let topup_min_cents = source.parse("SPELLHOST_TOPUP_MIN_CENTS", 500i64)?;
+        let topup_max_cents = source.parse("SPELLHOST_TOPUP_MAX_CENTS", 50_000i64)?;
+        if topup_min_cents < 50 || topup_max_cents < topup_min_cents {
+            return Err(error(
+                "SPELLHOST_TOPUP_MIN_CENTS",
+                "needs 50 ≤ min ≤ SPELLHOST_TOPUP_MAX_CENTS (Stripe's minimum charge is 50 cents)",
+            ));
+        }
+        Ok(Config {
+            listen,
+            data_dir,
+            database_url,
+            database_max_connections: source.parse("SPELLHOST_DATABASE_MAX_CONNECTIONS", 10u32)?,
+            pricing,
+            sandbox,
+            secret,
+            public_url,
+            log_json,
+            billing: billing_config(&source)?,
+            topup_min_cents,
+            topup_max_cents,
+        })
+    }
+
+    /// Makes sure a server secret exists: the configured one, or one generated into the data
+    /// directory (mode 0600) on first start and reused after.
+    pub fn ensure_secret(&mut self) -> anyhow::Result<()> {
+        if !self.secret.expose_secret().is_empty() {
+            return Ok(());
+        }
+        use anyhow::Context as _;
+        std::fs::create_dir_all(&self.data_dir)
+            .with_context(|| format!("creating {}", self.data_dir.display()))?;
+        let path = self.data_dir.join(SECRET_FILE);
+        if !path.exists() {
+            use rand::Rng as _;
+            use std::io::Write as _;
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let mut bytes = [0u8; 32];
+            rand::rng().fill_bytes(&mut bytes);
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            file.write_all(hex::encode(bytes).as_bytes())?;
+        }
+        let secret = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let secret = secret.trim();
+        anyhow::ensure!(
+            secret.len() >= SECRET_BYTES_MIN,
+            "{} is shorter than {SECRET_BYTES_MIN} bytes",
+            path.display()
+        );
+        self.secret = SecretString::from(secret.to_owned());
+        Ok(())
+    }
+
+    /// A key for one purpose, derived from the server secret (HMAC-SHA256(secret, purpose)).
+    pub fn derived_key(&self, purpose: &str) -> [u8; 32] {
+        use hmac::{Hmac, Mac};
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(self.secret.expose_secret().as_bytes())
+            .expect("HMAC takes any key length");
+        mac.update(purpose.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+}
+
+fn sandbox_config(source: &Source) -> Result<SandboxConfig, ConfigError> {
+    let defaults = SandboxConfig::default();
+    let host = HostLimits::default();
+    let limits = HostLimits {
+        fuel_max: source.parse("SPELLHOST_FUEL_MAX", host.fuel_max)?,
+        wall_ms_max: source.parse("SPELLHOST_WALL_MS_MAX", host.wall_ms_max)?,
+        memory_bytes_max: source.parse("SPELLHOST_MEMORY_BYTES_MAX", host.memory_bytes_max)?,
+        output_bytes_max: source.parse("SPELLHOST_OUTPUT_BYTES_MAX", host.output_bytes_max)?,
+        input_bytes_max: source.parse("SPELLHOST_INPUT_BYTES_MAX", host.input_bytes_max)?,
+        ..host
+    };
+    for (name, value) in [
+        ("SPELLHOST_FUEL_MAX", limits.fuel_max),
+        ("SPELLHOST_WALL_MS_MAX", limits.wall_ms_max),
+        ("SPELLHOST_MEMORY_BYTES_MAX", limits.memory_bytes_max),
+        ("SPELLHOST_OUTPUT_BYTES_MAX", limits.output_bytes_max),
+        ("SPELLHOST_INPUT_BYTES_MAX", limits.input_bytes_max),
+    ] {
+        if value == 0 {
+            return Err(error(name, "must be positive"));
+        }
+    }
+    if limits.memory_bytes_max > 4 << 30 {
+        return Err(error(
+            "SPELLHOST_MEMORY_BYTES_MAX",
+            "at most 4 GiB (32-bit wasm)",
+        ));
+    }
+    let workers: usize = source.parse("SPELLHOST_WORKERS", defaults.workers)?;
+    if workers == 0 || workers > 1024 {
+        return Err(error("SPELLHOST_WORKERS", "must be between 1 and 1024"));
+    }
+    Ok(SandboxConfig {
+        limits,
+        workers,
+        queue_depth: source.parse("SPELLHOST_QUEUE_DEPTH", workers * 64)?,
+        ..defaults
+    })
+}
+
+fn billing_config(source: &Source) -> Result<Option<BillingConfig>, ConfigError> {
+    let key = source.text("SPELLHOST_STRIPE_SECRET_KEY");
+    let secrets = source.text("SPELLHOST_STRIPE_WEBHOOK_SECRET");
+    let api_base = source.text("SPELLHOST_STRIPE_API_BASE").map(str::to_owned);
+    if let Some(base) = &api_base
+        && !(base.starts_with("http://") || base.starts_with("https://"))
+    {
+        return Err(error("SPELLHOST_STRIPE_API_BASE", "must be an http(s) URL"));
+    }
+    let (key, secrets) = match (key, secrets) {
+        (None, None) => return Ok(None),
+        (Some(key), Some(secrets)) => (key, secrets),
+        (Some(_), None) => {
+            return Err(error(
+                "SPELLHOST_STRIPE_WEBHOOK_SECRET",
+                "required when SPELLHOST_STRIPE_SECRET_KEY is set",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(error(
+                "SPELLHOST_STRIPE_SECRET_KEY",
+                "required when SPELLHOST_STRIPE_WEBHOOK_SECRET is set",
+            ));
+        }
+    };
+    if !(key.starts_with("sk_") || key.starts_with("rk_")) {
+        return Err(error(
+            "SPELLHOST_STRIPE_SECRET_KEY",
+            "must be a Stripe secret key (sk_… or rk_…)",
+        ));
+    }
+    let webhook_secrets: Vec<SecretString> = secrets
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            if s.starts_with("whsec_") {
+                Ok(SecretString::from(s.to_owned()))
+            } else {
+                Err(error(
+                    "SPELLHOST_STRIPE_WEBHOOK_SECRET",
+                    "each secret must start with whsec_",
+                ))
+            }
+        })
+        .collect::<Result<_, _>>()?;
+    if webhook_secrets.is_empty() {
+        return Err(error("SPELLHOST_STRIPE_WEBHOOK_SECRET", "no secret given"));
+    }
+    Ok(Some(BillingConfig {
+        stripe_secret_key: SecretString::from(key.to_owned()),
+        webhook_secrets,
+        api_base,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_serve_a_laptop() {
+        let config = Config::from_vars(&[]).expect("defaults are valid");
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(
+            config.database_url,
+            "sqlite://./spellhost-data/spellhost.db"
+        );
+        assert_eq!(config.pricing, Pricing::default());
+        assert!(config.billing.is_none());
+    }
+
+    #[test]
+    fn a_bad_value_names_its_variable() {
+        for (name, value) in [
+            ("SPELLHOST_LISTEN", "not-an-address"),
+            ("SPELLHOST_PRICE_PER_BILLION_FUEL_MICROUSD", "-1"),
+            ("SPELLHOST_CAST_BASE_FEE_MICROUSD", "1.5"),
+            ("SPELLHOST_SECRET_KEY", "short"),
+            ("SPELLHOST_DATABASE_URL", "mysql://x"),
+            ("SPELLHOST_WORKERS", "0"),
+            ("SPELLHOST_STRIPE_API_BASE", "ftp://x"),
+        ] {
+            let error = Config::from_vars(&[(name, value)]).expect_err(name);
+            assert_eq!(error.variable, name, "{error}");
+        }
+    }
+
+    #[test]
+    fn postgres_urls_are_redacted_in_debug_output() {
+        let config =
+            Config::from_vars(&[("SPELLHOST_DATABASE_URL", "postgres://app:hunter2@db/x")])
+                .expect("valid");
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+}

@@ -1,0 +1,249 @@
+//! The one JSON error shape every client sees:
+//! `{"error":{"code":"…","message":"…","trace_id":"…", …extra fields}}`.
+//! Codes are stable snake_case strings, all listed in [`Code`]. Unexpected errors are logged
+//! with their cause chain and the trace id, and answered as an opaque 500.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+
+use crate::money::MoneyError;
+use crate::supply_chain::GateError;
+
+tokio::task_local! {
+    /// The trace id of the request being served (set by the trace middleware).
+    pub static TRACE_ID: String;
+}
+
+/// The current request's trace id, or "-" outside a request.
+pub fn trace_id() -> String {
+    TRACE_ID
+        .try_with(Clone::clone)
+        .unwrap_or_else(|_| "-".into())
+}
+
+/// Every error code a client can see, in one place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    BadRequest,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    SpellNotFound,
+    VersionExists,
+    SignerExists,
+    BudgetExhausted,
+    SpellFailed,
+    SpellTrapped,
+    DeadlineExceeded,
+    MemoryLimitExceeded,
+    OutputTooLarge,
+    FuelExhausted,
+    Overloaded,
+    BillingDisabled,
+    AmountOutOfRange,
+    NoBillingAccount,
+    SignatureInvalid,
+    /// The supply-chain gate's own codes (`sbom_invalid`, …).
+    Gate(&'static str),
+    Internal,
+}
+
+impl Code {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::BadRequest => "bad_request",
+            Code::Unauthorized => "unauthorized",
+            Code::Forbidden => "forbidden",
+            Code::NotFound => "not_found",
+            Code::MethodNotAllowed => "method_not_allowed",
+            Code::PayloadTooLarge => "payload_too_large",
+            Code::UnsupportedMediaType => "unsupported_media_type",
+            Code::SpellNotFound => "spell_not_found",
+            Code::VersionExists => "version_exists",
+            Code::SignerExists => "signer_exists",
+            Code::BudgetExhausted => "budget_exhausted",
+            Code::SpellFailed => "spell_failed",
+            Code::SpellTrapped => "spell_trapped",
+            Code::DeadlineExceeded => "deadline_exceeded",
+            Code::MemoryLimitExceeded => "memory_limit_exceeded",
+            Code::OutputTooLarge => "output_too_large",
+            Code::FuelExhausted => "fuel_exhausted",
+            Code::Overloaded => "overloaded",
+            Code::BillingDisabled => "billing_disabled",
+            Code::AmountOutOfRange => "amount_out_of_range",
+            Code::NoBillingAccount => "no_billing_account",
+            Code::SignatureInvalid => "signature_invalid",
+            Code::Gate(code) => code,
+            Code::Internal => "internal",
+        }
+    }
+
+    pub fn status(self) -> StatusCode {
+        match self {
+            Code::BadRequest => StatusCode::BAD_REQUEST,
+            Code::Unauthorized => StatusCode::UNAUTHORIZED,
+            Code::Forbidden => StatusCode::FORBIDDEN,
+            Code::NotFound | Code::SpellNotFound => StatusCode::NOT_FOUND,
+            Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Code::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Code::VersionExists | Code::SignerExists | Code::NoBillingAccount => {
+                StatusCode::CONFLICT
+            }
+            Code::BudgetExhausted => StatusCode::PAYMENT_REQUIRED,
+            Code::SpellFailed
+            | Code::SpellTrapped
+            | Code::DeadlineExceeded
+            | Code::MemoryLimitExceeded
+            | Code::OutputTooLarge
+            | Code::FuelExhausted
+            | Code::AmountOutOfRange
+            | Code::Gate(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Code::Overloaded | Code::BillingDisabled => StatusCode::SERVICE_UNAVAILABLE,
+            Code::SignatureInvalid => StatusCode::BAD_REQUEST,
+            Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The code for a bare status (axum rejections, fallbacks).
+    pub fn for_status(status: StatusCode) -> Code {
+        match status {
+            StatusCode::UNAUTHORIZED => Code::Unauthorized,
+            StatusCode::FORBIDDEN => Code::Forbidden,
+            StatusCode::NOT_FOUND => Code::NotFound,
+            StatusCode::METHOD_NOT_ALLOWED => Code::MethodNotAllowed,
+            StatusCode::PAYLOAD_TOO_LARGE => Code::PayloadTooLarge,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => Code::UnsupportedMediaType,
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS => Code::Overloaded,
+            s if s.is_client_error() => Code::BadRequest,
+            _ => Code::Internal,
+        }
+    }
+}
+
+/// An error answered to a client.
+#[derive(Debug)]
+pub struct ApiError {
+    pub code: Code,
+    pub message: String,
+    /// Extra fields beside code/message/trace_id (e.g. `required_microusd`).
+    pub extra: Map<String, Value>,
+    /// Extra headers (e.g. `Retry-After`).
+    pub retry_after_seconds: Option<u32>,
+}
+
+impl ApiError {
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            message: message.into(),
+            extra: Map::new(),
+            retry_after_seconds: None,
+        }
+    }
+
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.extra.insert(key.to_owned(), value.into());
+        self
+    }
+
+    pub fn retry_after(mut self, seconds: u32) -> Self {
+        self.retry_after_seconds = Some(seconds);
+        self
+    }
+
+    /// An unexpected failure: logged with its cause chain, answered as an opaque 500.
+    pub fn internal(error: impl Into<anyhow::Error>) -> Self {
+        let error = error.into();
+        tracing::error!(trace_id = %trace_id(), error = format!("{error:#}"), "internal error");
+        ApiError::new(
+            Code::Internal,
+            "internal error; quote the trace_id when reporting it",
+        )
+    }
+
+    pub fn unauthorized() -> Self {
+        ApiError::new(
+            Code::Unauthorized,
+            "a valid API key is required: Authorization: Bearer <key>",
+        )
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        ApiError::new(Code::BadRequest, message)
+    }
+
+    pub fn body(&self) -> Value {
+        let mut error = Map::new();
+        error.insert("code".into(), self.code.as_str().into());
+        error.insert("message".into(), self.message.clone().into());
+        error.insert("trace_id".into(), trace_id().into());
+        for (key, value) in &self.extra {
+            error.insert(key.clone(), value.clone());
+        }
+        json!({ "error": error })
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.code.status(), axum::Json(self.body())).into_response();
+        if let Some(seconds) = self.retry_after_seconds {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(seconds),
+            );
+        }
+        response
+    }
+}
+
+impl From<GateError> for ApiError {
+    fn from(error: GateError) -> Self {
+        ApiError::new(Code::Gate(error.code()), error.to_string())
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(error: sqlx::Error) -> Self {
+        ApiError::internal(error)
+    }
+}
+
+impl From<MoneyError> for ApiError {
+    fn from(error: MoneyError) -> Self {
+        match error {
+            MoneyError::Database(error) => ApiError::internal(error),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+impl From<crate::registry::RegistryError> for ApiError {
+    fn from(error: crate::registry::RegistryError) -> Self {
+        use crate::registry::RegistryError;
+        match error {
+            RegistryError::NotFound(spell) => {
+                ApiError::new(Code::SpellNotFound, format!("spell {spell} not found"))
+            }
+            RegistryError::VersionExists(what) => ApiError::new(
+                Code::VersionExists,
+                format!("{what} is already published; versions are immutable"),
+            ),
+            RegistryError::SignerExists(_) => ApiError::new(Code::SignerExists, error.to_string()),
+            RegistryError::Gate(error) => error.into(),
+            RegistryError::Invalid { .. } => ApiError::bad_request(error.to_string()),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(error: anyhow::Error) -> Self {
+        ApiError::internal(error)
+    }
+}

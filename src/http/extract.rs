@@ -1,0 +1,43 @@
+//! Extractors that turn request parts into domain values or the one error shape.
+
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+
+use crate::App;
+use crate::auth::{AuthError, Caller};
+use crate::error::ApiError;
+
+/// JSON bodies; a bad body is a `bad_request` in the one error shape.
+pub struct Json<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        match axum::Json::<T>::from_request(request, state).await {
+            Ok(axum::Json(value)) => Ok(Json(value)),
+            Err(rejection) => Err(ApiError::new(
+                crate::error::Code::for_status(rejection.status()),
+                rejection.body_text(),
+            )),
+        }
+    }
+}
+
+impl FromRequestParts<App> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, ApiError> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok());
+        app.auth
+            .authenticate(header)
+            .await
+            .map_err(|error| match error {
+                AuthError::Database(error) => ApiError::internal(error),
+                _ => ApiError::unauthorized(),
+            })
+    }
+}

@@ -1,0 +1,55 @@
+use axum::extract::{Query, State};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::App;
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::money::LedgerEntry;
+
+/// Entries per page when the client does not say; at most `PAGE_MAX`.
+const PAGE_DEFAULT: i64 = 50;
+const PAGE_MAX: i64 = 500;
+
+#[derive(Deserialize)]
+pub struct Page {
+    /// Return entries with `seq` greater than this (the previous page's `next_after`).
+    after: Option<i64>,
+    limit: Option<i64>,
+}
+
+/// `GET /v1/ledger?after=<seq>&limit=<n>`: the caller's entries, oldest first.
+pub async fn list(
+    State(app): State<App>,
+    caller: Caller,
+    Query(page): Query<Page>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let limit = page.limit.unwrap_or(PAGE_DEFAULT).clamp(1, PAGE_MAX);
+    let entries: Vec<LedgerEntry> = sqlx::query_as(
+        "SELECT seq, user_id, kind, amount_microusd, balance_after_microusd, reference, created_at_ms, prev_hash, hash \
+         FROM ledger WHERE user_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+    )
+    .bind(caller.user_id)
+    .bind(page.after.unwrap_or(0))
+    .bind(limit)
+    .fetch_all(app.db.reader())
+    .await?;
+    let next_after = if entries.len() as i64 == limit {
+        entries.last().map(|e| e.seq)
+    } else {
+        None
+    };
+    let entries: Vec<Value> = entries
+        .into_iter()
+        .map(|e| {
+            json!({
+                "seq": e.seq, "kind": e.kind, "amount_microusd": e.amount_microusd,
+                "balance_after_microusd": e.balance_after_microusd, "reference": e.reference,
+                "created_at_ms": e.created_at_ms, "hash": e.hash,
+            })
+        })
+        .collect();
+    Ok(axum::Json(
+        json!({ "entries": entries, "next_after": next_after }),
+    ))
+}

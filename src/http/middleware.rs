@@ -1,0 +1,87 @@
+//! Request middleware: trace ids, metrics and logging, and the one error shape for responses
+//! that did not come from our handlers (unknown routes, wrong methods, body limits).
+
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::App;
+use crate::error::{ApiError, Code, TRACE_ID};
+
+/// Gives every request a trace id (in responses as `x-trace-id` and in every error body),
+/// and records its route, status and latency.
+pub async fn observe(State(app): State<App>, request: Request, next: Next) -> Response {
+    let trace_id = uuid::Uuid::new_v4().simple().to_string();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let method = request.method().clone();
+    let started = Instant::now();
+    let mut response = TRACE_ID
+        .scope(trace_id.clone(), async move {
+            normalize_errors(next.run(request).await)
+        })
+        .await;
+    let status = response.status();
+    let elapsed = started.elapsed();
+    app.metrics
+        .http_requests
+        .with_label_values(&[route.as_str(), method.as_str(), status.as_str()])
+        .inc();
+    app.metrics
+        .http_duration
+        .with_label_values(&[route.as_str()])
+        .observe(elapsed.as_secs_f64());
+    if let Ok(value) = HeaderValue::from_str(&trace_id) {
+        response.headers_mut().insert("x-trace-id", value);
+    }
+    if status.is_server_error() {
+        tracing::warn!(trace_id, http.route = %route, http.status = status.as_u16(), "request failed");
+    } else {
+        tracing::debug!(trace_id, http.route = %route, http.status = status.as_u16(),
+            http.duration_us = elapsed.as_micros() as u64, "request");
+    }
+    response
+}
+
+/// Rewrites error responses that are not already JSON (axum's own rejections, 404 and 405
+/// fallbacks, body-limit refusals) into the one error shape.
+fn normalize_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let code = Code::for_status(status);
+    let message = match code {
+        Code::NotFound => "no such route".to_owned(),
+        Code::MethodNotAllowed => "method not allowed on this route".to_owned(),
+        Code::PayloadTooLarge => "request body too large".to_owned(),
+        _ => status
+            .canonical_reason()
+            .unwrap_or("error")
+            .to_ascii_lowercase(),
+    };
+    let mut rewritten = ApiError::new(code, message).into_response();
+    *rewritten.status_mut() = status;
+    for name in [header::ALLOW, header::RETRY_AFTER] {
+        if let Some(value) = response.headers().get(&name) {
+            rewritten.headers_mut().insert(name, value.clone());
+        }
+    }
+    rewritten
+}
+
+/// The body for routes that match nothing.
+pub async fn not_found() -> Response {
+    let _ = Body::empty();
+    ApiError::new(Code::NotFound, "no such route").into_response()
+}

@@ -1,0 +1,48 @@
+//! Operator endpoints: health, metrics, ledger verification.
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use serde_json::json;
+
+use crate::App;
+use crate::auth::Caller;
+use crate::error::{ApiError, Code};
+use crate::money::{self, ChainCheck};
+use crate::telemetry::Metrics;
+
+pub async fn healthz() -> impl IntoResponse {
+    axum::Json(json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
+}
+
+pub async fn metrics(State(app): State<App>) -> impl IntoResponse {
+    let metrics = &app.metrics;
+    Metrics::sync_counter(&metrics.module_cache_hits, app.sandbox.cache_hits());
+    Metrics::sync_counter(&metrics.module_cache_misses, app.sandbox.cache_misses());
+    metrics
+        .queue_depth
+        .set(i64::try_from(app.sandbox.queue_depth()).unwrap_or(i64::MAX));
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        metrics.render(),
+    )
+}
+
+/// `GET /v1/admin/ledger/verify`: recomputes the hash chain (admins only).
+pub async fn verify_ledger(
+    State(app): State<App>,
+    caller: Caller,
+) -> Result<impl IntoResponse, ApiError> {
+    if !caller.is_admin {
+        return Err(ApiError::new(Code::Forbidden, "admins only"));
+    }
+    Ok(axum::Json(match money::verify_chain(&app.db).await? {
+        ChainCheck::Intact { entries } => json!({"intact": true, "entries": entries}),
+        ChainCheck::Broken { seq, reason } => {
+            json!({"intact": false, "first_bad_seq": seq, "reason": reason})
+        }
+    }))
+}

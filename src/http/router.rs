@@ -1,0 +1,43 @@
+//! Every route, in one place.
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{delete, get, post};
+
+use super::{cast, keys, ledger, middleware, ops, signers, spells, users};
+use crate::App;
+use crate::supply_chain::{MODULE_BYTES_MAX, SBOM_BYTES_MAX};
+
+/// Room for JSON framing and base64 (4/3) around the largest input.
+fn cast_body_bytes_max(app: &App) -> usize {
+    let input = usize::try_from(app.config.sandbox.limits.input_bytes_max).unwrap_or(usize::MAX);
+    input.saturating_mul(4) / 3 + 64 * 1024
+}
+
+pub fn router(app: App) -> Router {
+    let publish_bytes_max = MODULE_BYTES_MAX + SBOM_BYTES_MAX + 256 * 1024;
+    Router::new()
+        .route("/healthz", get(ops::healthz))
+        .route("/metrics", get(ops::metrics))
+        .route("/v1/users/me", get(users::me))
+        .route("/v1/keys", post(keys::create).get(keys::list))
+        .route("/v1/keys/{prefix}", delete(keys::delete))
+        .route("/v1/signers", post(signers::create).get(signers::list))
+        .route(
+            "/v1/spells",
+            post(spells::publish).layer(DefaultBodyLimit::max(publish_bytes_max)),
+        )
+        .route("/v1/spells/{owner}/{name}", get(spells::versions))
+        .route(
+            "/v1/cast",
+            post(cast::cast).layer(DefaultBodyLimit::max(cast_body_bytes_max(&app))),
+        )
+        .route("/v1/ledger", get(ledger::list))
+        .route("/v1/admin/ledger/verify", get(ops::verify_ledger))
+        .fallback(middleware::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            middleware::observe,
+        ))
+        .with_state(app)
+}

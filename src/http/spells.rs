@@ -1,0 +1,73 @@
+use axum::extract::{Multipart, Path, State};
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+
+use crate::App;
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::supply_chain::SpellBundle;
+
+/// `POST /v1/spells` (multipart: `module`, `manifest`, `sbom`, `signature`).
+pub async fn publish(
+    State(app): State<App>,
+    caller: Caller,
+    multipart: Multipart,
+) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
+    let bundle = read_bundle(multipart).await?;
+    let published = app
+        .registry
+        .publish(caller.user_id, &caller.handle, bundle)
+        .await?;
+    Ok((StatusCode::CREATED, axum::Json(json!(published))))
+}
+
+async fn read_bundle(mut multipart: Multipart) -> Result<SpellBundle, ApiError> {
+    let (mut module, mut manifest, mut sbom, mut signature) = (None, None, None, None);
+    while let Some(field) = multipart.next_field().await.map_err(|e| {
+        ApiError::bad_request(format!("malformed multipart body: {}", e.body_text()))
+    })? {
+        let name = field.name().unwrap_or_default().to_owned();
+        let bytes = field
+            .bytes()
+            .await
+            .map_err(|e| {
+                ApiError::bad_request(format!("reading part {name:?}: {}", e.body_text()))
+            })?
+            .to_vec();
+        let slot = match name.as_str() {
+            "module" => &mut module,
+            "manifest" => &mut manifest,
+            "sbom" => &mut sbom,
+            "signature" => &mut signature,
+            other => return Err(ApiError::bad_request(format!("unexpected part {other:?}"))),
+        };
+        if slot.replace(bytes).is_some() {
+            return Err(ApiError::bad_request(format!("part {name:?} given twice")));
+        }
+    }
+    let missing = |part: &str| {
+        ApiError::bad_request(format!(
+            "missing part {part:?}: send module, manifest, sbom and signature"
+        ))
+    };
+    let manifest = String::from_utf8(manifest.ok_or_else(|| missing("manifest"))?)
+        .map_err(|_| ApiError::bad_request("the manifest must be UTF-8 TOML"))?;
+    Ok(SpellBundle {
+        module: module.ok_or_else(|| missing("module"))?,
+        manifest,
+        sbom: sbom.ok_or_else(|| missing("sbom"))?,
+        signature: signature.ok_or_else(|| missing("signature"))?,
+    })
+}
+
+/// `GET /v1/spells/{owner}/{name}`: versions, newest first, with digests.
+pub async fn versions(
+    State(app): State<App>,
+    _caller: Caller,
+    Path((owner, name)): Path<(String, String)>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let versions = app.registry.versions(&owner, &name).await?;
+    Ok(axum::Json(
+        json!({ "spell": format!("{owner}/{name}"), "versions": versions }),
+    ))
+}

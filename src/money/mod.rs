@@ -1,0 +1,121 @@
+//! Money: units, pricing, holds and settlement, and the hash-chained ledger.
+//!
+//! Every change of a balance is a ledger entry written in the same transaction as the balance
+//! update. Invariants (checked by tests after every operation): a user's balance equals the
+//! sum of their entries; `available = balance − held ≥ 0` unless a refund or dispute took it
+//! lower, which blocks casts.
+
+mod holds;
+pub mod ledger;
+mod pricing;
+mod units;
+
+pub use holds::{
+    CastRecord, FuelBound, Hold, HoldRequest, Settlement, reserve, settle, sweep_expired, void,
+};
+pub use ledger::{ChainCheck, EntryKind, LedgerEntry, append_entry, verify_chain};
+pub use pricing::Pricing;
+pub use units::MicroUsd;
+
+use crate::store::{Db, Tx};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MoneyError {
+    #[error("insufficient funds: {required} required, {available} available")]
+    InsufficientFunds {
+        required: MicroUsd,
+        available: MicroUsd,
+    },
+    #[error("no such user")]
+    UnknownUser,
+    #[error("amount out of range")]
+    AmountOutOfRange,
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// A user's money at one instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Balance {
+    pub balance: MicroUsd,
+    pub held: MicroUsd,
+}
+
+impl Balance {
+    pub fn available(&self) -> MicroUsd {
+        MicroUsd::new(self.balance.get().saturating_sub(self.held.get()))
+    }
+}
+
+pub async fn balance(db: &Db, user_id: i64) -> Result<Balance, MoneyError> {
+    let row: Option<(i64, i64)> =
+        sqlx::query_as("SELECT balance_microusd, held_microusd FROM users WHERE id = $1")
+            .bind(user_id)
+            .fetch_optional(db.reader())
+            .await?;
+    let (balance, held) = row.ok_or(MoneyError::UnknownUser)?;
+    Ok(Balance {
+        balance: MicroUsd::new(balance),
+        held: MicroUsd::new(held),
+    })
+}
+
+/// Reads and locks (PostgreSQL: `FOR UPDATE`) a user's balance inside a write transaction.
+pub(crate) async fn lock_balance(
+    db: &Db,
+    tx: &mut Tx,
+    user_id: i64,
+) -> Result<Balance, MoneyError> {
+    let sql = db.pick(
+        "SELECT balance_microusd, held_microusd FROM users WHERE id = $1",
+        "SELECT balance_microusd, held_microusd FROM users WHERE id = $1 FOR UPDATE",
+    );
+    let row: Option<(i64, i64)> = sqlx::query_as(sql)
+        .bind(user_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    let (balance, held) = row.ok_or(MoneyError::UnknownUser)?;
+    Ok(Balance {
+        balance: MicroUsd::new(balance),
+        held: MicroUsd::new(held),
+    })
+}
+
+/// Credits or debits a balance with its ledger entry, in one transaction. Credits (grants,
+/// top-ups) are positive; refunds and disputes are negative and may take the balance below
+/// zero. Returns the ledger entry.
+pub async fn post(
+    db: &Db,
+    user_id: i64,
+    kind: EntryKind,
+    amount: MicroUsd,
+    reference: &str,
+) -> Result<LedgerEntry, MoneyError> {
+    let mut tx = db.begin().await?;
+    let entry = post_in(db, &mut tx, user_id, kind, amount, reference).await?;
+    tx.commit().await?;
+    Ok(entry)
+}
+
+/// [`post`] inside a caller's transaction (e.g. with an idempotency record).
+pub async fn post_in(
+    db: &Db,
+    tx: &mut Tx,
+    user_id: i64,
+    kind: EntryKind,
+    amount: MicroUsd,
+    reference: &str,
+) -> Result<LedgerEntry, MoneyError> {
+    let current = lock_balance(db, tx, user_id).await?;
+    let balance_after = current
+        .balance
+        .checked_add(amount)
+        .ok_or(MoneyError::AmountOutOfRange)?;
+    sqlx::query("UPDATE users SET balance_microusd = $1 WHERE id = $2")
+        .bind(balance_after.get())
+        .bind(user_id)
+        .execute(&mut **tx)
+        .await?;
+    let entry = append_entry(tx, user_id, kind, amount, balance_after, reference).await?;
+    Ok(entry)
+}

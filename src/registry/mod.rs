@@ -1,0 +1,373 @@
+//! Spells, versions, signers and module blobs. The only place that hands a `VerifiedModule` to
+//! the sandbox: modules are verified at publish and verified again (signature, SBOM, digest)
+//! whenever their bytes are loaded back from the database.
+
+use std::sync::Arc;
+
+use crate::sandbox::{CompiledSpell, Sandbox, SandboxError};
+use crate::store::{Db, is_unique_violation, now_ms};
+use crate::supply_chain::{
+    GateError, ModuleDigest, SignaturePolicy, SignerKey, SpellBundle, VerifiedModule, Verifier,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("spell {0} not found")]
+    NotFound(String),
+    #[error("{0} already exists")]
+    VersionExists(String),
+    #[error("a signer named {0:?} already exists")]
+    SignerExists(String),
+    #[error(transparent)]
+    Gate(#[from] GateError),
+    #[error("invalid {field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// `owner/name[@version]`, parsed at the edge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpellRef {
+    pub owner: String,
+    pub name: String,
+    pub version: Option<semver::Version>,
+}
+
+impl std::str::FromStr for SpellRef {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (path, version) = match text.split_once('@') {
+            Some((path, version)) => {
+                let version = semver::Version::parse(version)
+                    .map_err(|e| format!("version {version:?} is not semver: {e}"))?;
+                (path, Some(version))
+            }
+            None => (text, None),
+        };
+        let (owner, name) = path
+            .split_once('/')
+            .ok_or_else(|| "a spell is named owner/name[@version]".to_owned())?;
+        if !crate::auth::is_valid_handle(owner)
+            || !crate::supply_chain::manifest::is_valid_name(name)
+        {
+            return Err("a spell is named owner/name[@version]".into());
+        }
+        Ok(SpellRef {
+            owner: owner.to_owned(),
+            name: name.to_owned(),
+            version,
+        })
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Published {
+    pub spell: String,
+    pub version: String,
+    pub digest: String,
+}
+
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+pub struct VersionInfo {
+    pub version: String,
+    pub digest: String,
+    pub created_at_ms: i64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SignerInfo {
+    pub id: i64,
+    pub name: String,
+    pub public_key_pem: String,
+    pub created_at_ms: i64,
+}
+
+/// A spell ready to cast.
+pub struct Resolved {
+    pub spell: String,
+    pub version: String,
+    pub digest: ModuleDigest,
+    pub compiled: Arc<CompiledSpell>,
+}
+
+pub struct Registry {
+    db: Db,
+    sandbox: Arc<Sandbox>,
+    /// Single-flight for loading and compiling modules that are not in the sandbox's cache.
+    loading: tokio::sync::Mutex<()>,
+}
+
+impl Registry {
+    pub fn new(db: Db, sandbox: Arc<Sandbox>) -> Self {
+        Registry {
+            db,
+            sandbox,
+            loading: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub async fn add_signer(
+        &self,
+        user_id: i64,
+        name: &str,
+        public_key_pem: &str,
+    ) -> Result<SignerInfo, RegistryError> {
+        let name = name.trim();
+        if name.is_empty() || name.len() > 100 {
+            return Err(RegistryError::Invalid {
+                field: "name",
+                message: "must be 1 to 100 characters".into(),
+            });
+        }
+        SignerKey::from_pem(public_key_pem).map_err(|e| RegistryError::Invalid {
+            field: "public_key_pem",
+            message: e.to_string(),
+        })?;
+        let created_at_ms = now_ms();
+        let inserted: Result<(i64,), sqlx::Error> = sqlx::query_as(
+            "INSERT INTO signers (user_id, name, public_key_pem, created_at_ms) VALUES ($1, $2, $3, $4) RETURNING id",
+        )
+        .bind(user_id)
+        .bind(name)
+        .bind(public_key_pem)
+        .bind(created_at_ms)
+        .fetch_one(self.db.writer())
+        .await;
+        let (id,) = match inserted {
+            Err(error) if is_unique_violation(&error) => {
+                return Err(RegistryError::SignerExists(name.to_owned()));
+            }
+            other => other?,
+        };
+        Ok(SignerInfo {
+            id,
+            name: name.to_owned(),
+            public_key_pem: public_key_pem.to_owned(),
+            created_at_ms,
+        })
+    }
+
+    pub async fn signers(&self, user_id: i64) -> Result<Vec<SignerInfo>, RegistryError> {
+        let rows: Vec<(i64, String, String, i64)> = sqlx::query_as(
+            "SELECT id, name, public_key_pem, created_at_ms FROM signers WHERE user_id = $1 ORDER BY id",
+        )
+        .bind(user_id)
+        .fetch_all(self.db.reader())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, name, public_key_pem, created_at_ms)| SignerInfo {
+                id,
+                name,
+                public_key_pem,
+                created_at_ms,
+            })
+            .collect())
+    }
+
+    /// Verifies and stores a new version. The signature must verify under one of the
+    /// publisher's registered signers; a version, once published, never changes.
+    pub async fn publish(
+        &self,
+        owner_id: i64,
+        owner_handle: &str,
+        bundle: SpellBundle,
+    ) -> Result<Published, RegistryError> {
+        let signers = self.signers(owner_id).await?;
+        let keys: Vec<(i64, SignerKey)> = signers
+            .iter()
+            .filter_map(|s| {
+                SignerKey::from_pem(&s.public_key_pem)
+                    .ok()
+                    .map(|k| (s.id, k))
+            })
+            .collect();
+        // Verification hashes, checks an ECDSA signature and parses SBOM and wasm: CPU work,
+        // kept off the reactor.
+        let (module, signer_id, bundle) = tokio::task::spawn_blocking(move || {
+            verify_with_signer(&bundle, &keys)
+                .map(|(module, signer_id)| (module, signer_id, bundle))
+        })
+        .await
+        .map_err(|e| RegistryError::Internal(e.to_string()))??;
+        let manifest = module.manifest();
+        let spell = format!("{owner_handle}/{}", manifest.name);
+        let version = manifest.version.to_string();
+        let mut tx = self.db.begin().await?;
+        sqlx::query(
+            "INSERT INTO modules (digest, bytes) VALUES ($1, $2) ON CONFLICT (digest) DO NOTHING",
+        )
+        .bind(module.digest().hex())
+        .bind(module.bytes())
+        .execute(&mut *tx)
+        .await?;
+        let inserted = sqlx::query(
+            "INSERT INTO spell_versions (owner_id, name, version, digest, manifest, sbom, signature, signer_id, created_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(owner_id)
+        .bind(&manifest.name)
+        .bind(&version)
+        .bind(module.digest().hex())
+        .bind(&bundle.manifest)
+        .bind(&bundle.sbom)
+        .bind(String::from_utf8_lossy(&bundle.signature).trim().to_owned())
+        .bind(signer_id)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await;
+        match inserted {
+            Err(error) if is_unique_violation(&error) => {
+                return Err(RegistryError::VersionExists(format!("{spell}@{version}")));
+            }
+            other => other?,
+        };
+        tx.commit().await?;
+        tracing::info!(spell.name = %spell, spell.version = %version, spell.digest = %module.digest(), "published");
+        let digest = module.digest().to_string();
+        // Compile now, in the background, so the first cast does not pay for it.
+        let sandbox = self.sandbox.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(error) = sandbox.prepare(&module) {
+                tracing::warn!(error = %error, "precompiling a published module failed");
+            }
+        });
+        Ok(Published {
+            spell,
+            version,
+            digest,
+        })
+    }
+
+    pub async fn versions(
+        &self,
+        owner: &str,
+        name: &str,
+    ) -> Result<Vec<VersionInfo>, RegistryError> {
+        let mut rows: Vec<VersionInfo> = sqlx::query_as(
+            "SELECT v.version, v.digest, v.created_at_ms FROM spell_versions v \
+             JOIN users u ON u.id = v.owner_id WHERE u.handle = $1 AND v.name = $2",
+        )
+        .bind(owner)
+        .bind(name)
+        .fetch_all(self.db.reader())
+        .await?;
+        if rows.is_empty() {
+            return Err(RegistryError::NotFound(format!("{owner}/{name}")));
+        }
+        rows.sort_by_key(|row| std::cmp::Reverse(semver::Version::parse(&row.version).ok()));
+        for row in &mut rows {
+            row.digest = format!("sha256:{}", row.digest);
+        }
+        Ok(rows)
+    }
+
+    /// Finds the version to cast (the highest when none is named) and its compiled module.
+    pub async fn resolve(&self, spell: &SpellRef) -> Result<Resolved, RegistryError> {
+        let rows: Vec<(i64, String, String)> = sqlx::query_as(
+            "SELECT v.id, v.version, v.digest FROM spell_versions v \
+             JOIN users u ON u.id = v.owner_id WHERE u.handle = $1 AND v.name = $2",
+        )
+        .bind(&spell.owner)
+        .bind(&spell.name)
+        .fetch_all(self.db.reader())
+        .await?;
+        let name = format!("{}/{}", spell.owner, spell.name);
+        let chosen = rows
+            .into_iter()
+            .filter_map(|(id, version, digest)| {
+                semver::Version::parse(&version)
+                    .ok()
+                    .map(|v| (v, id, digest))
+            })
+            .filter(|(version, _, _)| {
+                spell
+                    .version
+                    .as_ref()
+                    .is_none_or(|wanted| wanted == version)
+            })
+            .max_by(|a, b| a.0.cmp(&b.0));
+        let Some((version, version_id, digest)) = chosen else {
+            let shown = match &spell.version {
+                Some(version) => format!("{name}@{version}"),
+                None => name,
+            };
+            return Err(RegistryError::NotFound(shown));
+        };
+        let digest =
+            ModuleDigest::from_hex(&digest).map_err(|e| RegistryError::Internal(e.to_string()))?;
+        let compiled = match self.sandbox.cached(&digest) {
+            Some(compiled) => compiled,
+            None => self.load(version_id, digest).await?,
+        };
+        Ok(Resolved {
+            spell: name,
+            version: version.to_string(),
+            digest,
+            compiled,
+        })
+    }
+
+    /// Loads a version's bytes from the database, verifies them again and compiles them.
+    async fn load(
+        &self,
+        version_id: i64,
+        digest: ModuleDigest,
+    ) -> Result<Arc<CompiledSpell>, RegistryError> {
+        let _single_flight = self.loading.lock().await;
+        if let Some(compiled) = self.sandbox.cached(&digest) {
+            return Ok(compiled);
+        }
+        let (module, manifest, sbom, signature, public_key_pem): (Vec<u8>, String, Vec<u8>, String, String) = sqlx::query_as(
+            "SELECT m.bytes, v.manifest, v.sbom, v.signature, s.public_key_pem FROM spell_versions v \
+             JOIN modules m ON m.digest = v.digest JOIN signers s ON s.id = v.signer_id WHERE v.id = $1",
+        )
+        .bind(version_id)
+        .fetch_one(self.db.reader())
+        .await?;
+        let sandbox = self.sandbox.clone();
+        tokio::task::spawn_blocking(move || -> Result<Arc<CompiledSpell>, RegistryError> {
+            let key = SignerKey::from_pem(&public_key_pem)
+                .map_err(|e| RegistryError::Internal(format!("stored signer key: {e}")))?;
+            let bundle = SpellBundle {
+                module,
+                manifest,
+                sbom,
+                signature: signature.into_bytes(),
+            };
+            let module =
+                Verifier::verify(&bundle, SignaturePolicy::AnyOf(std::slice::from_ref(&key)))?;
+            if *module.digest() != digest {
+                return Err(RegistryError::Internal(format!(
+                    "stored module does not hash to {digest}"
+                )));
+            }
+            Ok(sandbox.prepare(&module)?.0)
+        })
+        .await
+        .map_err(|e| RegistryError::Internal(e.to_string()))?
+    }
+}
+
+/// Verifies under the publisher's keys and names the key that signed.
+fn verify_with_signer(
+    bundle: &SpellBundle,
+    keys: &[(i64, SignerKey)],
+) -> Result<(VerifiedModule, i64), GateError> {
+    let just_keys: Vec<SignerKey> = keys.iter().map(|(_, key)| key.clone()).collect();
+    let module = Verifier::verify(bundle, SignaturePolicy::AnyOf(&just_keys))?;
+    let signer_id = keys
+        .iter()
+        .find(|(_, key)| key.verifies(module.bytes(), &bundle.signature))
+        .map(|(id, _)| *id)
+        .ok_or_else(|| GateError::SignatureInvalid("no registered signer".into()))?;
+    Ok((module, signer_id))
+}

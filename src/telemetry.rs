@@ -1,0 +1,153 @@
+//! Logging setup and the one documented set of metrics (Prometheus, names `spellhost_*`).
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
+
+/// Installs the tracing subscriber: human-readable text by default, JSON lines for log
+/// collectors. `RUST_LOG` filters (default `info`).
+pub fn init_logging(json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// Every metric the service exports. Register once per process (or per test app).
+pub struct Metrics {
+    pub registry: Registry,
+    /// Casts by outcome (`ok`, `out_of_fuel`, …, and `budget_exhausted` for 402s before a run).
+    pub casts: IntCounterVec,
+    /// Wall time of the sandbox run, seconds.
+    pub cast_duration: Histogram,
+    /// Fuel burned by settled casts.
+    pub fuel_consumed: IntCounter,
+    /// Micro-dollars charged by settled casts.
+    pub charged_microusd: IntCounter,
+    /// HTTP requests by route template and status.
+    pub http_requests: IntCounterVec,
+    /// HTTP request latency by route template, seconds.
+    pub http_duration: HistogramVec,
+    /// Holds taken and not yet settled or voided, in this process.
+    pub active_holds: IntGauge,
+    /// Module cache lookups (compiled `InstancePre` by digest).
+    pub module_cache_hits: IntCounter,
+    pub module_cache_misses: IntCounter,
+    /// Runs waiting for a sandbox worker.
+    pub queue_depth: IntGauge,
+    /// Expired holds voided by the sweeper.
+    pub holds_voided: IntCounter,
+    /// Stripe webhook events by type and result.
+    pub webhook_events: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> prometheus::Result<Self> {
+        let registry = Registry::new();
+        let metrics = Metrics {
+            casts: IntCounterVec::new(
+                Opts::new("spellhost_casts_total", "Casts by outcome"),
+                &["outcome"],
+            )?,
+            cast_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "spellhost_cast_duration_seconds",
+                    "Wall time of sandbox runs",
+                )
+                .buckets(vec![
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                    0.5, 1.0, 2.5, 5.0, 10.0,
+                ]),
+            )?,
+            fuel_consumed: IntCounter::new(
+                "spellhost_fuel_consumed_total",
+                "Fuel burned by settled casts",
+            )?,
+            charged_microusd: IntCounter::new(
+                "spellhost_charged_microusd_total",
+                "Micro-dollars charged by settled casts",
+            )?,
+            http_requests: IntCounterVec::new(
+                Opts::new(
+                    "spellhost_http_requests_total",
+                    "HTTP requests by route and status",
+                ),
+                &["route", "method", "status"],
+            )?,
+            http_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "spellhost_http_request_duration_seconds",
+                    "HTTP request latency by route",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+                ]),
+                &["route"],
+            )?,
+            active_holds: IntGauge::new(
+                "spellhost_active_holds",
+                "Holds taken and not yet settled or voided",
+            )?,
+            module_cache_hits: IntCounter::new(
+                "spellhost_module_cache_hits_total",
+                "Compiled module cache hits",
+            )?,
+            module_cache_misses: IntCounter::new(
+                "spellhost_module_cache_misses_total",
+                "Compiled module cache misses",
+            )?,
+            queue_depth: IntGauge::new(
+                "spellhost_sandbox_queue_depth",
+                "Runs waiting for a sandbox worker",
+            )?,
+            holds_voided: IntCounter::new(
+                "spellhost_holds_voided_total",
+                "Expired holds voided by the sweeper",
+            )?,
+            webhook_events: IntCounterVec::new(
+                Opts::new(
+                    "spellhost_stripe_webhook_events_total",
+                    "Stripe webhook events by type and result",
+                ),
+                &["type", "result"],
+            )?,
+            registry,
+        };
+        let r = &metrics.registry;
+        r.register(Box::new(metrics.casts.clone()))?;
+        r.register(Box::new(metrics.cast_duration.clone()))?;
+        r.register(Box::new(metrics.fuel_consumed.clone()))?;
+        r.register(Box::new(metrics.charged_microusd.clone()))?;
+        r.register(Box::new(metrics.http_requests.clone()))?;
+        r.register(Box::new(metrics.http_duration.clone()))?;
+        r.register(Box::new(metrics.active_holds.clone()))?;
+        r.register(Box::new(metrics.module_cache_hits.clone()))?;
+        r.register(Box::new(metrics.module_cache_misses.clone()))?;
+        r.register(Box::new(metrics.queue_depth.clone()))?;
+        r.register(Box::new(metrics.holds_voided.clone()))?;
+        r.register(Box::new(metrics.webhook_events.clone()))?;
+        Ok(metrics)
+    }
+
+    /// Brings counters kept elsewhere (the sandbox's atomics) up to their current values.
+    pub fn sync_counter(counter: &IntCounter, current: u64) {
+        let seen = counter.get();
+        if current > seen {
+            counter.inc_by(current - seen);
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        use prometheus::Encoder as _;
+        let mut buffer = Vec::new();
+        let _ = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut buffer);
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}
