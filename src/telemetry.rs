@@ -119,6 +119,20 @@ impl Metrics {
             )?,
             registry,
         };
+        // Every outcome is exported from the start, at zero, so dashboards and alerts see the
+        // series before the first cast of each kind.
+        for outcome in [
+            "ok",
+            "exit_code",
+            "out_of_fuel",
+            "deadline_exceeded",
+            "memory_limit_exceeded",
+            "output_too_large",
+            "trapped",
+            "budget_exhausted",
+        ] {
+            metrics.casts.with_label_values(&[outcome]);
+        }
         let r = &metrics.registry;
         r.register(Box::new(metrics.casts.clone()))?;
         r.register(Box::new(metrics.cast_duration.clone()))?;

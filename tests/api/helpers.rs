@@ -84,19 +84,3 @@ pub fn sandbox() -> Sandbox {
 pub fn compile(sandbox: &Sandbox, module: &VerifiedModule) -> Arc<CompiledSpell> {
     sandbox.prepare(module).expect("compiles").0
 }
-
-/// The process's peak resident set size, in bytes (Linux `VmHWM`).
-pub fn peak_rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|rest| {
-            rest.trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse::<u64>()
-                .ok()
-        })
-        .map_or(0, |kib| kib * 1024)
-}

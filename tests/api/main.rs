@@ -1,5 +1,9 @@
 //! One test binary for all black-box tests (one link step instead of one per file).
 
+mod app;
 mod gate;
 mod helpers;
+mod money;
+mod process;
 mod sandbox;
+mod service;

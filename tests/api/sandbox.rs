@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use spellhost::sandbox::{Outcome, RunLimits, Sandbox};
 
-use crate::helpers::{compile, example, fixture, peak_rss_bytes, sandbox, verified_wat};
+use crate::helpers::{compile, example, fixture, sandbox, verified_wat};
 
 fn run(
     sandbox: &Sandbox,
@@ -79,12 +79,7 @@ fn each_hostile_fixture_ends_in_its_exact_outcome_and_the_host_stays_healthy() {
         }
         assert_host_healthy(&sandbox);
     }
-    // The memory fixtures asked for up to 1 GiB; none of it was ever resident.
-    assert!(
-        peak_rss_bytes() < 768 << 20,
-        "peak RSS {} bytes",
-        peak_rss_bytes()
-    );
+    // Peak RSS under the same fixtures is measured alone, in tests/peak_rss.rs.
 }
 
 #[test]

@@ -1,0 +1,322 @@
+//! `spawn_app`: the real server on port 0 with a fresh database (SQLite in a temporary
+//! directory, or a fresh PostgreSQL database when `SPELLHOST_TEST_DATABASE_URL` is set), and
+//! typed helpers to talk to it over HTTP.
+
+use std::net::SocketAddr;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use spellhost::supply_chain::SpellBundle;
+use spellhost::{App, AppState};
+
+use crate::helpers::{example_bundle, repo_path};
+
+/// Which database a test runs against.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    Sqlite,
+    Postgres(String),
+}
+
+impl Backend {
+    /// PostgreSQL when `SPELLHOST_TEST_DATABASE_URL` is set.
+    pub fn postgres() -> Option<Backend> {
+        std::env::var("SPELLHOST_TEST_DATABASE_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+            .map(Backend::Postgres)
+    }
+
+    /// A fresh, empty database URL for this backend.
+    pub async fn fresh_database_url(&self, data_dir: &std::path::Path) -> String {
+        match self {
+            Backend::Sqlite => format!("sqlite://{}", data_dir.join("spellhost.db").display()),
+            Backend::Postgres(base) => {
+                use sqlx::Connection as _;
+                let name = format!("spellhost_test_{}", uuid::Uuid::new_v4().simple());
+                let mut admin = sqlx::PgConnection::connect(base)
+                    .await
+                    .expect("PostgreSQL reachable");
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&mut admin)
+                    .await
+                    .expect("create database");
+                let (prefix, _) = base.rsplit_once('/').expect("URL has a database");
+                format!("{prefix}/{name}")
+            }
+        }
+    }
+}
+
+/// Runs `$body` once on SQLite and once on PostgreSQL (skipped without a test database).
+#[macro_export]
+macro_rules! on_both_databases {
+    ($(async fn $name:ident($backend:ident) $body:block)*) => {
+        $(
+            mod $name {
+                #[allow(unused_imports)]
+                use super::*;
+                async fn case($backend: $crate::app::Backend) $body
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn sqlite() {
+                    case($crate::app::Backend::Sqlite).await
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn postgres() {
+                    match $crate::app::Backend::postgres() {
+                        Some(backend) => case(backend).await,
+                        None => eprintln!("skipped: set SPELLHOST_TEST_DATABASE_URL to run on PostgreSQL"),
+                    }
+                }
+            }
+        )*
+    };
+}
+
+pub struct TestApp {
+    pub address: SocketAddr,
+    pub app: App,
+    pub client: reqwest::Client,
+    /// Kept alive for the app's lifetime (the SQLite file and artifacts live here).
+    _data_dir: tempfile::TempDir,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<()>>,
+}
+
+pub async fn spawn_app(backend: &Backend) -> TestApp {
+    spawn_app_with(backend, &[]).await
+}
+
+pub async fn spawn_app_with(backend: &Backend, extra: &[(&str, &str)]) -> TestApp {
+    let data_dir = tempfile::tempdir().expect("tempdir");
+    let database_url = backend.fresh_database_url(data_dir.path()).await;
+    let data = data_dir.path().display().to_string();
+    let mut vars = vec![
+        ("SPELLHOST_LISTEN", "127.0.0.1:0"),
+        ("SPELLHOST_DATA_DIR", data.as_str()),
+        ("SPELLHOST_DATABASE_URL", database_url.as_str()),
+        (
+            "SPELLHOST_SECRET_KEY",
+            "test-secret-test-secret-test-secret-0123",
+        ),
+        ("SPELLHOST_WORKERS", "2"),
+    ];
+    vars.extend_from_slice(extra);
+    let config = spellhost::config::Config::from_vars(&vars).expect("config");
+    let app = AppState::build(config).await.expect("app builds");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    let (shutdown, on_shutdown) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn({
+        let app = app.clone();
+        async move {
+            spellhost::serve(app, listener, async move {
+                let _ = on_shutdown.await;
+            })
+            .await
+            .expect("serves");
+        }
+    });
+    TestApp {
+        address,
+        app,
+        client: reqwest::Client::new(),
+        _data_dir: data_dir,
+        shutdown: Some(shutdown),
+        server: Some(server),
+    }
+}
+
+/// A user, their API key and (once registered) their signing key.
+pub struct TestUser {
+    pub id: i64,
+    pub key: String,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    /// Stops accepting, waits for casts in flight to settle.
+    pub async fn shutdown(mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(server) = self.server.take() {
+            let _ = server.await;
+        }
+    }
+
+    pub async fn get(&self, path: &str, key: Option<&str>) -> (StatusCode, Value) {
+        let mut request = self.client.get(self.url(path));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        read(request.send().await.expect("request")).await
+    }
+
+    pub async fn post(&self, path: &str, key: Option<&str>, body: Value) -> (StatusCode, Value) {
+        let mut request = self.client.post(self.url(path)).json(&body);
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        read(request.send().await.expect("request")).await
+    }
+
+    pub async fn delete(&self, path: &str, key: &str) -> (StatusCode, Value) {
+        read(
+            self.client
+                .delete(self.url(path))
+                .bearer_auth(key)
+                .send()
+                .await
+                .expect("request"),
+        )
+        .await
+    }
+
+    /// A user with an API key and `credit_microusd` of granted credit (as the admin CLI does).
+    pub async fn user(&self, handle: &str, credit_microusd: i64) -> TestUser {
+        let user = spellhost::auth::create_user(
+            &self.app.db,
+            handle,
+            &format!("{handle}@example.com"),
+            false,
+        )
+        .await
+        .expect("user");
+        if credit_microusd > 0 {
+            spellhost::money::post(
+                &self.app.db,
+                user.id,
+                spellhost::money::EntryKind::Grant,
+                spellhost::money::MicroUsd::new(credit_microusd),
+                "test credit",
+            )
+            .await
+            .expect("grant");
+        }
+        let (key, _) = self
+            .app
+            .auth
+            .create_key(user.id, "test")
+            .await
+            .expect("key");
+        TestUser {
+            id: user.id,
+            key: key.expose().to_owned(),
+        }
+    }
+
+    /// Registers the committed demo signer for `user` over HTTP.
+    pub async fn register_demo_signer(&self, user: &TestUser) {
+        let pem =
+            std::fs::read_to_string(repo_path("spells/demo-key/spell.pub")).expect("demo key");
+        let (status, body) = self
+            .post(
+                "/v1/signers",
+                Some(&user.key),
+                json!({"name": "demo", "public_key_pem": pem}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+
+    pub async fn publish(&self, user: &TestUser, bundle: &SpellBundle) -> (StatusCode, Value) {
+        let form = reqwest::multipart::Form::new()
+            .part(
+                "module",
+                reqwest::multipart::Part::bytes(bundle.module.clone()),
+            )
+            .part(
+                "manifest",
+                reqwest::multipart::Part::text(bundle.manifest.clone()),
+            )
+            .part("sbom", reqwest::multipart::Part::bytes(bundle.sbom.clone()))
+            .part(
+                "signature",
+                reqwest::multipart::Part::bytes(bundle.signature.clone()),
+            );
+        let response = self
+            .client
+            .post(self.url("/v1/spells"))
+            .bearer_auth(&user.key)
+            .multipart(form)
+            .send()
+            .await
+            .expect("request");
+        read(response).await
+    }
+
+    /// Registers the demo signer and publishes the named examples for `user`.
+    pub async fn publish_examples(&self, user: &TestUser, names: &[&str]) {
+        self.register_demo_signer(user).await;
+        for name in names {
+            let (status, body) = self.publish(user, &example_bundle(name)).await;
+            assert_eq!(status, StatusCode::CREATED, "{body}");
+        }
+    }
+
+    pub async fn cast(&self, user: &TestUser, body: Value) -> (StatusCode, Value) {
+        self.post("/v1/cast", Some(&user.key), body).await
+    }
+
+    pub async fn me(&self, user: &TestUser) -> Value {
+        let (status, body) = self.get("/v1/users/me", Some(&user.key)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body
+    }
+
+    /// The money invariants, checked straight in the database: balance = Σ the user's
+    /// entries, available = balance − held ≥ 0, no hold left behind, the chain verifies.
+    pub async fn assert_money_invariants(&self, user: &TestUser) {
+        let db = &self.app.db;
+        let balance = spellhost::money::balance(db, user.id)
+            .await
+            .expect("balance");
+        let (sum,): (i64,) = sqlx::query_as("SELECT CAST(COALESCE(SUM(amount_microusd), 0) AS BIGINT) FROM ledger WHERE user_id = $1")
+            .bind(user.id)
+            .fetch_one(db.reader())
+            .await
+            .expect("sum");
+        assert_eq!(balance.balance.get(), sum, "balance = Σ ledger entries");
+        assert!(balance.available().get() >= 0, "available ≥ 0: {balance:?}");
+        let check = spellhost::money::verify_chain(db).await.expect("verify");
+        assert!(
+            matches!(check, spellhost::money::ChainCheck::Intact { .. }),
+            "{check:?}"
+        );
+    }
+}
+
+async fn read(response: reqwest::Response) -> (StatusCode, Value) {
+    let status = response.status();
+    let text = response.text().await.expect("body");
+    let body = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    };
+    (status, body)
+}
+
+/// Asserts the one error shape and returns the code.
+pub fn error_code(body: &Value) -> &str {
+    let error = &body["error"];
+    assert!(
+        error["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "message: {body}"
+    );
+    assert!(
+        error["trace_id"].as_str().is_some_and(|t| t.len() >= 16),
+        "trace_id: {body}"
+    );
+    error["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("code: {body}"))
+}

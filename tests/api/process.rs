@@ -1,0 +1,347 @@
+//! The real binary as an operator runs it: admin commands, a kill -9 between hold and settle,
+//! and a graceful shutdown with a cast in flight.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::app::Backend;
+use crate::helpers::{manifest_text, new_signer, repo_path, signed_bundle};
+use crate::on_both_databases;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_spellhost");
+
+struct Env {
+    vars: Vec<(String, String)>,
+}
+
+impl Env {
+    async fn new(backend: &Backend, data_dir: &Path) -> Env {
+        let url = backend.fresh_database_url(data_dir).await;
+        Env {
+            vars: vec![
+                ("SPELLHOST_DATA_DIR".into(), data_dir.display().to_string()),
+                ("SPELLHOST_DATABASE_URL".into(), url),
+                ("SPELLHOST_LISTEN".into(), "127.0.0.1:0".into()),
+                ("SPELLHOST_WORKERS".into(), "2".into()),
+                ("RUST_LOG".into(), "warn".into()),
+            ],
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(BINARY);
+        command
+            .args(args)
+            .envs(self.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        command
+    }
+
+    /// Runs an admin command and parses its `--json` output.
+    fn admin(&self, args: &[&str]) -> Value {
+        let output = self.command(args).output().expect("runs");
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).unwrap_or(Value::Null)
+    }
+
+    /// Starts `spellhost serve` and returns it with its address.
+    fn serve(&self) -> (Child, String) {
+        let mut child = self
+            .command(&["serve"])
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawns");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        let address = loop {
+            let line = lines
+                .next()
+                .expect("server printed its address")
+                .expect("line");
+            if let Some(address) = line.strip_prefix("spellhost listening on ") {
+                break address.to_owned();
+            }
+        };
+        // Keep draining stderr so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        (child, address)
+    }
+}
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args([name, &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+/// A spell that burns fuel in a loop for about `wall_ms` (it never finishes on its own).
+fn write_slow_spell(dir: &Path, private_pem: &str, wall_ms: u64) {
+    let wat =
+        std::fs::read_to_string(repo_path("spells/hostile/infinite_loop.wat")).expect("fixture");
+    let limits = format!("wall_ms_max = {wall_ms}\nfuel_max = 100000000000");
+    let bundle = signed_bundle(
+        wat::parse_str(&wat).expect("wat"),
+        &manifest_text("slow", &limits),
+        private_pem,
+    );
+    std::fs::create_dir_all(dir).expect("dir");
+    std::fs::write(dir.join("module.wasm"), &bundle.module).expect("write");
+    std::fs::write(dir.join("spell.toml"), &bundle.manifest).expect("write");
+    std::fs::write(dir.join("sbom.cdx.json"), &bundle.sbom).expect("write");
+    std::fs::write(dir.join("module.wasm.sig"), &bundle.signature).expect("write");
+}
+
+/// Sets up a user `ada` with $10, the demo signer and a key, plus `ada/slow` and `ada/hello`,
+/// all through the admin CLI. Returns the API key.
+fn provision(env: &Env, work: &Path) -> String {
+    env.admin(&[
+        "user",
+        "create",
+        "--handle",
+        "ada",
+        "--email",
+        "ada@example.com",
+        "--json",
+    ]);
+    env.admin(&[
+        "credits",
+        "grant",
+        "--user",
+        "ada",
+        "--amount-microusd",
+        "10000000",
+        "--json",
+    ]);
+    let (private_pem, _, public_pem) = new_signer();
+    let public_path = work.join("signer.pub");
+    std::fs::write(&public_path, public_pem).expect("write");
+    env.admin(&[
+        "signer",
+        "add",
+        "--user",
+        "ada",
+        "--public-key",
+        public_path.to_str().expect("utf-8"),
+        "--name",
+        "mine",
+        "--json",
+    ]);
+    env.admin(&[
+        "signer",
+        "add",
+        "--user",
+        "ada",
+        "--public-key",
+        repo_path("spells/demo-key/spell.pub")
+            .to_str()
+            .expect("utf-8"),
+        "--name",
+        "demo",
+        "--json",
+    ]);
+    let slow = work.join("slow");
+    write_slow_spell(&slow, &private_pem, 4_000);
+    env.admin(&[
+        "spell",
+        "publish",
+        slow.to_str().expect("utf-8"),
+        "--user",
+        "ada",
+        "--json",
+    ]);
+    env.admin(&[
+        "spell",
+        "publish",
+        repo_path("spells/hello").to_str().expect("utf-8"),
+        "--user",
+        "ada",
+        "--json",
+    ]);
+    let key = env.admin(&["key", "create", "--user", "ada", "--json"]);
+    key["key"].as_str().expect("key").to_owned()
+}
+
+async fn me(client: &reqwest::Client, address: &str, key: &str) -> Value {
+    client
+        .get(format!("{address}/v1/users/me"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .expect("me")
+        .json()
+        .await
+        .expect("json")
+}
+
+on_both_databases! {
+    async fn a_kill_between_hold_and_settle_loses_and_doubles_nothing(backend) {
+        let work = tempfile::tempdir().expect("tempdir");
+        let env = Env::new(&backend, work.path()).await;
+        let key = provision(&env, work.path());
+        let client = reqwest::Client::new();
+
+        let (mut server, address) = env.serve();
+        // A cast that completes before the crash: charged exactly once, before and after.
+        let done: Value = client.post(format!("{address}/v1/cast")).bearer_auth(&key)
+            .json(&json!({"spell": "ada/hello", "input": {"name": "Ada"}})).send().await.expect("cast").json().await.expect("json");
+        let charged = done["cost_microusd"].as_i64().expect("charged");
+        // A cast in flight when the process dies: its money is held, its client never answered.
+        let in_flight = tokio::spawn({
+            let (client, address, key) = (client.clone(), address.clone(), key.clone());
+            async move { client.post(format!("{address}/v1/cast")).bearer_auth(&key).json(&json!({"spell": "ada/slow"})).send().await }
+        });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while me(&client, &address, &key).await["held_microusd"] == 0 {
+            assert!(Instant::now() < deadline, "the slow cast never took its hold");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        signal(&server, "-KILL");
+        server.wait().expect("killed");
+        assert!(in_flight.await.expect("task").is_err(), "the client was told nothing");
+
+        let (mut server, address) = env.serve();
+        let started = Instant::now();
+        let after = loop {
+            let body = me(&client, &address, &key).await;
+            if body["held_microusd"] == 0 {
+                break body;
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "held money is available again within a minute");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
+        eprintln!("held money released {:?} after restart", started.elapsed());
+        assert_eq!(after["balance_microusd"], 10_000_000 - charged, "{after}");
+        assert_eq!(after["available_microusd"], 10_000_000 - charged);
+        let verified = env.admin(&["ledger", "verify", "--json"]);
+        assert_eq!(verified, json!({"intact": true, "entries": 2}));
+        signal(&server, "-TERM");
+        assert!(server.wait().expect("stops").success());
+    }
+
+    async fn sigterm_finishes_and_settles_casts_in_flight(backend) {
+        let work = tempfile::tempdir().expect("tempdir");
+        let env = Env::new(&backend, work.path()).await;
+        let key = provision(&env, work.path());
+        let client = reqwest::Client::new();
+        let (mut server, address) = env.serve();
+        let in_flight = tokio::spawn({
+            let (client, address, key) = (client.clone(), address.clone(), key.clone());
+            async move { client.post(format!("{address}/v1/cast")).bearer_auth(&key).json(&json!({"spell": "ada/slow"})).send().await }
+        });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while me(&client, &address, &key).await["held_microusd"] == 0 {
+            assert!(Instant::now() < deadline, "the slow cast never took its hold");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        signal(&server, "-TERM");
+        let response = in_flight.await.expect("task").expect("answered despite the shutdown");
+        let body: Value = response.json().await.expect("json");
+        assert_eq!(body["error"]["code"], "deadline_exceeded", "{body}");
+        let cost = body["error"]["cost_microusd"].as_i64().expect("charged");
+        assert!(server.wait().expect("stops").success());
+        let verified = env.admin(&["ledger", "verify", "--json"]);
+        assert_eq!(verified, json!({"intact": true, "entries": 2}), "the settled cast is in the ledger");
+        let (mut server, address) = env.serve();
+        assert_eq!(me(&client, &address, &key).await["balance_microusd"], 10_000_000 - cost);
+        signal(&server, "-TERM");
+        assert!(server.wait().expect("stops").success());
+    }
+}
+
+#[test]
+fn ledger_verify_names_the_first_tampered_entry() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let env = runtime.block_on(Env::new(&Backend::Sqlite, work.path()));
+    env.admin(&[
+        "user",
+        "create",
+        "--handle",
+        "ada",
+        "--email",
+        "ada@example.com",
+        "--json",
+    ]);
+    for amount in ["100", "200", "300"] {
+        env.admin(&[
+            "credits",
+            "grant",
+            "--user",
+            "ada",
+            "--amount-microusd",
+            amount,
+            "--json",
+        ]);
+    }
+    assert_eq!(
+        env.admin(&["ledger", "verify", "--json"]),
+        json!({"intact": true, "entries": 3})
+    );
+    // Tamper behind the application's back (the append-only trigger has to go first).
+    runtime.block_on(async {
+        let db = spellhost::store::Db::connect(&env.vars[1].1, 1)
+            .await
+            .expect("db");
+        sqlx::query("DROP TRIGGER ledger_no_update")
+            .execute(db.writer())
+            .await
+            .expect("drop trigger");
+        sqlx::query("UPDATE ledger SET amount_microusd = 250 WHERE seq = 2")
+            .execute(db.writer())
+            .await
+            .expect("tamper");
+        db.close().await;
+    });
+    let output = env
+        .command(&["ledger", "verify", "--json"])
+        .output()
+        .expect("runs");
+    assert!(!output.status.success());
+    let report: Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(report["first_bad_seq"], 2, "{report}");
+}
+
+#[test]
+fn the_ledger_refuses_updates_and_deletes() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let work = tempfile::tempdir().expect("tempdir");
+        let url = Backend::Sqlite.fresh_database_url(work.path()).await;
+        let db = spellhost::store::Db::connect(&url, 1).await.expect("db");
+        db.migrate().await.expect("migrate");
+        let user = spellhost::auth::create_user(&db, "ada", "a@example.com", false)
+            .await
+            .expect("user");
+        spellhost::money::post(
+            &db,
+            user.id,
+            spellhost::money::EntryKind::Grant,
+            spellhost::money::MicroUsd::new(5),
+            "g",
+        )
+        .await
+        .expect("grant");
+        assert!(
+            sqlx::query("UPDATE ledger SET amount_microusd = 6")
+                .execute(db.writer())
+                .await
+                .is_err()
+        );
+        assert!(
+            sqlx::query("DELETE FROM ledger")
+                .execute(db.writer())
+                .await
+                .is_err()
+        );
+    });
+}

@@ -1,0 +1,217 @@
+//! The HTTP API as a client sees it.
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::app::{error_code, spawn_app};
+use crate::helpers::{manifest_text, new_signer, signed_bundle};
+use crate::on_both_databases;
+
+on_both_databases! {
+    async fn health_and_metrics_answer(backend) {
+        let app = spawn_app(&backend).await;
+        let (status, body) = app.get("/healthz", None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}));
+        let text = app.client.get(app.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+        for name in ["spellhost_casts_total", "spellhost_cast_duration_seconds", "spellhost_fuel_consumed_total",
+                     "spellhost_charged_microusd_total", "spellhost_http_requests_total", "spellhost_active_holds",
+                     "spellhost_module_cache_hits_total", "spellhost_module_cache_misses_total", "spellhost_sandbox_queue_depth"] {
+            assert!(text.contains(name), "{name} missing from /metrics");
+        }
+        app.shutdown().await;
+    }
+
+    async fn keys_are_required_and_checked(backend) {
+        let app = spawn_app(&backend).await;
+        let user = app.user("ada", 0).await;
+        for key in [None, Some("nonsense"), Some("spk_aaaaaaaaaaaa_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA000000")] {
+            let (status, body) = app.get("/v1/users/me", key).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{key:?}");
+            assert_eq!(error_code(&body), "unauthorized");
+        }
+        // A well-formed key that does not exist.
+        let stranger = spellhost::auth::ApiKey::generate();
+        let (status, _) = app.get("/v1/users/me", Some(stranger.expose())).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let me = app.me(&user).await;
+        assert_eq!(me["handle"], "ada");
+        assert_eq!(me["balance_microusd"], 0);
+        app.shutdown().await;
+    }
+
+    async fn keys_are_shown_once_listed_without_secrets_and_deleted_at_once(backend) {
+        let app = spawn_app(&backend).await;
+        let user = app.user("ada", 0).await;
+        let (status, created) = app.post("/v1/keys", Some(&user.key), json!({"name": "ci"})).await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        let second = created["key"].as_str().expect("key shown").to_owned();
+        let prefix = created["prefix"].as_str().expect("prefix").to_owned();
+        assert!(second.starts_with(&prefix));
+        let (_, listed) = app.get("/v1/keys", Some(&second)).await;
+        let text = listed.to_string();
+        assert!(!text.contains(&second[prefix.len()..]), "no secrets in listings: {text}");
+        assert_eq!(listed["keys"].as_array().map(Vec::len), Some(2));
+        // The key works (and is now in the verified cache) until it is deleted.
+        assert_eq!(app.get("/v1/users/me", Some(&second)).await.0, StatusCode::OK);
+        let (status, _) = app.delete(&format!("/v1/keys/{prefix}"), &user.key).await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        assert_eq!(app.get("/v1/users/me", Some(&second)).await.0, StatusCode::UNAUTHORIZED);
+        let (status, body) = app.delete(&format!("/v1/keys/{prefix}"), &user.key).await;
+        assert_eq!((status, error_code(&body)), (StatusCode::NOT_FOUND, "not_found"));
+        app.shutdown().await;
+    }
+
+    async fn publishing_verifies_and_versions_are_immutable(backend) {
+        let app = spawn_app(&backend).await;
+        let user = app.user("ada", 0).await;
+        app.register_demo_signer(&user).await;
+        let hello = crate::helpers::example_bundle("hello");
+        let (status, body) = app.publish(&user, &hello).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        assert_eq!(body["spell"], "ada/hello");
+        assert_eq!(body["version"], "1.0.0");
+        let digest = spellhost::supply_chain::ModuleDigest::of(&hello.module).to_string();
+        assert_eq!(body["digest"], digest.as_str());
+        let (status, body) = app.publish(&user, &hello).await;
+        assert_eq!((status, error_code(&body)), (StatusCode::CONFLICT, "version_exists"));
+        let (status, body) = app.get("/v1/spells/ada/hello", Some(&user.key)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["versions"][0]["digest"], digest.as_str());
+
+        // Signed by a key the publisher never registered.
+        let (private_pem, _, _) = new_signer();
+        let wat = "(module (memory (export \"memory\") 1) (func (export \"_start\")))";
+        let stranger = signed_bundle(wat::parse_str(wat).expect("wat"), &manifest_text("noop", ""), &private_pem);
+        let (status, body) = app.publish(&user, &stranger).await;
+        assert_eq!((status, error_code(&body)), (StatusCode::UNPROCESSABLE_ENTITY, "signature_invalid"));
+        // A tampered SBOM.
+        let mut tampered = hello.clone();
+        tampered.sbom = b"{}".to_vec();
+        let (status, body) = app.publish(&user, &tampered).await;
+        assert_eq!((status, error_code(&body)), (StatusCode::UNPROCESSABLE_ENTITY, "sbom_invalid"));
+        // A missing part.
+        let form = reqwest::multipart::Form::new().part("module", reqwest::multipart::Part::bytes(hello.module.clone()));
+        let response = app.client.post(app.url("/v1/spells")).bearer_auth(&user.key).multipart(form).send().await.expect("request");
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        app.shutdown().await;
+    }
+
+    async fn a_cast_runs_charges_and_reports(backend) {
+        let app = spawn_app(&backend).await;
+        let user = app.user("ada", 1_000_000).await;
+        app.publish_examples(&user, &["hello", "primes"]).await;
+        let (status, body) = app.cast(&user, json!({"spell": "ada/hello", "input": {"name": "Ada"}})).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["output"], json!({"greeting": "Hello, Ada!"}));
+        assert_eq!(body["outcome"], "ok");
+        assert_eq!(body["spell"], "ada/hello");
+        assert_eq!(body["version"], "1.0.0");
+        let fuel = body["fuel_used"].as_u64().expect("fuel");
+        let cost = body["cost_microusd"].as_i64().expect("cost");
+        assert_eq!(cost, spellhost::money::Pricing::default().cost(fuel).get());
+        assert_eq!(body["balance_microusd"], 1_000_000 - cost);
+        assert!(body["cast_id"].as_str().is_some_and(|id| id.starts_with("cast_")));
+        // Raw input, raw output.
+        let (status, body) = app.cast(&user, json!({"spell": "ada/hello@1.0.0", "input_base64": "eyJuYW1lIjoiQm9iIn0="})).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["output"]["greeting"], "Hello, Bob!");
+        let me = app.me(&user).await;
+        assert_eq!(me["held_microusd"], 0);
+        app.assert_money_invariants(&user).await;
+        // The ledger lists the grant and both casts, paginated.
+        let (_, page) = app.get("/v1/ledger?limit=2", Some(&user.key)).await;
+        assert_eq!(page["entries"].as_array().map(Vec::len), Some(2));
+        let after = page["next_after"].as_i64().expect("more pages");
+        let (_, rest) = app.get(&format!("/v1/ledger?after={after}"), Some(&user.key)).await;
+        assert_eq!(rest["entries"].as_array().map(Vec::len), Some(1));
+        assert_eq!(rest["entries"][0]["kind"], "cast");
+        assert_eq!(rest["next_after"], serde_json::Value::Null);
+        app.shutdown().await;
+    }
+
+    async fn spell_failures_are_422_with_their_code_and_still_charged(backend) {
+        let app = spawn_app(&backend).await;
+        let user = app.user("ada", 1_000_000).await;
+        app.publish_examples(&user, &["hello", "primes"]).await;
+        let (status, body) = app.cast(&user, json!({"spell": "ada/hello", "input": {}})).await;
+        assert_eq!((status, error_code(&body)), (StatusCode::UNPROCESSABLE_ENTITY, "spell_failed"));
+        assert_eq!(body["error"]["exit_code"], 2);
+        assert!(body["error"]["cost_microusd"].as_i64().is_some_and(|c| c > 0));
+        // The caller's own max_fuel ran out: 422 fuel_exhausted, charged for what burned.
+        let (status, body) = app.cast(&user, json!({"spell": "ada/primes", "input": {"below": 1000000}, "max_fuel": 100000})).await;
+        assert_eq!((status, error_code(&body)), (StatusCode::UNPROCESSABLE_ENTITY, "fuel_exhausted"));
+        assert_eq!(body["error"]["fuel_used"], 100000);
+        assert_eq!(body["error"]["cost_microusd"], spellhost::money::Pricing::default().cost(100000).get());
+        app.assert_money_invariants(&user).await;
+        app.shutdown().await;
+    }
+
+    async fn an_unaffordable_cast_is_402_before_anything_runs(backend) {
+        let app = spawn_app(&backend).await;
+        let publisher = app.user("ada", 0).await;
+        app.publish_examples(&publisher, &["hello"]).await;
+        let broke = app.user("bob", 1).await;
+        let (status, body) = app.cast(&broke, json!({"spell": "ada/hello", "input": {"name": "Bob"}})).await;
+        assert_eq!((status, error_code(&body)), (StatusCode::PAYMENT_REQUIRED, "budget_exhausted"));
+        assert_eq!(body["error"]["available_microusd"], 1);
+        assert_eq!(body["error"]["required_microusd"], 2);
+        assert_eq!(body["error"]["topup_url"], serde_json::Value::Null);
+        assert!(body["error"].get("fuel_used").is_none(), "nothing ran");
+        assert_eq!(app.me(&broke).await["balance_microusd"], 1);
+        let (casts,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM casts").fetch_one(app.app.db.reader()).await.expect("count");
+        assert_eq!(casts, 0);
+        app.shutdown().await;
+    }
+
+    async fn a_cast_whose_budget_runs_out_is_402_with_the_partial_charge(backend) {
+        let app = spawn_app(&backend).await;
+        let user = app.user("ada", 20).await;
+        app.publish_examples(&user, &["primes"]).await;
+        // 20 µ$ buys the base fee plus 190 000 fuel: far less than primes below 10⁶ needs.
+        let (status, body) = app.cast(&user, json!({"spell": "ada/primes", "input": {"below": 1000000}})).await;
+        assert_eq!((status, error_code(&body)), (StatusCode::PAYMENT_REQUIRED, "budget_exhausted"));
+        assert_eq!(body["error"]["fuel_used"], 190_000);
+        assert_eq!(body["error"]["cost_microusd"], 20);
+        assert_eq!(body["error"]["balance_microusd"], 0);
+        let me = app.me(&user).await;
+        assert_eq!((me["balance_microusd"].as_i64(), me["held_microusd"].as_i64()), (Some(0), Some(0)));
+        app.assert_money_invariants(&user).await;
+        // And now nothing more can run.
+        let (status, _) = app.cast(&user, json!({"spell": "ada/primes", "input": {"below": 10}})).await;
+        assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+        app.shutdown().await;
+    }
+
+    async fn bad_requests_get_the_one_error_shape(backend) {
+        let app = spawn_app(&backend).await;
+        let user = app.user("ada", 100).await;
+        for (body, expected) in [
+            (json!({"spell": "ada/nope"}), (StatusCode::NOT_FOUND, "spell_not_found")),
+            (json!({"spell": "not a spell"}), (StatusCode::BAD_REQUEST, "bad_request")),
+            (json!({"spell": "ada/hello@1"}), (StatusCode::BAD_REQUEST, "bad_request")),
+            (json!({"spell": "ada/hello", "input": {}, "input_base64": ""}), (StatusCode::BAD_REQUEST, "bad_request")),
+            (json!({"spell": "ada/hello", "input_base64": "!!"}), (StatusCode::BAD_REQUEST, "bad_request")),
+            (json!({"spell": "ada/hello", "surprise": 1}), (StatusCode::BAD_REQUEST, "bad_request")),
+        ] {
+            let (status, response) = app.cast(&user, body.clone()).await;
+            assert_eq!((status, error_code(&response)), expected, "{body}");
+        }
+        let response = app.client.post(app.url("/v1/cast")).bearer_auth(&user.key)
+            .header("content-type", "application/json").body("{not json").send().await.expect("request");
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        let body: serde_json::Value = response.json().await.expect("json error");
+        assert_eq!(error_code(&body), "bad_request");
+        let (status, body) = app.get("/v1/nowhere", None).await;
+        assert_eq!((status, error_code(&body)), (StatusCode::NOT_FOUND, "not_found"));
+        let response = app.client.put(app.url("/v1/cast")).send().await.expect("request");
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+        let body: serde_json::Value = response.json().await.expect("json error");
+        assert_eq!(error_code(&body), "method_not_allowed");
+        let huge = "x".repeat(8 * 1024 * 1024);
+        let response = app.client.post(app.url("/v1/cast")).bearer_auth(&user.key)
+            .header("content-type", "application/json").body(huge).send().await.expect("request");
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        app.shutdown().await;
+    }
+}
