@@ -47,6 +47,7 @@ pub enum Code {
     AmountOutOfRange,
     NoBillingAccount,
     SignatureInvalid,
+    PaymentProviderError,
     /// The supply-chain gate's own codes (`sbom_invalid`, …).
     Gate(&'static str),
     Internal,
@@ -77,6 +78,7 @@ impl Code {
             Code::AmountOutOfRange => "amount_out_of_range",
             Code::NoBillingAccount => "no_billing_account",
             Code::SignatureInvalid => "signature_invalid",
+            Code::PaymentProviderError => "payment_provider_error",
             Code::Gate(code) => code,
             Code::Internal => "internal",
         }
@@ -105,6 +107,7 @@ impl Code {
             | Code::Gate(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Code::Overloaded | Code::BillingDisabled => StatusCode::SERVICE_UNAVAILABLE,
             Code::SignatureInvalid => StatusCode::BAD_REQUEST,
+            Code::PaymentProviderError => StatusCode::BAD_GATEWAY,
             Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -237,6 +240,30 @@ impl From<crate::registry::RegistryError> for ApiError {
             RegistryError::SignerExists(_) => ApiError::new(Code::SignerExists, error.to_string()),
             RegistryError::Gate(error) => error.into(),
             RegistryError::Invalid { .. } => ApiError::bad_request(error.to_string()),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+impl From<crate::billing::BillingError> for ApiError {
+    fn from(error: crate::billing::BillingError) -> Self {
+        use crate::billing::BillingError;
+        match error {
+            BillingError::AmountOutOfRange { min, max } => {
+                ApiError::new(Code::AmountOutOfRange, error.to_string())
+                    .with("min_cents", min)
+                    .with("max_cents", max)
+            }
+            BillingError::NoBillingAccount => {
+                ApiError::new(Code::NoBillingAccount, error.to_string())
+            }
+            BillingError::Stripe(message) => {
+                tracing::warn!(trace_id = %trace_id(), error = %message, "Stripe request failed");
+                ApiError::new(
+                    Code::PaymentProviderError,
+                    "the payment provider could not be reached; try again",
+                )
+            }
             other => ApiError::internal(other),
         }
     }

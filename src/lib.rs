@@ -4,6 +4,7 @@
 //! map and a walk through one cast.
 
 pub mod auth;
+pub mod billing;
 pub mod cast;
 pub mod config;
 pub mod error;
@@ -27,6 +28,8 @@ pub struct AppState {
     pub registry: registry::Registry,
     pub auth: auth::Authenticator,
     pub metrics: telemetry::Metrics,
+    /// Stripe, when configured.
+    pub billing: Option<billing::Billing>,
     /// Casts in flight, so a graceful shutdown can wait for them to settle.
     pub casts_in_flight: tokio_util::task::TaskTracker,
 }
@@ -49,6 +52,7 @@ impl AppState {
         let registry = registry::Registry::new(db.clone(), sandbox.clone());
         let auth = auth::Authenticator::new(db.clone(), config.derived_key("verified api keys"));
         let metrics = telemetry::Metrics::new().context("registering metrics")?;
+        let billing = billing::Billing::from_config(&config)?;
         Ok(Arc::new(AppState {
             config,
             db,
@@ -56,6 +60,7 @@ impl AppState {
             registry,
             auth,
             metrics,
+            billing,
             casts_in_flight: tokio_util::task::TaskTracker::new(),
         }))
     }

@@ -1,6 +1,7 @@
 //! The HTTP edge (axum). Handlers are thin: extract, parse into domain types, call one domain
 //! function, map the result. All routes are in `router.rs`.
 
+mod billing;
 mod cast;
 mod extract;
 mod keys;

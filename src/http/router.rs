@@ -4,9 +4,12 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post};
 
-use super::{cast, keys, ledger, middleware, ops, signers, spells, users};
+use super::{billing, cast, keys, ledger, middleware, ops, signers, spells, users};
 use crate::App;
 use crate::supply_chain::{MODULE_BYTES_MAX, SBOM_BYTES_MAX};
+
+/// Stripe events are a few KiB; 1 MiB bounds what an unauthenticated caller can send.
+const WEBHOOK_BYTES_MAX: usize = 1024 * 1024;
 
 /// Room for JSON framing and base64 (4/3) around the largest input.
 fn cast_body_bytes_max(app: &App) -> usize {
@@ -34,6 +37,12 @@ pub fn router(app: App) -> Router {
         )
         .route("/v1/ledger", get(ledger::list))
         .route("/v1/admin/ledger/verify", get(ops::verify_ledger))
+        .route("/v1/billing/checkout", post(billing::checkout))
+        .route("/v1/billing/portal", post(billing::portal))
+        .route(
+            "/webhooks/stripe",
+            post(billing::webhook).layer(DefaultBodyLimit::max(WEBHOOK_BYTES_MAX)),
+        )
         .fallback(middleware::not_found)
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),

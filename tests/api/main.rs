@@ -1,9 +1,11 @@
 //! One test binary for all black-box tests (one link step instead of one per file).
 
 mod app;
+mod billing;
 mod gate;
 mod helpers;
 mod money;
 mod process;
 mod sandbox;
 mod service;
+mod stripe_fake;
