@@ -7,6 +7,35 @@ use crate::app::{error_code, spawn_app};
 use crate::helpers::{manifest_text, new_signer, signed_bundle};
 use crate::on_both_databases;
 
+/// `promtool check metrics` on the exposition, when promtool is installed (CI installs it;
+/// a newcomer's machine may not have it, and then this check is skipped with a note).
+fn promtool_accepts(exposition: &str) {
+    use std::io::Write as _;
+    let child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let Ok(mut child) = child else {
+        eprintln!("skipped: promtool is not installed");
+        return;
+    };
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(exposition.as_bytes())
+        .expect("write");
+    let output = child.wait_with_output().expect("promtool runs");
+    assert!(
+        output.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 on_both_databases! {
     async fn health_and_metrics_answer(backend) {
         let app = spawn_app(&backend).await;
@@ -19,6 +48,7 @@ on_both_databases! {
                      "spellhost_module_cache_hits_total", "spellhost_module_cache_misses_total", "spellhost_sandbox_queue_depth"] {
             assert!(text.contains(name), "{name} missing from /metrics");
         }
+        promtool_accepts(&text);
         app.shutdown().await;
     }
 
