@@ -30,8 +30,9 @@ fn single_thread_runtime() -> tokio::runtime::Runtime {
 
 fn hello(c: &mut Criterion) {
     let sandbox = Sandbox::new(SandboxConfig::default()).expect("sandbox");
-    let (spell, _) = sandbox.prepare(&example("hello")).expect("compiles");
-    let limits = sandbox.limits_for(&spell);
+    let module = example("hello");
+    let (spell, _) = sandbox.prepare(&module).expect("compiles");
+    let limits = sandbox.limits_for(&module.manifest().limits);
     let runtime = single_thread_runtime();
     let input = br#"{"name":"Ada"}"#;
     c.bench_function("hello/instantiate_and_run", |b| {
@@ -61,7 +62,7 @@ fn fuel_overhead(c: &mut Criterion) {
 
     let sandbox = Sandbox::new(SandboxConfig::default()).expect("sandbox");
     let (spell, _) = sandbox.prepare(&module).expect("compiles");
-    let limits = sandbox.limits_for(&spell);
+    let limits = sandbox.limits_for(&module.manifest().limits);
     let runtime = single_thread_runtime();
     group.bench_function("fuel_on", |b| {
         b.iter(|| runtime.block_on(sandbox.run_on_this_thread(&spell, input, limits)))

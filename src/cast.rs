@@ -69,7 +69,7 @@ pub async fn cast(
     request: CastRequest,
 ) -> Result<CastResult, CastError> {
     let resolved = app.registry.resolve(&request.spell).await?;
-    let limits = app.sandbox.limits_for(&resolved.compiled);
+    let limits = app.sandbox.limits_for(&resolved.limits);
     let cast_id = format!("cast_{}", uuid::Uuid::now_v7().simple());
     let ttl =
         app.config.sandbox.queue_wait_max + Duration::from_millis(limits.wall_ms) + SETTLE_GRACE;
@@ -122,7 +122,9 @@ pub async fn cast(
     };
     let settled = money::settle(&app.db, hold, &app.config.pricing, &record).await;
     app.metrics.active_holds.dec();
-    let settlement = settled?;
+    // A settle that fails after the spell ran is an internal error, never a "402, nothing
+    // ran": the hold stays until the sweeper voids it, and nothing is charged twice.
+    let settlement = settled.map_err(CastError::Money)?;
     observe(app, &report, settlement.cost);
     tracing::debug!(cast.id = %cast_id, spell.digest = %resolved.digest, cast.outcome = report.outcome.as_str(),
         cast.fuel_used = report.fuel_used, cast.cost_microusd = settlement.cost.get(), "cast settled");

@@ -40,6 +40,12 @@ impl AppState {
     /// Connects and migrates the database, builds the sandbox. `config.secret` must be set
     /// (see [`config::Config::ensure_secret`]).
     pub async fn build(mut config: config::Config) -> anyhow::Result<App> {
+        use secrecy::ExposeSecret as _;
+        // Artifact and cache keys derive from the secret: an empty one would make them forgeable.
+        anyhow::ensure!(
+            config.secret.expose_secret().len() >= 32,
+            "the server secret is not set (call Config::ensure_secret first)"
+        );
         config.sandbox.artifacts = Some((
             config.data_dir.join("artifacts"),
             config.derived_key("precompiled artifacts"),

@@ -60,9 +60,12 @@ fn hostile_spells_at_the_host_maxima_keep_peak_rss_bounded() {
         "deep_recursion",
         "infinite_loop",
     ] {
-        let (spell, _) = sandbox.prepare(&fixture(name)).expect("compiles");
+        let module = fixture(name);
+        let (spell, _) = sandbox.prepare(&module).expect("compiles");
         // The host's own maxima: 128 MiB of memory, 8 MiB of output, 5·10⁹ fuel.
-        let limits = sandbox.limits_for(&spell).with_wall_ms_at_most(2_000);
+        let limits = sandbox
+            .limits_for(&module.manifest().limits)
+            .with_wall_ms_at_most(2_000);
         for _ in 0..3 {
             let report = sandbox
                 .run_blocking(spell.clone(), Vec::new(), limits)

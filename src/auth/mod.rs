@@ -20,6 +20,12 @@ use crate::store::{Db, is_unique_violation, now_ms};
 const VERIFIED_TTL: Duration = Duration::from_secs(300);
 /// Entries kept in the verified-key cache; past this it is cleared (cheap, and rare).
 const VERIFIED_CACHE_MAX: usize = 100_000;
+/// How long a request waits for an argon2 slot before it is answered 503: a flood of bad keys
+/// must not make valid new keys wait without bound.
+const ARGON2_WAIT_MAX: Duration = Duration::from_secs(2);
+/// How long a failed verification is remembered: repeating a wrong key costs no argon2.
+const FAILED_TTL: Duration = Duration::from_secs(10);
+
 /// Concurrent argon2 verifications. Each takes ~15 ms of CPU and 19 MiB: two keeps a burst of
 /// bad keys from starving the sandbox workers or the memory.
 const ARGON2_CONCURRENCY: usize = 2;
@@ -28,6 +34,8 @@ const ARGON2_CONCURRENCY: usize = 2;
 pub enum AuthError {
     #[error("missing or invalid API key")]
     Unauthorized,
+    #[error("too many key verifications in progress")]
+    Busy,
     #[error("{0} already exists")]
     Conflict(&'static str),
     #[error("invalid {field}: {message}")]
@@ -89,6 +97,7 @@ pub struct Authenticator {
     db: Db,
     cache_key: [u8; 32],
     verified: Mutex<HashMap<[u8; 32], (String, Instant)>>,
+    failed: Mutex<HashMap<[u8; 32], Instant>>,
     argon2_slots: Semaphore,
 }
 
@@ -98,6 +107,7 @@ impl Authenticator {
             db,
             cache_key,
             verified: Mutex::new(HashMap::new()),
+            failed: Mutex::new(HashMap::new()),
             argon2_slots: Semaphore::new(ARGON2_CONCURRENCY),
         }
     }
@@ -121,19 +131,27 @@ impl Authenticator {
         };
         let tag = self.tag(&key);
         if !self.recently_verified(&tag, key.id()) {
-            let _slot = self
-                .argon2_slots
-                .acquire()
-                .await
-                .map_err(|_| AuthError::Unauthorized)?;
-            let candidate = key.clone();
-            let matches = tokio::task::spawn_blocking(move || keys::verify(&candidate, &stored))
-                .await
-                .unwrap_or(false);
-            if !matches {
+            if self.recently_failed(&tag) {
                 return Err(AuthError::Unauthorized);
             }
-            self.remember(tag, key.id());
+            let _slot = tokio::time::timeout(ARGON2_WAIT_MAX, self.argon2_slots.acquire())
+                .await
+                .map_err(|_| AuthError::Busy)?
+                .map_err(|_| AuthError::Busy)?;
+            // A burst of requests with one new key verifies it once: the others find it
+            // verified when their turn comes.
+            if !self.recently_verified(&tag, key.id()) {
+                let candidate = key.clone();
+                let matches =
+                    tokio::task::spawn_blocking(move || keys::verify(&candidate, &stored))
+                        .await
+                        .unwrap_or(false);
+                if !matches {
+                    self.remember_failure(tag);
+                    return Err(AuthError::Unauthorized);
+                }
+                self.remember(tag, key.id());
+            }
         }
         Ok(Caller {
             user_id,
@@ -155,6 +173,22 @@ impl Authenticator {
         cache
             .get(tag)
             .is_some_and(|(id, at)| id == key_id && at.elapsed() < VERIFIED_TTL)
+    }
+
+    fn recently_failed(&self, tag: &[u8; 32]) -> bool {
+        let failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        failed.get(tag).is_some_and(|at| at.elapsed() < FAILED_TTL)
+    }
+
+    fn remember_failure(&self, tag: [u8; 32]) {
+        let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        if failed.len() >= VERIFIED_CACHE_MAX {
+            failed.retain(|_, at| at.elapsed() < FAILED_TTL);
+            if failed.len() >= VERIFIED_CACHE_MAX {
+                failed.clear();
+            }
+        }
+        failed.insert(tag, Instant::now());
     }
 
     fn remember(&self, tag: [u8; 32], key_id: &str) {

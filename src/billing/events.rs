@@ -57,14 +57,13 @@ pub async fn apply_event(
         Verified::Untyped { id, type_ } => (id.clone(), type_.clone()),
     };
     let mut tx = db.begin().await?;
-    // Billing events are applied one at a time (PostgreSQL: the ledger head's row lock), so a
-    // refund and the completion it waits for can never miss each other.
-    sqlx::query(db.pick(
-        "SELECT seq FROM ledger_head WHERE id = 1",
-        "SELECT seq FROM ledger_head WHERE id = 1 FOR UPDATE",
-    ))
-    .execute(&mut *tx)
-    .await?;
+    // Billing events are applied one at a time (PostgreSQL: a transaction-scoped advisory lock,
+    // taken before any row lock so the lock order stays advisory → user → ledger head, as in
+    // every other money transaction), so a refund and the completion it waits for can never
+    // miss each other.
+    sqlx::query(db.pick("SELECT 1", "SELECT pg_advisory_xact_lock(7234001)"))
+        .execute(&mut *tx)
+        .await?;
     let recorded = sqlx::query(
         "INSERT INTO stripe_events (id, type, status, payload, received_at_ms) VALUES ($1, $2, 'received', $3, $4) \
          ON CONFLICT (id) DO NOTHING",
@@ -204,6 +203,13 @@ async fn completion(
         return Ok(EventOutcome::Ignored);
     };
     let session_id = session.id.as_str();
+    // For a session spellhost created, credit what it asked for (amount_total may include tax).
+    let recorded: Option<(i64,)> =
+        sqlx::query_as("SELECT amount_cents FROM checkout_sessions WHERE id = $1")
+            .bind(session_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+    let amount = recorded.map_or(amount, |(cents,)| cents);
     let payment_intent = session
         .payment_intent
         .as_ref()

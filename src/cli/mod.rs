@@ -61,10 +61,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Credits(command) => admin::credits(config, command),
         Command::Signer(command) => admin::signer(config, command),
         Command::Ledger(command) => admin::ledger(config, command),
-        Command::Spell(spell::SpellCommand::Publish { dir, user, json }) => {
-            admin::publish(config, &dir, &user, json)
-        }
-        Command::Spell(command) => spell::run(command),
+        Command::Spell(command) => spell::run(command, config),
     }
 }
 

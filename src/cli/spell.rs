@@ -87,7 +87,7 @@ pub struct RunArgs {
     json: bool,
 }
 
-pub fn run(command: SpellCommand) -> anyhow::Result<ExitCode> {
+pub fn run(command: SpellCommand, config: Option<&Path>) -> anyhow::Result<ExitCode> {
     match command {
         SpellCommand::Keygen { out, json } => keygen(&out, json),
         SpellCommand::Sbom { dir, from, json } => sbom(&dir, from.as_deref(), json),
@@ -98,7 +98,9 @@ pub fn run(command: SpellCommand) -> anyhow::Result<ExitCode> {
             json,
         } => verify(&dir, &public_key, json),
         SpellCommand::Run(args) => run_local(args),
-        SpellCommand::Publish { .. } => unreachable!("dispatched by cli::run"),
+        SpellCommand::Publish { dir, user, json } => {
+            super::admin::publish(config, &dir, &user, json)
+        }
     }
 }
 
@@ -255,7 +257,7 @@ fn run_local(args: RunArgs) -> anyhow::Result<ExitCode> {
         ..SandboxConfig::default()
     })?;
     let (spell, _) = sandbox.prepare(&module)?;
-    let mut limits = sandbox.limits_for(&spell);
+    let mut limits = sandbox.limits_for(&module.manifest().limits);
     if let Some(fuel) = args.fuel {
         limits = limits.with_fuel_at_most(fuel);
     }

@@ -37,6 +37,11 @@ impl FromRequestParts<App> for Caller {
             .await
             .map_err(|error| match error {
                 AuthError::Database(error) => ApiError::internal(error),
+                AuthError::Busy => ApiError::new(
+                    crate::error::Code::Overloaded,
+                    "too many new keys are being checked; retry shortly",
+                )
+                .retry_after(1),
                 _ => ApiError::unauthorized(),
             })
     }

@@ -3,7 +3,6 @@
 
 use std::time::Instant;
 
-use axum::body::Body;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
@@ -82,6 +81,10 @@ fn normalize_errors(response: Response) -> Response {
 
 /// The body for routes that match nothing.
 pub async fn not_found() -> Response {
-    let _ = Body::empty();
     ApiError::new(Code::NotFound, "no such route").into_response()
+}
+
+/// The response for a handler that panicked (logged with the trace id, never shown).
+pub fn panicked(_payload: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    ApiError::internal(anyhow::anyhow!("a request handler panicked")).into_response()
 }

@@ -44,6 +44,11 @@ pub fn router(app: App) -> Router {
             post(billing::webhook).layer(DefaultBodyLimit::max(WEBHOOK_BYTES_MAX)),
         )
         .fallback(middleware::not_found)
+        // A handler that panics answers the opaque 500 in the one error shape; the connection
+        // and the process live on.
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            middleware::panicked,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
             middleware::observe,

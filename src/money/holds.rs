@@ -226,13 +226,22 @@ pub async fn settle(
 /// Releases a hold without charging (the run never happened: queue full, worker lost).
 pub async fn void(db: &Db, hold: Hold) -> Result<(), MoneyError> {
     let mut tx = db.begin().await?;
-    release(&mut tx, &hold.id).await?;
+    release(db, &mut tx, &hold.id).await?;
     tx.commit().await?;
     Ok(())
 }
 
-/// Deletes one hold and gives its amount back; a no-op if it is already gone.
-async fn release(tx: &mut crate::store::Tx, hold_id: &str) -> Result<bool, MoneyError> {
+/// Deletes one hold and gives its amount back; a no-op if it is already gone. Locks the user
+/// before the hold, in the same order as `settle`.
+async fn release(db: &Db, tx: &mut crate::store::Tx, hold_id: &str) -> Result<bool, MoneyError> {
+    let owner: Option<(i64,)> = sqlx::query_as("SELECT user_id FROM holds WHERE id = $1")
+        .bind(hold_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    let Some((owner,)) = owner else {
+        return Ok(false);
+    };
+    lock_balance(db, tx, owner).await?;
     let removed: Option<(i64, i64)> =
         sqlx::query_as("DELETE FROM holds WHERE id = $1 RETURNING user_id, amount_microusd")
             .bind(hold_id)
@@ -259,20 +268,32 @@ pub async fn sweep_expired(db: &Db, now_ms: i64) -> Result<u64, MoneyError> {
     .await?;
     let mut voided = 0;
     for (id,) in expired {
-        let mut tx = db.begin().await?;
-        // Re-checked inside the transaction: a settle may have won the race.
-        let still_expired: Option<(i64,)> =
-            sqlx::query_as("SELECT expires_at_ms FROM holds WHERE id = $1 AND expires_at_ms < $2")
-                .bind(&id)
-                .bind(now_ms)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if still_expired.is_some() && release(&mut tx, &id).await? {
-            voided += 1;
-            tracing::info!(cast.id = %id, "voided an expired hold");
+        // One failure (a lock timeout, a settle winning the race) must not stop the batch.
+        match void_if_expired(db, &id, now_ms).await {
+            Ok(true) => {
+                voided += 1;
+                tracing::info!(cast.id = %id, "voided an expired hold");
+            }
+            Ok(false) => {}
+            Err(error) => {
+                tracing::warn!(cast.id = %id, error = %error, "could not void an expired hold")
+            }
         }
-        tx.commit().await?;
     }
+    Ok(voided)
+}
+
+async fn void_if_expired(db: &Db, id: &str, now_ms: i64) -> Result<bool, MoneyError> {
+    let mut tx = db.begin().await?;
+    // Re-checked inside the transaction: a settle may have won the race.
+    let still_expired: Option<(i64,)> =
+        sqlx::query_as("SELECT expires_at_ms FROM holds WHERE id = $1 AND expires_at_ms < $2")
+            .bind(id)
+            .bind(now_ms)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let voided = still_expired.is_some() && release(db, &mut tx, id).await?;
+    tx.commit().await?;
     Ok(voided)
 }
 

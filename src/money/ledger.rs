@@ -153,6 +153,12 @@ const VERIFY_PAGE: i64 = 10_000;
 /// hash, each hash recomputed, each user's running balance, the head, and every user's
 /// balance equal to the sum of their entries.
 pub async fn verify_chain(db: &Db) -> Result<ChainCheck, MoneyError> {
+    // One snapshot for the whole walk, so appends made meanwhile by a running service are not
+    // mistaken for breaks.
+    let mut snapshot = db
+        .reader()
+        .begin_with(db.pick("BEGIN", "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"))
+        .await?;
     let mut expected_seq = 1i64;
     let mut prev_hash = "0".repeat(64);
     let mut running: std::collections::HashMap<i64, i64> = Default::default();
@@ -163,7 +169,7 @@ pub async fn verify_chain(db: &Db) -> Result<ChainCheck, MoneyError> {
         )
         .bind(expected_seq)
         .bind(VERIFY_PAGE)
-        .fetch_all(db.reader())
+        .fetch_all(&mut *snapshot)
         .await?;
         if page.is_empty() {
             break;
@@ -182,7 +188,7 @@ pub async fn verify_chain(db: &Db) -> Result<ChainCheck, MoneyError> {
     let entries = expected_seq - 1;
     let (head_seq, head_hash): (i64, String) =
         sqlx::query_as("SELECT seq, hash FROM ledger_head WHERE id = 1")
-            .fetch_one(db.reader())
+            .fetch_one(&mut *snapshot)
             .await?;
     if head_seq != entries || head_hash != prev_hash {
         return Ok(ChainCheck::Broken {
@@ -191,7 +197,7 @@ pub async fn verify_chain(db: &Db) -> Result<ChainCheck, MoneyError> {
         });
     }
     let balances: Vec<(i64, i64)> = sqlx::query_as("SELECT id, balance_microusd FROM users")
-        .fetch_all(db.reader())
+        .fetch_all(&mut *snapshot)
         .await?;
     for (user_id, balance) in balances {
         let sum = running.get(&user_id).copied().unwrap_or(0);

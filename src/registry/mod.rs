@@ -7,7 +7,8 @@ use std::sync::Arc;
 use crate::sandbox::{CompiledSpell, Sandbox, SandboxError};
 use crate::store::{Db, is_unique_violation, now_ms};
 use crate::supply_chain::{
-    GateError, ModuleDigest, SignaturePolicy, SignerKey, SpellBundle, VerifiedModule, Verifier,
+    GateError, Manifest, ManifestLimits, ModuleDigest, SignaturePolicy, SignerKey, SpellBundle,
+    VerifiedModule, Verifier,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +96,8 @@ pub struct Resolved {
     pub spell: String,
     pub version: String,
     pub digest: ModuleDigest,
+    /// This version's own limits (the compiled module is shared by digest across versions).
+    pub limits: ManifestLimits,
     pub compiled: Arc<CompiledSpell>,
 }
 
@@ -272,8 +275,8 @@ impl Registry {
 
     /// Finds the version to cast (the highest when none is named) and its compiled module.
     pub async fn resolve(&self, spell: &SpellRef) -> Result<Resolved, RegistryError> {
-        let rows: Vec<(i64, String, String)> = sqlx::query_as(
-            "SELECT v.id, v.version, v.digest FROM spell_versions v \
+        let rows: Vec<(i64, String, String, String)> = sqlx::query_as(
+            "SELECT v.id, v.version, v.digest, v.manifest FROM spell_versions v \
              JOIN users u ON u.id = v.owner_id WHERE u.handle = $1 AND v.name = $2",
         )
         .bind(&spell.owner)
@@ -283,19 +286,19 @@ impl Registry {
         let name = format!("{}/{}", spell.owner, spell.name);
         let chosen = rows
             .into_iter()
-            .filter_map(|(id, version, digest)| {
+            .filter_map(|(id, version, digest, manifest)| {
                 semver::Version::parse(&version)
                     .ok()
-                    .map(|v| (v, id, digest))
+                    .map(|v| (v, id, digest, manifest))
             })
-            .filter(|(version, _, _)| {
+            .filter(|(version, ..)| {
                 spell
                     .version
                     .as_ref()
                     .is_none_or(|wanted| wanted == version)
             })
             .max_by(|a, b| a.0.cmp(&b.0));
-        let Some((version, version_id, digest)) = chosen else {
+        let Some((version, version_id, digest, manifest)) = chosen else {
             let shown = match &spell.version {
                 Some(version) => format!("{name}@{version}"),
                 None => name,
@@ -304,6 +307,8 @@ impl Registry {
         };
         let digest =
             ModuleDigest::from_hex(&digest).map_err(|e| RegistryError::Internal(e.to_string()))?;
+        // Verified at publish; parsed again for this version's own limits.
+        let limits = Manifest::parse(&manifest)?.limits;
         let compiled = match self.sandbox.cached(&digest) {
             Some(compiled) => compiled,
             None => self.load(version_id, digest).await?,
@@ -312,6 +317,7 @@ impl Registry {
             spell: name,
             version: version.to_string(),
             digest,
+            limits,
             compiled,
         })
     }

@@ -76,11 +76,10 @@ pub enum SandboxError {
     WorkerLost,
 }
 
-/// A verified module compiled and linked, ready to instantiate. Cheap to clone (`Arc`).
+/// A verified module compiled and linked, ready to instantiate. Cached by digest, so it
+/// carries nothing of any one version's manifest: limits come with each run.
 pub struct CompiledSpell {
     digest: ModuleDigest,
-    name: String,
-    manifest_limits: ManifestLimits,
     /// The largest initial memory the module declares, in bytes.
     declared_memory_bytes: u64,
     /// `None` when the module's declared memory or tables exceed the host's maxima: every run
@@ -91,9 +90,6 @@ pub struct CompiledSpell {
 impl CompiledSpell {
     pub fn digest(&self) -> &ModuleDigest {
         &self.digest
-    }
-    pub fn manifest_limits(&self) -> &ManifestLimits {
-        &self.manifest_limits
     }
 }
 
@@ -137,9 +133,9 @@ impl Sandbox {
         &self.limits
     }
 
-    /// The limits for this spell before any caller or budget cap.
-    pub fn limits_for(&self, spell: &CompiledSpell) -> RunLimits {
-        RunLimits::for_spell(&self.limits, &spell.manifest_limits)
+    /// The limits for a version with these manifest limits, before any caller or budget cap.
+    pub fn limits_for(&self, manifest: &ManifestLimits) -> RunLimits {
+        RunLimits::for_spell(&self.limits, manifest)
     }
 
     /// The compiled module for `digest`, if it is in memory (counted as a cache hit).
@@ -176,8 +172,6 @@ impl Sandbox {
         };
         let spell = Arc::new(CompiledSpell {
             digest,
-            name: module.manifest().name.clone(),
-            manifest_limits: module.manifest().limits.clone(),
             declared_memory_bytes: declared.memory_bytes,
             pre,
         });

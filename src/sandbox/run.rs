@@ -80,6 +80,11 @@ impl ResourceLimiter for SpellLimiter {
 /// of CPU, so replays can never cost much more than the run they correct.
 const REPLAY_FUEL_BUDGET: u64 = 64_000_000;
 
+/// Wall time all the replays of one run may take together. Fuel alone would not bound them: a
+/// spell can sleep in a host call before trapping. This keeps a worker's extra time per
+/// trapping cast small (100 ms); past it the upper bound is charged.
+const REPLAY_WALL_BUDGET: Duration = Duration::from_millis(100);
+
 /// Runs `spell` on the current thread, which must not be a tokio reactor thread.
 pub async fn execute(
     engine: &Engine,
@@ -114,7 +119,8 @@ fn fuel_may_be_unaccounted(trap: Trap) -> bool {
 /// than running out of fuel) is the fuel burned up to its last check before the trap — exact
 /// but for the straight-line instructions after that check. The uncounted gap is at most
 /// [`FUEL_YIELD_INTERVAL`]; a galloping then binary search over it needs ~2·log₂(gap)
-/// replays. If the replays would exceed [`REPLAY_FUEL_BUDGET`], the upper bound is charged:
+/// replays. If the replays would exceed [`REPLAY_FUEL_BUDGET`] or [`REPLAY_WALL_BUDGET`], the
+/// upper bound is charged:
 /// never less than was burned, at most one yield interval more.
 async fn exact_fuel_after_trap(
     engine: &Engine,
@@ -128,9 +134,15 @@ async fn exact_fuel_after_trap(
         .saturating_add(FUEL_YIELD_INTERVAL + 1)
         .min(limits.fuel);
     let mut budget = REPLAY_FUEL_BUDGET;
+    let deadline = Instant::now() + REPLAY_WALL_BUDGET;
     let mut reaches_trap = async |cap: u64| -> Option<bool> {
         budget = budget.checked_sub(cap)?;
-        let (report, _) = run_once(engine, spell, input, limits.with_fuel_at_most(cap), host).await;
+        let remaining_ms =
+            u64::try_from(deadline.checked_duration_since(Instant::now())?.as_millis()).ok()?;
+        let replay = limits
+            .with_fuel_at_most(cap)
+            .with_wall_ms_at_most(remaining_ms.max(1));
+        let (report, _) = run_once(engine, spell, input, replay, host).await;
         match report.outcome {
             Outcome::OutOfFuel => Some(false),
             Outcome::Trapped(_) => Some(true),
@@ -235,7 +247,7 @@ fn new_store(
         .stdin(MemoryInputPipe::new(input.to_vec()))
         .stdout(stdout.clone())
         .stderr(stderr.clone())
-        .args(&[spell.name.as_str()])
+        .args(&["spell"])
         .secure_random(super::seeded_rng(seed))
         .insecure_random(super::seeded_rng(seed))
         .insecure_random_seed(u128::from_le_bytes(
@@ -252,7 +264,7 @@ fn new_store(
     // Both calls only fail when fuel is disabled in the engine, which it never is.
     let _ = store.set_fuel(limits.fuel);
     let _ = store.fuel_async_yield_interval(Some(FUEL_YIELD_INTERVAL));
-    store.set_epoch_deadline(limits.wall_ms.max(1) / EPOCH_TICK_MS);
+    store.set_epoch_deadline((limits.wall_ms / EPOCH_TICK_MS).max(1));
     store.epoch_deadline_trap();
     store
 }

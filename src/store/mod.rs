@@ -77,9 +77,14 @@ impl Db {
             .context("applying database migrations")
     }
 
-    /// A write transaction. On SQLite it runs on the single writer connection.
+    /// A write transaction. On SQLite it runs on the single writer connection and starts with
+    /// `BEGIN IMMEDIATE`, so it holds the write lock from its first read: another process (an
+    /// admin command) can never make its read-then-write fail half-way.
     pub async fn begin(&self) -> sqlx::Result<Tx> {
-        self.writer.begin().await
+        match self.backend {
+            Backend::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.writer.begin().await,
+        }
     }
 
     pub fn reader(&self) -> &AnyPool {

@@ -269,7 +269,7 @@ fn precompiled_artifacts_are_reused_only_when_authentic() {
         .run_blocking(
             spell.clone(),
             br#"{"name":"Ada"}"#.to_vec(),
-            third.limits_for(&spell),
+            third.limits_for(&module.manifest().limits),
         )
         .expect("runs");
     assert_eq!(report.outcome, Outcome::Ok);

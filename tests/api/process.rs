@@ -171,6 +171,18 @@ fn provision(env: &Env, work: &Path) -> String {
     key["key"].as_str().expect("key").to_owned()
 }
 
+/// Waits until the slow cast in flight has taken its hold.
+async fn wait_for_hold(client: &reqwest::Client, address: &str, key: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while me(client, address, key).await["held_microusd"] == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the slow cast never took its hold"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn me(client: &reqwest::Client, address: &str, key: &str) -> Value {
     client
         .get(format!("{address}/v1/users/me"))
@@ -200,11 +212,7 @@ on_both_databases! {
             let (client, address, key) = (client.clone(), address.clone(), key.clone());
             async move { client.post(format!("{address}/v1/cast")).bearer_auth(&key).json(&json!({"spell": "ada/slow"})).send().await }
         });
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while me(&client, &address, &key).await["held_microusd"] == 0 {
-            assert!(Instant::now() < deadline, "the slow cast never took its hold");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_for_hold(&client, &address, &key).await;
         signal(&server, "-KILL");
         server.wait().expect("killed");
         assert!(in_flight.await.expect("task").is_err(), "the client was told nothing");
@@ -238,11 +246,7 @@ on_both_databases! {
             let (client, address, key) = (client.clone(), address.clone(), key.clone());
             async move { client.post(format!("{address}/v1/cast")).bearer_auth(&key).json(&json!({"spell": "ada/slow"})).send().await }
         });
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while me(&client, &address, &key).await["held_microusd"] == 0 {
-            assert!(Instant::now() < deadline, "the slow cast never took its hold");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_for_hold(&client, &address, &key).await;
         signal(&server, "-TERM");
         let response = in_flight.await.expect("task").expect("answered despite the shutdown");
         let body: Value = response.json().await.expect("json");

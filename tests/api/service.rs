@@ -160,6 +160,25 @@ on_both_databases! {
         app.shutdown().await;
     }
 
+    async fn each_version_runs_under_its_own_manifest_limits(backend) {
+        // Two versions of one module (same digest, one compiled module) with different limits.
+        let app = spawn_app(&backend).await;
+        let user = app.user("ada", 1_000_000).await;
+        app.publish_examples(&user, &["hello"]).await;
+        let demo_key = std::fs::read_to_string(crate::helpers::repo_path("spells/demo-key/spell.key")).expect("demo key");
+        let module = crate::helpers::example_bundle("hello").module;
+        let tight = signed_bundle(module, "name = \"hello\"\nversion = \"1.1.0\"\n[limits]\nfuel_max = 1000\n", &demo_key);
+        let (status, body) = app.publish(&user, &tight).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let (status, body) = app.cast(&user, json!({"spell": "ada/hello", "input": {"name": "Ada"}})).await;
+        assert_eq!((status, error_code(&body)), (StatusCode::UNPROCESSABLE_ENTITY, "fuel_exhausted"), "the highest version, 1.1.0");
+        assert_eq!(body["error"]["fuel_used"], 1000);
+        let (status, body) = app.cast(&user, json!({"spell": "ada/hello@1.0.0", "input": {"name": "Ada"}})).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["version"], "1.0.0");
+        app.shutdown().await;
+    }
+
     async fn spell_failures_are_422_with_their_code_and_still_charged(backend) {
         let app = spawn_app(&backend).await;
         let user = app.user("ada", 1_000_000).await;
