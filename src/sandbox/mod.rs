@@ -108,7 +108,12 @@ impl Sandbox {
     pub fn new(config: SandboxConfig) -> anyhow::Result<Self> {
         // Each worker holds at most one live instance; the slack covers a store still being
         // torn down while the next run starts.
-        let instance_slots = u32::try_from(config.workers * 2 + 2).unwrap_or(u32::MAX);
+        // Slots also hold instances whose pages wait in a decommit batch: one batch per core.
+        let parallelism = std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .min(16);
+        let slots = config.workers * 2 + 2 + parallelism * engine::DECOMMIT_BATCH;
+        let instance_slots = u32::try_from(slots).unwrap_or(u32::MAX);
         let engine = engine::build(&config.limits, instance_slots)?;
         engine::spawn_epoch_ticker(&engine)?;
         let mut linker = Linker::new(&engine);
