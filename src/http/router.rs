@@ -2,11 +2,21 @@
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{delete, get, post};
+use axum::routing::{MethodRouter, delete, get, post};
 
 use super::{billing, cast, keys, ledger, middleware, ops, signers, spells, users};
 use crate::App;
 use crate::supply_chain::{MODULE_BYTES_MAX, SBOM_BYTES_MAX};
+
+/// A body limit for one route: requests whose Content-Length is over it are answered 413
+/// before their body is read; streamed bodies are cut off at the limit.
+fn limited(route: MethodRouter<App>, bytes_max: usize) -> MethodRouter<App> {
+    route
+        .layer::<_, std::convert::Infallible>(DefaultBodyLimit::max(bytes_max))
+        .layer::<_, std::convert::Infallible>(tower_http::limit::RequestBodyLimitLayer::new(
+            bytes_max,
+        ))
+}
 
 /// Stripe events are a few KiB; 1 MiB bounds what an unauthenticated caller can send.
 const WEBHOOK_BYTES_MAX: usize = 1024 * 1024;
@@ -28,12 +38,12 @@ pub fn router(app: App) -> Router {
         .route("/v1/signers", post(signers::create).get(signers::list))
         .route(
             "/v1/spells",
-            post(spells::publish).layer(DefaultBodyLimit::max(publish_bytes_max)),
+            limited(post(spells::publish), publish_bytes_max),
         )
         .route("/v1/spells/{owner}/{name}", get(spells::versions))
         .route(
             "/v1/cast",
-            post(cast::cast).layer(DefaultBodyLimit::max(cast_body_bytes_max(&app))),
+            limited(post(cast::cast), cast_body_bytes_max(&app)),
         )
         .route("/v1/ledger", get(ledger::list))
         .route("/v1/admin/ledger/verify", get(ops::verify_ledger))
@@ -41,7 +51,7 @@ pub fn router(app: App) -> Router {
         .route("/v1/billing/portal", post(billing::portal))
         .route(
             "/webhooks/stripe",
-            post(billing::webhook).layer(DefaultBodyLimit::max(WEBHOOK_BYTES_MAX)),
+            limited(post(billing::webhook), WEBHOOK_BYTES_MAX),
         )
         .fallback(middleware::not_found)
         // A handler that panics answers the opaque 500 in the one error shape; the connection

@@ -27,6 +27,27 @@ impl Backend {
             .map(Backend::Postgres)
     }
 
+    /// Drops a database made by [`fresh_database_url`] (PostgreSQL; SQLite files go with
+    /// their temporary directory), so test runs leave the shared server as they found it.
+    pub async fn drop_database(&self, url: &str) {
+        if let Backend::Postgres(base) = self {
+            use sqlx::Connection as _;
+            let Some((_, name)) = url.rsplit_once('/') else {
+                return;
+            };
+            if !name.starts_with("spellhost_test_") {
+                return;
+            }
+            if let Ok(mut admin) = sqlx::PgConnection::connect(base).await {
+                let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                )))
+                .execute(&mut admin)
+                .await;
+            }
+        }
+    }
+
     /// A fresh, empty database URL for this backend.
     pub async fn fresh_database_url(&self, data_dir: &std::path::Path) -> String {
         match self {
@@ -81,6 +102,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     /// Kept alive for the app's lifetime (the SQLite file and artifacts live here).
     _data_dir: tempfile::TempDir,
+    backend: Backend,
+    database_url: String,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
 }
@@ -126,6 +149,8 @@ pub async fn spawn_app_with(backend: &Backend, extra: &[(&str, &str)]) -> TestAp
         app,
         client: reqwest::Client::new(),
         _data_dir: data_dir,
+        backend: backend.clone(),
+        database_url,
         shutdown: Some(shutdown),
         server: Some(server),
     }
@@ -150,6 +175,8 @@ impl TestApp {
         if let Some(server) = self.server.take() {
             let _ = server.await;
         }
+        self.app.db.close().await;
+        self.backend.drop_database(&self.database_url).await;
     }
 
     pub async fn get(&self, path: &str, key: Option<&str>) -> (StatusCode, Value) {

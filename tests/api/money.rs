@@ -265,4 +265,5 @@ async fn check_against_model(backend: &Backend, ops: Vec<Operation>) {
         money::ChainCheck::Intact { .. }
     ));
     db.close().await;
+    backend.drop_database(&url).await;
 }

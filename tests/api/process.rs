@@ -16,12 +16,14 @@ const BINARY: &str = env!("CARGO_BIN_EXE_spellhost");
 
 struct Env {
     vars: Vec<(String, String)>,
+    backend: Backend,
 }
 
 impl Env {
     async fn new(backend: &Backend, data_dir: &Path) -> Env {
         let url = backend.fresh_database_url(data_dir).await;
         Env {
+            backend: backend.clone(),
             vars: vec![
                 ("SPELLHOST_DATA_DIR".into(), data_dir.display().to_string()),
                 ("SPELLHOST_DATABASE_URL".into(), url),
@@ -49,6 +51,10 @@ impl Env {
             String::from_utf8_lossy(&output.stderr)
         );
         serde_json::from_slice(&output.stdout).unwrap_or(Value::Null)
+    }
+
+    async fn drop_database(&self) {
+        self.backend.drop_database(&self.vars[1].1).await;
     }
 
     /// Starts `spellhost serve` and returns it with its address.
@@ -234,6 +240,7 @@ on_both_databases! {
         assert_eq!(verified, json!({"intact": true, "entries": 2}));
         signal(&server, "-TERM");
         assert!(server.wait().expect("stops").success());
+        env.drop_database().await;
     }
 
     async fn sigterm_finishes_and_settles_casts_in_flight(backend) {
@@ -259,6 +266,7 @@ on_both_databases! {
         assert_eq!(me(&client, &address, &key).await["balance_microusd"], 10_000_000 - cost);
         signal(&server, "-TERM");
         assert!(server.wait().expect("stops").success());
+        env.drop_database().await;
     }
 }
 
