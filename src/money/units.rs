@@ -33,10 +33,6 @@ impl MicroUsd {
     pub fn checked_sub(self, other: MicroUsd) -> Option<MicroUsd> {
         self.0.checked_sub(other.0).map(MicroUsd)
     }
-
-    pub fn is_negative(self) -> bool {
-        self.0 < 0
-    }
 }
 
 impl std::fmt::Display for MicroUsd {

@@ -2,6 +2,7 @@
 //! the sandbox: modules are verified at publish and verified again (signature, SBOM, digest)
 //! whenever their bytes are loaded back from the database.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::sandbox::{CompiledSpell, Sandbox, SandboxError};
@@ -106,7 +107,13 @@ pub struct Registry {
     sandbox: Arc<Sandbox>,
     /// Single-flight for loading and compiling modules that are not in the sandbox's cache.
     loading: tokio::sync::Mutex<()>,
+    /// Each version's parsed manifest limits. Versions are immutable, so entries never go
+    /// stale; this keeps TOML parsing and manifest text off the cast path.
+    limits: std::sync::Mutex<HashMap<i64, ManifestLimits>>,
 }
+
+/// Versions whose limits are kept parsed; past this the map is cleared (cheap to refill).
+const LIMITS_CACHE_MAX: usize = 10_000;
 
 impl Registry {
     pub fn new(db: Db, sandbox: Arc<Sandbox>) -> Self {
@@ -114,6 +121,7 @@ impl Registry {
             db,
             sandbox,
             loading: tokio::sync::Mutex::new(()),
+            limits: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -275,8 +283,8 @@ impl Registry {
 
     /// Finds the version to cast (the highest when none is named) and its compiled module.
     pub async fn resolve(&self, spell: &SpellRef) -> Result<Resolved, RegistryError> {
-        let rows: Vec<(i64, String, String, String)> = sqlx::query_as(
-            "SELECT v.id, v.version, v.digest, v.manifest FROM spell_versions v \
+        let rows: Vec<(i64, String, String)> = sqlx::query_as(
+            "SELECT v.id, v.version, v.digest FROM spell_versions v \
              JOIN users u ON u.id = v.owner_id WHERE u.handle = $1 AND v.name = $2",
         )
         .bind(&spell.owner)
@@ -286,10 +294,10 @@ impl Registry {
         let name = format!("{}/{}", spell.owner, spell.name);
         let chosen = rows
             .into_iter()
-            .filter_map(|(id, version, digest, manifest)| {
+            .filter_map(|(id, version, digest)| {
                 semver::Version::parse(&version)
                     .ok()
-                    .map(|v| (v, id, digest, manifest))
+                    .map(|v| (v, id, digest))
             })
             .filter(|(version, ..)| {
                 spell
@@ -298,7 +306,7 @@ impl Registry {
                     .is_none_or(|wanted| wanted == version)
             })
             .max_by(|a, b| a.0.cmp(&b.0));
-        let Some((version, version_id, digest, manifest)) = chosen else {
+        let Some((version, version_id, digest)) = chosen else {
             let shown = match &spell.version {
                 Some(version) => format!("{name}@{version}"),
                 None => name,
@@ -307,8 +315,7 @@ impl Registry {
         };
         let digest =
             ModuleDigest::from_hex(&digest).map_err(|e| RegistryError::Internal(e.to_string()))?;
-        // Verified at publish; parsed again for this version's own limits.
-        let limits = Manifest::parse(&manifest)?.limits;
+        let limits = self.version_limits(version_id).await?;
         let compiled = match self.sandbox.cached(&digest) {
             Some(compiled) => compiled,
             None => self.load(version_id, digest).await?,
@@ -320,6 +327,31 @@ impl Registry {
             limits,
             compiled,
         })
+    }
+
+    /// A version's own manifest limits (verified at publish; parsed once per process).
+    async fn version_limits(&self, version_id: i64) -> Result<ManifestLimits, RegistryError> {
+        let known = self
+            .limits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&version_id)
+            .cloned();
+        if let Some(limits) = known {
+            return Ok(limits);
+        }
+        let (manifest,): (String,) =
+            sqlx::query_as("SELECT manifest FROM spell_versions WHERE id = $1")
+                .bind(version_id)
+                .fetch_one(self.db.reader())
+                .await?;
+        let limits = Manifest::parse(&manifest)?.limits;
+        let mut cache = self.limits.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= LIMITS_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(version_id, limits.clone());
+        Ok(limits)
     }
 
     /// Loads a version's bytes from the database, verifies them again and compiles them.

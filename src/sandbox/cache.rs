@@ -163,7 +163,8 @@ impl<V: Clone> LruMap<V> {
         entries.insert(digest, (value, now));
     }
 
-    pub fn entry_count(&self) -> usize {
+    #[cfg(test)]
+    fn entry_count(&self) -> usize {
         self.entries.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 }

@@ -276,9 +276,6 @@ impl Sandbox {
     pub fn cache_misses(&self) -> u64 {
         self.counters.misses.load(Ordering::Relaxed)
     }
-    pub fn cached_modules(&self) -> usize {
-        self.modules.entry_count()
-    }
     pub fn artifacts_rejected(&self) -> u64 {
         self.artifacts.as_ref().map_or(0, ArtifactStore::rejected)
     }

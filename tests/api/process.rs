@@ -177,6 +177,19 @@ fn provision(env: &Env, work: &Path) -> String {
     key["key"].as_str().expect("key").to_owned()
 }
 
+/// Starts a cast of `ada/slow` whose answer the caller awaits later.
+fn cast_slow_in_background(
+    client: &reqwest::Client,
+    address: &str,
+    key: &str,
+) -> tokio::task::JoinHandle<reqwest::Result<reqwest::Response>> {
+    let request = client
+        .post(format!("{address}/v1/cast"))
+        .bearer_auth(key)
+        .json(&json!({"spell": "ada/slow"}));
+    tokio::spawn(request.send())
+}
+
 /// Waits until the slow cast in flight has taken its hold.
 async fn wait_for_hold(client: &reqwest::Client, address: &str, key: &str) {
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -214,10 +227,7 @@ on_both_databases! {
             .json(&json!({"spell": "ada/hello", "input": {"name": "Ada"}})).send().await.expect("cast").json().await.expect("json");
         let charged = done["cost_microusd"].as_i64().expect("charged");
         // A cast in flight when the process dies: its money is held, its client never answered.
-        let in_flight = tokio::spawn({
-            let (client, address, key) = (client.clone(), address.clone(), key.clone());
-            async move { client.post(format!("{address}/v1/cast")).bearer_auth(&key).json(&json!({"spell": "ada/slow"})).send().await }
-        });
+        let in_flight = cast_slow_in_background(&client, &address, &key);
         wait_for_hold(&client, &address, &key).await;
         signal(&server, "-KILL");
         server.wait().expect("killed");
@@ -249,10 +259,7 @@ on_both_databases! {
         let key = provision(&env, work.path());
         let client = reqwest::Client::new();
         let (mut server, address) = env.serve();
-        let in_flight = tokio::spawn({
-            let (client, address, key) = (client.clone(), address.clone(), key.clone());
-            async move { client.post(format!("{address}/v1/cast")).bearer_auth(&key).json(&json!({"spell": "ada/slow"})).send().await }
-        });
+        let in_flight = cast_slow_in_background(&client, &address, &key);
         wait_for_hold(&client, &address, &key).await;
         signal(&server, "-TERM");
         let response = in_flight.await.expect("task").expect("answered despite the shutdown");
