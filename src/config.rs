@@ -312,10 +312,21 @@ fn sandbox_config(source: &Source) -> Result<SandboxConfig, ConfigError> {
     if workers == 0 || workers > 1024 {
         return Err(error("SPELLHOST_WORKERS", "must be between 1 and 1024"));
     }
+    let queue_wait_ms_max: u64 = source.parse(
+        "SPELLHOST_QUEUE_WAIT_MS_MAX",
+        u64::try_from(defaults.queue_wait_max.as_millis()).unwrap_or(u64::MAX),
+    )?;
+    if queue_wait_ms_max == 0 || queue_wait_ms_max > 600_000 {
+        return Err(error(
+            "SPELLHOST_QUEUE_WAIT_MS_MAX",
+            "must be between 1 and 600000 (ten minutes)",
+        ));
+    }
     Ok(SandboxConfig {
         limits,
         workers,
         queue_depth: source.parse("SPELLHOST_QUEUE_DEPTH", workers * 64)?,
+        queue_wait_max: std::time::Duration::from_millis(queue_wait_ms_max),
         ..defaults
     })
 }
@@ -401,6 +412,7 @@ mod tests {
             ("SPELLHOST_SECRET_KEY", "short"),
             ("SPELLHOST_DATABASE_URL", "mysql://x"),
             ("SPELLHOST_WORKERS", "0"),
+            ("SPELLHOST_QUEUE_WAIT_MS_MAX", "0"),
             ("SPELLHOST_STRIPE_API_BASE", "ftp://x"),
         ] {
             let error = Config::from_vars(&[(name, value)]).expect_err(name);

@@ -2,32 +2,10 @@
 //! main test binary runs many servers in parallel, which would drown the figure).
 
 use spellhost::sandbox::{Outcome, Sandbox, SandboxConfig};
-use spellhost::supply_chain::{
-    Manifest, ModuleDigest, SignaturePolicy, SignerKey, SpellBundle, Verifier, sbom, signature,
-};
 
-fn fixture(name: &str) -> spellhost::supply_chain::VerifiedModule {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let wat =
-        std::fs::read_to_string(root.join(format!("spells/hostile/{name}.wat"))).expect("fixture");
-    let module = wat::parse_str(&wat).expect("wat");
-    let (private_pem, public_pem) = signature::generate_key_pair().expect("keygen");
-    let manifest = format!(
-        "name = \"{}\"\nversion = \"1.0.0\"\n",
-        name.replace('_', "-")
-    );
-    let parsed = Manifest::parse(&manifest).expect("manifest");
-    let bundle = SpellBundle {
-        sbom: sbom::generate(&parsed, &ModuleDigest::of(&module), None).expect("sbom"),
-        signature: signature::sign(&private_pem, &module)
-            .expect("sign")
-            .into_bytes(),
-        module,
-        manifest,
-    };
-    let key = SignerKey::from_pem(&public_pem).expect("key");
-    Verifier::verify(&bundle, SignaturePolicy::AnyOf(&[key])).expect("verifies")
-}
+#[path = "support/hostile.rs"]
+mod hostile;
+use hostile::fixture;
 
 fn peak_rss_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();

@@ -27,6 +27,12 @@ pub struct HostLimits {
     /// Bytes of native stack wasm may use. 512 KiB (wasmtime's default) allows deep but
     /// finite recursion; overflow is a trap, never a host crash.
     pub wasm_stack_bytes_max: usize,
+    /// Wall-clock milliseconds that the deterministic replays of one trapping run may take
+    /// together to make its `fuel_used` exact (wasmtime issue 13802; see `run.rs`). 100 ms
+    /// keeps a worker's extra time per trapping cast small; past it the upper bound is
+    /// charged (never less than was burned, at most one fuel-yield interval more). Tests that
+    /// assert the exact figure raise it so that a busy machine cannot change their answer.
+    pub trap_replay_wall_ms_max: u64,
 }
 
 impl Default for HostLimits {
@@ -40,6 +46,7 @@ impl Default for HostLimits {
             input_bytes_max: 4 * 1024 * 1024,
             table_elements_max: 100_000,
             wasm_stack_bytes_max: 512 * 1024,
+            trap_replay_wall_ms_max: 100,
         }
     }
 }

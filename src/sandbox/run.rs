@@ -80,11 +80,6 @@ impl ResourceLimiter for SpellLimiter {
 /// of CPU, so replays can never cost much more than the run they correct.
 const REPLAY_FUEL_BUDGET: u64 = 64_000_000;
 
-/// Wall time all the replays of one run may take together. Fuel alone would not bound them: a
-/// spell can sleep in a host call before trapping. This keeps a worker's extra time per
-/// trapping cast small (100 ms); past it the upper bound is charged.
-const REPLAY_WALL_BUDGET: Duration = Duration::from_millis(100);
-
 /// Runs `spell` on the current thread, which must not be a tokio reactor thread.
 pub async fn execute(
     engine: &Engine,
@@ -119,8 +114,9 @@ fn fuel_may_be_unaccounted(trap: Trap) -> bool {
 /// than running out of fuel) is the fuel burned up to its last check before the trap — exact
 /// but for the straight-line instructions after that check. The uncounted gap is at most
 /// [`FUEL_YIELD_INTERVAL`]; a galloping then binary search over it needs ~2·log₂(gap)
-/// replays. If the replays would exceed [`REPLAY_FUEL_BUDGET`] or [`REPLAY_WALL_BUDGET`], the
-/// upper bound is charged:
+/// replays. If the replays would exceed [`REPLAY_FUEL_BUDGET`] or the host's
+/// `trap_replay_wall_ms_max` (fuel alone would not bound them: a spell can sleep in a host
+/// call before trapping), the upper bound is charged:
 /// never less than was burned, at most one yield interval more.
 async fn exact_fuel_after_trap(
     engine: &Engine,
@@ -134,7 +130,7 @@ async fn exact_fuel_after_trap(
         .saturating_add(FUEL_YIELD_INTERVAL + 1)
         .min(limits.fuel);
     let mut budget = REPLAY_FUEL_BUDGET;
-    let deadline = Instant::now() + REPLAY_WALL_BUDGET;
+    let deadline = Instant::now() + Duration::from_millis(host.trap_replay_wall_ms_max);
     let mut reaches_trap = async |cap: u64| -> Option<bool> {
         budget = budget.checked_sub(cap)?;
         let remaining_ms =
@@ -264,7 +260,9 @@ fn new_store(
     // Both calls only fail when fuel is disabled in the engine, which it never is.
     let _ = store.set_fuel(limits.fuel);
     let _ = store.fuel_async_yield_interval(Some(FUEL_YIELD_INTERVAL));
-    store.set_epoch_deadline((limits.wall_ms / EPOCH_TICK_MS).max(1));
+    // One tick more than the limit: the first tick may come at once, so `n + 1` ticks take at
+    // least `n` tick intervals and a spell is never stopped before its limit.
+    store.set_epoch_deadline((limits.wall_ms / EPOCH_TICK_MS).max(1) + 1);
     store.epoch_deadline_trap();
     store
 }

@@ -27,34 +27,13 @@ impl Backend {
             .map(Backend::Postgres)
     }
 
-    /// Drops a database made by [`fresh_database_url`] (PostgreSQL; SQLite files go with
-    /// their temporary directory), so test runs leave the shared server as they found it.
-    pub async fn drop_database(&self, url: &str) {
-        if let Backend::Postgres(base) = self {
-            use sqlx::Connection as _;
-            let Some((_, name)) = url.rsplit_once('/') else {
-                return;
-            };
-            if !name.starts_with("spellhost_test_") {
-                return;
-            }
-            if let Ok(mut admin) = sqlx::PgConnection::connect(base).await {
-                let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                )))
-                .execute(&mut admin)
-                .await;
-            }
-        }
-    }
-
-    /// A fresh, empty database URL for this backend.
-    pub async fn fresh_database_url(&self, data_dir: &std::path::Path) -> String {
-        match self {
+    /// A fresh, empty database for this backend, dropped when the guard is dropped.
+    pub async fn fresh_database(&self, data_dir: &std::path::Path) -> TestDatabase {
+        let url = match self {
             Backend::Sqlite => format!("sqlite://{}", data_dir.join("spellhost.db").display()),
             Backend::Postgres(base) => {
                 use sqlx::Connection as _;
-                let name = format!("spellhost_test_{}", uuid::Uuid::new_v4().simple());
+                let name = format!("{}{}", database_prefix(), uuid::Uuid::new_v4().simple());
                 let mut admin = sqlx::PgConnection::connect(base)
                     .await
                     .expect("PostgreSQL reachable");
@@ -62,9 +41,77 @@ impl Backend {
                     .execute(&mut admin)
                     .await
                     .expect("create database");
+                let _ = admin.close().await;
                 let (prefix, _) = base.rsplit_once('/').expect("URL has a database");
                 format!("{prefix}/{name}")
             }
+        };
+        TestDatabase {
+            backend: self.clone(),
+            url,
+        }
+    }
+}
+
+/// The prefix of the PostgreSQL databases the tests create (`SPELLHOST_TEST_DATABASE_PREFIX`,
+/// default `spellhost_test_`), so that tests can share a server with other users. Only
+/// lowercase letters, digits and `_`: it becomes part of an SQL identifier.
+fn database_prefix() -> String {
+    let prefix = std::env::var("SPELLHOST_TEST_DATABASE_PREFIX")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| "spellhost_test_".to_owned());
+    assert!(
+        prefix.starts_with(|c: char| c.is_ascii_lowercase())
+            && prefix
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+        "SPELLHOST_TEST_DATABASE_PREFIX must be [a-z][a-z0-9_]*, got {prefix:?}"
+    );
+    prefix
+}
+
+/// A test's own database. Dropping it drops the PostgreSQL database (SQLite files go with
+/// their temporary directory), also when the test fails: a panicking test unwinds through
+/// this guard, so runs leave the shared server as they found it.
+pub struct TestDatabase {
+    backend: Backend,
+    pub url: String,
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let Backend::Postgres(base) = &self.backend else {
+            return;
+        };
+        let Some((_, name)) = self.url.rsplit_once('/') else {
+            return;
+        };
+        if !name.starts_with(&database_prefix()) {
+            return;
+        }
+        let (base, name) = (base.clone(), name.to_owned());
+        // Drop may run inside a tokio runtime (or while one unwinds): use a runtime of our own
+        // on a thread of our own. `WITH (FORCE)` ends connections a failed test left open.
+        let dropped = std::thread::spawn(move || {
+            use sqlx::Connection as _;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                let mut admin = sqlx::PgConnection::connect(&base).await?;
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                )))
+                .execute(&mut admin)
+                .await?;
+                admin.close().await
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("warning: could not drop the test database {}", self.url);
         }
     }
 }
@@ -100,10 +147,10 @@ pub struct TestApp {
     pub address: SocketAddr,
     pub app: App,
     pub client: reqwest::Client,
+    /// The app's database; dropped (PostgreSQL) after the app, even if the test fails.
+    _database: TestDatabase,
     /// Kept alive for the app's lifetime (the SQLite file and artifacts live here).
     _data_dir: tempfile::TempDir,
-    backend: Backend,
-    database_url: String,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
 }
@@ -114,7 +161,8 @@ pub async fn spawn_app(backend: &Backend) -> TestApp {
 
 pub async fn spawn_app_with(backend: &Backend, extra: &[(&str, &str)]) -> TestApp {
     let data_dir = tempfile::tempdir().expect("tempdir");
-    let database_url = backend.fresh_database_url(data_dir.path()).await;
+    let database = backend.fresh_database(data_dir.path()).await;
+    let database_url = database.url.clone();
     let data = data_dir.path().display().to_string();
     let mut vars = vec![
         ("SPELLHOST_LISTEN", "127.0.0.1:0"),
@@ -125,6 +173,9 @@ pub async fn spawn_app_with(backend: &Backend, extra: &[(&str, &str)]) -> TestAp
             "test-secret-test-secret-test-secret-0123",
         ),
         ("SPELLHOST_WORKERS", "2"),
+        // A cast that waits for a worker is refused after this long. On a busy machine the
+        // default (2 s) would turn a slow test into a 503; here it only bounds a runaway test.
+        ("SPELLHOST_QUEUE_WAIT_MS_MAX", "60000"),
     ];
     vars.extend_from_slice(extra);
     let config = spellhost::config::Config::from_vars(&vars).expect("config");
@@ -148,9 +199,8 @@ pub async fn spawn_app_with(backend: &Backend, extra: &[(&str, &str)]) -> TestAp
         address,
         app,
         client: reqwest::Client::new(),
+        _database: database,
         _data_dir: data_dir,
-        backend: backend.clone(),
-        database_url,
         shutdown: Some(shutdown),
         server: Some(server),
     }
@@ -176,7 +226,6 @@ impl TestApp {
             let _ = server.await;
         }
         self.app.db.close().await;
-        self.backend.drop_database(&self.database_url).await;
     }
 
     pub async fn get(&self, path: &str, key: Option<&str>) -> (StatusCode, Value) {

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use spellhost::sandbox::{CompiledSpell, Sandbox, SandboxConfig};
+use spellhost::sandbox::{CompiledSpell, HostLimits, Sandbox, SandboxConfig};
 use spellhost::supply_chain::{
     Manifest, ModuleDigest, SignaturePolicy, SignerKey, SpellBundle, VerifiedModule, Verifier,
     sbom, signature,
@@ -72,10 +72,17 @@ pub fn example(name: &str) -> VerifiedModule {
     .expect("example verifies")
 }
 
+/// A sandbox for tests: two workers, and budgets that only bound a runaway test rather than
+/// decide an answer on a busy machine (a queue wait of a minute, trap replays of a minute).
 pub fn sandbox() -> Sandbox {
     Sandbox::new(SandboxConfig {
         workers: 2,
         queue_depth: 64,
+        queue_wait_max: std::time::Duration::from_secs(60),
+        limits: HostLimits {
+            trap_replay_wall_ms_max: 60_000,
+            ..HostLimits::default()
+        },
         ..SandboxConfig::default()
     })
     .expect("sandbox")

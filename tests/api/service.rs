@@ -268,7 +268,7 @@ on_both_databases! {
         );
         stream.write_all(head.as_bytes()).await.expect("write");
         let mut answer = vec![0u8; 4096];
-        let read = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read(&mut answer))
+        let read = tokio::time::timeout(std::time::Duration::from_secs(60), stream.read(&mut answer))
             .await
             .expect("answered before the body was sent")
             .expect("read");
