@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Load test: casts/s and p50/p99 latency of `demo/hello` at concurrency 1 and 64 on the
-# embedded SQLite default, with GET /healthz in the same run for comparison.
+# embedded SQLite default, without and with three applicable budgets, with GET /healthz in the
+# same run for comparison.
 #
 #   benches/load.sh [seconds per run, default 10]
 #
@@ -53,4 +54,13 @@ run healthz 1 1 "$URL/healthz"
 run healthz 64 2 "$URL/healthz"
 run "cast hello" 1 1 "$URL/v1/cast" "$SCRIPT"
 run "cast hello" 64 2 "$URL/v1/cast" "$SCRIPT"
+# The same casts governed by three budgets (account, the key, the spell), none of which binds:
+# what budget enforcement costs the cast path.
+for scope in "" "--key ${KEY:0:16}" "--spell demo/hello"; do
+  # shellcheck disable=SC2086 # $scope is two words or none
+  SPELLHOST_DATA_DIR="$DATA" "$ROOT/target/release/spellhost" budget set --user demo $scope \
+    --period month --hard 100000000000 >/dev/null
+done
+run "cast+3 budgets" 1 1 "$URL/v1/cast" "$SCRIPT"
+run "cast+3 budgets" 64 2 "$URL/v1/cast" "$SCRIPT"
 SPELLHOST_DATA_DIR="$DATA" "$ROOT/target/release/spellhost" ledger verify

@@ -4,9 +4,10 @@ use std::time::Duration;
 
 use crate::AppState;
 use crate::auth::Caller;
-use crate::money::{self, CastRecord, FuelBound, HoldRequest, MicroUsd, MoneyError};
+use crate::money::quote::{self, Caps, PlanError};
+use crate::money::{self, Budget, CastRecord, HoldRequest, MicroUsd, MoneyError, Refusal};
 use crate::registry::{RegistryError, SpellRef};
-use crate::sandbox::{Outcome, RunReport, SandboxError};
+use crate::sandbox::{RunReport, SandboxError};
 use crate::supply_chain::ModuleDigest;
 
 /// Time a hold outlives its cast's wall-time limit and queue wait, for the settle itself.
@@ -16,6 +17,7 @@ pub struct CastRequest {
     pub spell: SpellRef,
     pub input: Vec<u8>,
     pub max_fuel: Option<u64>,
+    pub max_cost: Option<MicroUsd>,
 }
 
 /// A cast that ran and was charged.
@@ -27,18 +29,25 @@ pub struct CastResult {
     pub report: RunReport,
     pub cost: MicroUsd,
     pub balance_after: MicroUsd,
-    /// What decided the fuel cap (tells a 402 from a 422 when fuel ran out).
-    pub bound: FuelBound,
+    /// The budgets that govern the cast, as they are after it.
+    pub budgets: Vec<Budget>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum CastError {
     #[error(transparent)]
     Registry(#[from] RegistryError),
-    #[error("insufficient funds: {required} required, {available} available")]
-    BudgetExhausted {
-        required: MicroUsd,
-        available: MicroUsd,
+    #[error("this API key may not cast {0}")]
+    NotAllowed(String),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error("input is {actual} bytes; the limit is {limit}")]
+    InputTooLarge { actual: usize, limit: u64 },
+    /// The balance or a budget cannot hold the worst case: nothing ran, nothing was charged.
+    #[error("the cast's worst case cannot be held")]
+    Refused {
+        refusal: Box<Refusal>,
+        budgets: Vec<Budget>,
     },
     #[error("the sandbox is at capacity")]
     Overloaded,
@@ -51,13 +60,7 @@ pub enum CastError {
 impl From<MoneyError> for CastError {
     fn from(error: MoneyError) -> Self {
         match error {
-            MoneyError::InsufficientFunds {
-                required,
-                available,
-            } => CastError::BudgetExhausted {
-                required,
-                available,
-            },
+            MoneyError::Refused { refusal, budgets } => CastError::Refused { refusal, budgets },
             other => CastError::Money(other),
         }
     }
@@ -68,30 +71,54 @@ pub async fn cast(
     caller: &Caller,
     request: CastRequest,
 ) -> Result<CastResult, CastError> {
+    let spell_name = format!("{}/{}", request.spell.owner, request.spell.name);
+    if !caller
+        .allowed_spells
+        .allows(&request.spell.owner, &request.spell.name)
+    {
+        return Err(CastError::NotAllowed(spell_name));
+    }
+    // Refused before anything is written: an oversize input costs no hold.
+    let input_bytes_max = app.sandbox.host_limits().input_bytes_max;
+    if request.input.len() as u64 > input_bytes_max {
+        return Err(CastError::InputTooLarge {
+            actual: request.input.len(),
+            limit: input_bytes_max,
+        });
+    }
     let resolved = app.registry.resolve(&request.spell).await?;
     let limits = app.sandbox.limits_for(&resolved.limits);
+    let plan = quote::plan(
+        Caps {
+            spell_fuel_max: limits.fuel,
+            caller_fuel_max: request.max_fuel,
+            caller_cost_max: request.max_cost,
+        },
+        &app.config.pricing,
+    )?;
     let cast_id = format!("cast_{}", uuid::Uuid::now_v7().simple());
     let ttl =
         app.config.sandbox.queue_wait_max + Duration::from_millis(limits.wall_ms) + SETTLE_GRACE;
     let hold_request = HoldRequest {
         user_id: caller.user_id,
+        key_id: caller.key_id.clone(),
+        spell: spell_name,
         cast_id: cast_id.clone(),
-        spell_fuel_max: limits.fuel,
-        caller_fuel_max: request.max_fuel,
+        plan,
         ttl_ms: i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX),
     };
     let hold = money::reserve(&app.db, &hold_request, &app.config.pricing)
         .await
         .inspect_err(|error| {
-            if matches!(error, MoneyError::InsufficientFunds { .. }) {
-                app.metrics
-                    .casts
-                    .with_label_values(&["budget_exhausted"])
-                    .inc();
+            if let MoneyError::Refused { refusal, .. } = error {
+                let code = match refusal.binding {
+                    money::Binding::Balance => "budget_exhausted",
+                    money::Binding::Budget(_) => "spend_limit_reached",
+                };
+                app.metrics.casts.with_label_values(&[code]).inc();
             }
         })?;
     app.metrics.active_holds.inc();
-    let bound = hold.bound;
     let run = app
         .sandbox
         .run(
@@ -126,6 +153,9 @@ pub async fn cast(
     // ran": the hold stays until the sweeper voids it, and nothing is charged twice.
     let settlement = settled.map_err(CastError::Money)?;
     observe(app, &report, settlement.cost);
+    app.metrics
+        .budget_soft_limit_crossings
+        .inc_by(settlement.soft_limits_crossed.len() as u64);
     tracing::debug!(cast.id = %cast_id, spell.digest = %resolved.digest, cast.outcome = report.outcome.as_str(),
         cast.fuel_used = report.fuel_used, cast.cost_microusd = settlement.cost.get(), "cast settled");
     Ok(CastResult {
@@ -136,7 +166,7 @@ pub async fn cast(
         report,
         cost: settlement.cost,
         balance_after: settlement.balance_after,
-        bound,
+        budgets: settlement.budgets,
     })
 }
 
@@ -151,10 +181,4 @@ fn observe(app: &AppState, report: &RunReport, cost: MicroUsd) {
     metrics
         .charged_microusd
         .inc_by(u64::try_from(cost.get()).unwrap_or(0));
-}
-
-/// Whether a fuel-exhausted run ran out because the balance bound its cap (402) rather than
-/// the caller's or the spell's own cap (422).
-pub fn budget_ran_out(result: &CastResult) -> bool {
-    result.report.outcome == Outcome::OutOfFuel && result.bound == FuelBound::Budget
 }

@@ -36,6 +36,11 @@ pub enum Code {
     VersionExists,
     SignerExists,
     BudgetExhausted,
+    SpendLimitReached,
+    InsufficientScope,
+    SpellNotAllowed,
+    InvalidBudget,
+    Conflict,
     SpellFailed,
     SpellTrapped,
     DeadlineExceeded,
@@ -67,6 +72,11 @@ impl Code {
             Code::VersionExists => "version_exists",
             Code::SignerExists => "signer_exists",
             Code::BudgetExhausted => "budget_exhausted",
+            Code::SpendLimitReached => "spend_limit_reached",
+            Code::InsufficientScope => "insufficient_scope",
+            Code::SpellNotAllowed => "spell_not_allowed",
+            Code::InvalidBudget => "invalid_budget",
+            Code::Conflict => "conflict",
             Code::SpellFailed => "spell_failed",
             Code::SpellTrapped => "spell_trapped",
             Code::DeadlineExceeded => "deadline_exceeded",
@@ -88,15 +98,17 @@ impl Code {
         match self {
             Code::BadRequest => StatusCode::BAD_REQUEST,
             Code::Unauthorized => StatusCode::UNAUTHORIZED,
-            Code::Forbidden => StatusCode::FORBIDDEN,
+            Code::Forbidden | Code::InsufficientScope | Code::SpellNotAllowed => {
+                StatusCode::FORBIDDEN
+            }
             Code::NotFound | Code::SpellNotFound => StatusCode::NOT_FOUND,
             Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Code::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Code::VersionExists | Code::SignerExists | Code::NoBillingAccount => {
+            Code::VersionExists | Code::SignerExists | Code::NoBillingAccount | Code::Conflict => {
                 StatusCode::CONFLICT
             }
-            Code::BudgetExhausted => StatusCode::PAYMENT_REQUIRED,
+            Code::BudgetExhausted | Code::SpendLimitReached => StatusCode::PAYMENT_REQUIRED,
             Code::SpellFailed
             | Code::SpellTrapped
             | Code::DeadlineExceeded
@@ -104,6 +116,7 @@ impl Code {
             | Code::OutputTooLarge
             | Code::FuelExhausted
             | Code::AmountOutOfRange
+            | Code::InvalidBudget
             | Code::Gate(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Code::Overloaded | Code::BillingDisabled => StatusCode::SERVICE_UNAVAILABLE,
             Code::SignatureInvalid => StatusCode::BAD_REQUEST,

@@ -107,7 +107,7 @@ pub async fn serve(
 }
 
 async fn sweep_once(app: &AppState) {
-    match money::sweep_expired(&app.db, store::now_ms()).await {
+    match money::sweep_expired(&app.db, app.db.now_ms()).await {
         Ok(0) => {}
         Ok(voided) => app.metrics.holds_voided.inc_by(voided),
         Err(error) => tracing::warn!(error = %error, "sweeping expired holds failed"),

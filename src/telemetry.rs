@@ -22,7 +22,8 @@ pub fn init_logging(json: bool) {
 /// Every metric the service exports. Register once per process (or per test app).
 pub struct Metrics {
     pub registry: Registry,
-    /// Casts by outcome (`ok`, `out_of_fuel`, …, and `budget_exhausted` for 402s before a run).
+    /// Casts by outcome (`ok`, `out_of_fuel`, …, and `budget_exhausted` / `spend_limit_reached`
+    /// for 402s, which are always answered before a run).
     pub casts: IntCounterVec,
     /// Wall time of the sandbox run, seconds.
     pub cast_duration: Histogram,
@@ -45,6 +46,8 @@ pub struct Metrics {
     pub holds_voided: IntCounter,
     /// Stripe webhook events by type and result.
     pub webhook_events: IntCounterVec,
+    /// Settled casts that took a budget over its soft limit (one per budget crossed).
+    pub budget_soft_limit_crossings: IntCounter,
 }
 
 impl Metrics {
@@ -117,6 +120,10 @@ impl Metrics {
                 ),
                 &["type", "result"],
             )?,
+            budget_soft_limit_crossings: IntCounter::new(
+                "spellhost_budget_soft_limit_crossings_total",
+                "Casts whose charge took a budget over its soft limit",
+            )?,
             registry,
         };
         // Every outcome is exported from the start, at zero, so dashboards and alerts see the
@@ -130,6 +137,7 @@ impl Metrics {
             "output_too_large",
             "trapped",
             "budget_exhausted",
+            "spend_limit_reached",
         ] {
             metrics.casts.with_label_values(&[outcome]);
         }
@@ -146,6 +154,7 @@ impl Metrics {
         r.register(Box::new(metrics.queue_depth.clone()))?;
         r.register(Box::new(metrics.holds_voided.clone()))?;
         r.register(Box::new(metrics.webhook_events.clone()))?;
+        r.register(Box::new(metrics.budget_soft_limit_crossings.clone()))?;
         Ok(metrics)
     }
 

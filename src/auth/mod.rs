@@ -2,6 +2,7 @@
 //! path.
 
 pub mod keys;
+pub mod scopes;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -12,6 +13,7 @@ use sha2::Sha256;
 use tokio::sync::Semaphore;
 
 pub use keys::{ApiKey, MalformedKey};
+pub use scopes::{AllowedSpells, KeyScope, KeyScopes, SpellPattern};
 
 use crate::store::{Db, is_unique_violation, now_ms};
 
@@ -25,6 +27,9 @@ const VERIFIED_CACHE_MAX: usize = 100_000;
 const ARGON2_WAIT_MAX: Duration = Duration::from_secs(2);
 /// How long a failed verification is remembered: repeating a wrong key costs no argon2.
 const FAILED_TTL: Duration = Duration::from_secs(10);
+/// How stale a key's recorded last use may get before a request writes it again: listings
+/// show it to the minute, and a write per request would put the database on the hot path.
+const LAST_USED_RESOLUTION_MS: i64 = 60_000;
 
 /// Concurrent argon2 verifications. Each takes ~15 ms of CPU and 19 MiB: two keeps a burst of
 /// bad keys from starving the sandbox workers or the memory.
@@ -34,6 +39,9 @@ const ARGON2_CONCURRENCY: usize = 2;
 pub enum AuthError {
     #[error("missing or invalid API key")]
     Unauthorized,
+    /// A key may not grant more than it has itself.
+    #[error("a key cannot grant {0} it does not have itself")]
+    Escalation(&'static str),
     #[error("too many key verifications in progress")]
     Busy,
     #[error("{0} already exists")]
@@ -49,13 +57,68 @@ pub enum AuthError {
     Database(#[from] sqlx::Error),
 }
 
-/// An authenticated caller.
+/// An authenticated caller and what their key allows.
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub user_id: i64,
     pub key_id: String,
     pub handle: String,
     pub is_admin: bool,
+    pub scopes: KeyScopes,
+    pub allowed_spells: AllowedSpells,
+    pub expires_at_ms: Option<i64>,
+}
+
+impl Caller {
+    /// What a new key made by this caller may have at most: never more than this key has.
+    pub fn may_grant(&self, spec: &KeySpec) -> Result<(), AuthError> {
+        if !spec.scopes.is_subset_of(self.scopes) {
+            return Err(AuthError::Escalation("scopes"));
+        }
+        if !spec.allowed_spells.is_within(&self.allowed_spells) {
+            return Err(AuthError::Escalation("spells"));
+        }
+        if let Some(own) = self.expires_at_ms
+            && spec.expires_at_ms.is_none_or(|new| new > own)
+        {
+            return Err(AuthError::Escalation("a later expiry"));
+        }
+        Ok(())
+    }
+}
+
+/// What a new key may do.
+#[derive(Debug, Clone)]
+pub struct KeySpec {
+    pub name: String,
+    pub scopes: KeyScopes,
+    pub allowed_spells: AllowedSpells,
+    pub expires_at_ms: Option<i64>,
+}
+
+impl KeySpec {
+    /// Every scope, every spell, no expiry: what existing keys and the admin CLI's keys have.
+    pub fn unrestricted(name: &str) -> KeySpec {
+        KeySpec {
+            name: name.to_owned(),
+            scopes: KeyScopes::ALL,
+            allowed_spells: AllowedSpells::ANY,
+            expires_at_ms: None,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct KeyRow {
+    user_id: i64,
+    secret_hash: String,
+    deleted_at_ms: Option<i64>,
+    handle: String,
+    is_admin: i64,
+    scopes: String,
+    allowed_spells: Option<String>,
+    expires_at_ms: Option<i64>,
+    last_used_at_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -86,11 +149,26 @@ impl<'r> sqlx::FromRow<'r, sqlx::any::AnyRow> for User {
     }
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone)]
 pub struct KeyInfo {
     pub prefix: String,
     pub name: String,
+    pub scopes: KeyScopes,
+    pub allowed_spells: AllowedSpells,
     pub created_at_ms: i64,
+    pub expires_at_ms: Option<i64>,
+    pub last_used_at_ms: Option<i64>,
+}
+
+#[derive(sqlx::FromRow)]
+struct KeyListRow {
+    id: String,
+    name: String,
+    scopes: String,
+    allowed_spells: Option<String>,
+    created_at_ms: i64,
+    expires_at_ms: Option<i64>,
+    last_used_at_ms: Option<i64>,
 }
 
 pub struct Authenticator {
@@ -119,14 +197,18 @@ impl Authenticator {
             .and_then(|h| h.strip_prefix("Bearer "))
             .ok_or(AuthError::Unauthorized)?;
         let key = ApiKey::parse(token.trim()).map_err(|_| AuthError::Unauthorized)?;
-        let row: Option<(i64, String, Option<i64>, String, i64)> = sqlx::query_as(
-            "SELECT k.user_id, k.secret_hash, k.deleted_at_ms, u.handle, u.is_admin \
+        let row: Option<KeyRow> = sqlx::query_as(
+            "SELECT k.user_id, k.secret_hash, k.deleted_at_ms, u.handle, u.is_admin, k.scopes, \
+             k.allowed_spells, k.expires_at_ms, k.last_used_at_ms \
              FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.id = $1",
         )
         .bind(key.id())
         .fetch_optional(self.db.reader())
         .await?;
-        let Some((user_id, stored, None, handle, is_admin)) = row else {
+        let now = self.db.now_ms();
+        let Some(row) = row.filter(|row| {
+            row.deleted_at_ms.is_none() && row.expires_at_ms.is_none_or(|at| now < at)
+        }) else {
             return Err(AuthError::Unauthorized);
         };
         let tag = self.tag(&key);
@@ -142,6 +224,7 @@ impl Authenticator {
             // verified when their turn comes.
             if !self.recently_verified(&tag, key.id()) {
                 let candidate = key.clone();
+                let stored = row.secret_hash.clone();
                 let matches =
                     tokio::task::spawn_blocking(move || keys::verify(&candidate, &stored))
                         .await
@@ -153,12 +236,37 @@ impl Authenticator {
                 self.remember(tag, key.id());
             }
         }
+        if row
+            .last_used_at_ms
+            .is_none_or(|at| now - at >= LAST_USED_RESOLUTION_MS)
+        {
+            self.record_use(key.id(), now);
+        }
         Ok(Caller {
-            user_id,
+            user_id: row.user_id,
             key_id: key.id().to_owned(),
-            handle,
-            is_admin: is_admin != 0,
+            handle: row.handle,
+            is_admin: row.is_admin != 0,
+            scopes: KeyScopes::from_stored(&row.scopes),
+            allowed_spells: AllowedSpells::from_stored(row.allowed_spells.as_deref()),
+            expires_at_ms: row.expires_at_ms,
         })
+    }
+
+    /// Records a key's last use in the background: the request does not wait for the write,
+    /// and a failed write only leaves the listing a little stale.
+    fn record_use(&self, key_id: &str, now_ms: i64) {
+        let (db, key_id) = (self.db.clone(), key_id.to_owned());
+        tokio::spawn(async move {
+            let written = sqlx::query("UPDATE api_keys SET last_used_at_ms = $1 WHERE id = $2")
+                .bind(now_ms)
+                .bind(&key_id)
+                .execute(db.writer())
+                .await;
+            if let Err(error) = written {
+                tracing::debug!(error = %error, "recording a key's last use failed");
+            }
+        });
     }
 
     fn tag(&self, key: &ApiKey) -> [u8; 32] {
@@ -208,9 +316,15 @@ impl Authenticator {
     pub async fn create_key(
         &self,
         user_id: i64,
-        name: &str,
+        spec: &KeySpec,
     ) -> Result<(ApiKey, KeyInfo), AuthError> {
-        let name = valid_text("name", name, 100)?;
+        let name = valid_text("name", &spec.name, 100)?;
+        if spec.scopes.is_empty() {
+            return Err(AuthError::Invalid {
+                field: "scopes",
+                message: "a key needs at least one scope".into(),
+            });
+        }
         let key = ApiKey::generate();
         let hashed = {
             let key = key.clone();
@@ -226,28 +340,37 @@ impl Authenticator {
                     message: e.to_string(),
                 })?
         };
-        let created_at_ms = now_ms();
+        let created_at_ms = self.db.now_ms();
         sqlx::query(
-            "INSERT INTO api_keys (id, user_id, name, secret_hash, created_at_ms) VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO api_keys (id, user_id, name, secret_hash, created_at_ms, scopes, \
+             allowed_spells, expires_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(key.id())
         .bind(user_id)
         .bind(&name)
         .bind(&hashed)
         .bind(created_at_ms)
+        .bind(spec.scopes.to_stored())
+        .bind(spec.allowed_spells.to_stored())
+        .bind(spec.expires_at_ms)
         .execute(self.db.writer())
         .await?;
         let info = KeyInfo {
             prefix: key.prefix(),
             name,
+            scopes: spec.scopes,
+            allowed_spells: spec.allowed_spells.clone(),
             created_at_ms,
+            expires_at_ms: spec.expires_at_ms,
+            last_used_at_ms: None,
         };
         Ok((key, info))
     }
 
     pub async fn list_keys(&self, user_id: i64) -> Result<Vec<KeyInfo>, AuthError> {
-        let rows: Vec<(String, String, i64)> = sqlx::query_as(
-            "SELECT id, name, created_at_ms FROM api_keys \
+        let rows: Vec<KeyListRow> = sqlx::query_as(
+            "SELECT id, name, scopes, allowed_spells, created_at_ms, expires_at_ms, \
+             last_used_at_ms FROM api_keys \
              WHERE user_id = $1 AND deleted_at_ms IS NULL ORDER BY created_at_ms, id",
         )
         .bind(user_id)
@@ -255,12 +378,31 @@ impl Authenticator {
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(id, name, created_at_ms)| KeyInfo {
-                prefix: keys::prefix_of(&id),
-                name,
-                created_at_ms,
+            .map(|row| KeyInfo {
+                prefix: keys::prefix_of(&row.id),
+                name: row.name,
+                scopes: KeyScopes::from_stored(&row.scopes),
+                allowed_spells: AllowedSpells::from_stored(row.allowed_spells.as_deref()),
+                created_at_ms: row.created_at_ms,
+                expires_at_ms: row.expires_at_ms,
+                last_used_at_ms: row.last_used_at_ms,
             })
             .collect())
+    }
+
+    /// The id of one of the user's live keys, named by its `spk_<id>` prefix.
+    pub async fn key_id_of(&self, user_id: i64, prefix: &str) -> Result<Option<String>, AuthError> {
+        let Some(id) = keys::id_from_prefix(prefix) else {
+            return Ok(None);
+        };
+        let row: Option<(String,)> = sqlx::query_as(
+            "SELECT id FROM api_keys WHERE id = $1 AND user_id = $2 AND deleted_at_ms IS NULL",
+        )
+        .bind(id)
+        .bind(user_id)
+        .fetch_optional(self.db.reader())
+        .await?;
+        Ok(row.map(|(id,)| id))
     }
 
     /// Deletes one of the user's keys; `false` if they have no such key.
@@ -271,7 +413,7 @@ impl Authenticator {
         let deleted = sqlx::query(
             "UPDATE api_keys SET deleted_at_ms = $1 WHERE id = $2 AND user_id = $3 AND deleted_at_ms IS NULL",
         )
-        .bind(now_ms())
+        .bind(self.db.now_ms())
         .bind(id)
         .bind(user_id)
         .execute(self.db.writer())

@@ -92,20 +92,20 @@ pub enum LedgerCommand {
     },
 }
 
-fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
+pub(super) fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
     let mut config = Config::from_env(path)?;
     config.ensure_secret()?;
     Ok(config)
 }
 
 /// Connects and migrates, for admin commands.
-async fn database(config: &Config) -> anyhow::Result<Db> {
+pub(super) async fn database(config: &Config) -> anyhow::Result<Db> {
     let db = Db::connect(&config.database_url, 2).await?;
     db.migrate().await?;
     Ok(db)
 }
 
-async fn user_id(db: &Db, handle: &str) -> anyhow::Result<i64> {
+pub(super) async fn user_id(db: &Db, handle: &str) -> anyhow::Result<i64> {
     Ok(auth::user_by_handle(db, handle)
         .await?
         .with_context(|| format!("no user {handle:?}"))?
@@ -190,7 +190,9 @@ pub fn key(config_path: Option<&Path>, command: KeyCommand) -> anyhow::Result<Ex
         let db = database(&config).await?;
         let user_id = user_id(&db, &user).await?;
         let authenticator = Authenticator::new(db, config.derived_key("verified api keys"));
-        let (key, info) = authenticator.create_key(user_id, &name).await?;
+        let (key, info) = authenticator
+            .create_key(user_id, &auth::KeySpec::unrestricted(&name))
+            .await?;
         if json {
             print_json(&json!({"id": info.prefix, "key": key.expose()}));
         } else {

@@ -55,7 +55,10 @@ pub async fn setup(app: &AppState, address: SocketAddr) -> anyhow::Result<()> {
             Err(error) => return Err(error.into()),
         }
     }
-    let (key, _) = app.auth.create_key(user.id, "demo").await?;
+    let (key, _) = app
+        .auth
+        .create_key(user.id, &spellhost::auth::KeySpec::unrestricted("demo"))
+        .await?;
     let balance = money::balance(&app.db, user.id).await?;
     let host = if address.ip().is_unspecified() {
         format!("127.0.0.1:{}", address.port())

@@ -1,6 +1,7 @@
 //! Command definitions (clap) and dispatch. Each group of commands lives in its own file.
 
 mod admin;
+mod budget;
 mod demo;
 mod spell;
 
@@ -46,6 +47,11 @@ enum Command {
     /// The ledger.
     #[command(subcommand)]
     Ledger(admin::LedgerCommand),
+    /// Spending limits per account, API key or spell, and calendar period.
+    #[command(subcommand)]
+    Budget(budget::BudgetCommand),
+    /// A user's spend over a time range.
+    Usage(budget::UsageArgs),
     /// Spell authoring: keys, SBOMs, signatures, local runs, publishing.
     #[command(subcommand)]
     Spell(spell::SpellCommand),
@@ -61,6 +67,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Credits(command) => admin::credits(config, command),
         Command::Signer(command) => admin::signer(config, command),
         Command::Ledger(command) => admin::ledger(config, command),
+        Command::Budget(command) => budget::budget(config, command),
+        Command::Usage(args) => budget::usage(config, args),
         Command::Spell(command) => spell::run(command, config),
     }
 }

@@ -2,15 +2,17 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 
 use super::extract::Json;
 use crate::App;
 use crate::auth::Caller;
 use crate::cast::{self, CastError, CastRequest, CastResult};
 use crate::error::{ApiError, Code};
+use crate::money::{Binding, Budget, MicroUsd, Refusal, Scope};
 use crate::registry::SpellRef;
 use crate::sandbox::Outcome;
+use crate::store::rfc3339;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -19,7 +21,11 @@ pub struct CastBody {
     input: Option<Value>,
     input_base64: Option<String>,
     max_fuel: Option<u64>,
+    max_cost_microusd: Option<i64>,
 }
+
+/// Names a budget past its soft limit on every cast response that knows of it.
+const BUDGET_WARNING: &str = "spellhost-budget-warning";
 
 /// `POST /v1/cast`
 pub async fn cast(
@@ -37,9 +43,39 @@ pub async fn cast(
             .spawn(async move { cast::cast(&app, &caller, request).await })
     };
     let result = task.await.map_err(ApiError::internal)?;
-    match result {
-        Ok(result) => Ok(respond(&app, result)),
-        Err(error) => Err(cast_error(&app, error)),
+    let (mut response, budgets) = match result {
+        Ok(mut result) => {
+            let budgets = std::mem::take(&mut result.budgets);
+            (respond(result), budgets)
+        }
+        Err(CastError::Refused { refusal, budgets }) => {
+            (refused(&app, &refusal).into_response(), budgets)
+        }
+        Err(error) => return Err(cast_error(error)),
+    };
+    warn_of_soft_limits(&mut response, &budgets);
+    Ok(response)
+}
+
+/// One `Spellhost-Budget-Warning` header per budget at or past its soft limit.
+fn warn_of_soft_limits(response: &mut Response, budgets: &[Budget]) {
+    for budget in budgets.iter().filter(|b| b.soft_limit_reached()) {
+        let scope = match &budget.scope {
+            Scope::Account => "account".to_owned(),
+            Scope::Key { key_id } => format!("key:{}", crate::auth::keys::prefix_of(key_id)),
+            Scope::Spell { spell } => format!("spell:{spell}"),
+        };
+        let value = format!(
+            "{}; scope={scope}; period={}; used_microusd={}; soft_limit_microusd={}; hard_limit_microusd={}",
+            budget.id,
+            budget.period.as_str(),
+            budget.used.get(),
+            budget.soft.map_or(0, MicroUsd::get),
+            budget.hard.get(),
+        );
+        if let Ok(value) = axum::http::HeaderValue::from_str(&value) {
+            response.headers_mut().append(BUDGET_WARNING, value);
+        }
     }
 }
 
@@ -60,10 +96,14 @@ fn parse(body: CastBody) -> Result<CastRequest, ApiError> {
     if body.max_fuel == Some(0) {
         return Err(ApiError::bad_request("max_fuel must be positive"));
     }
+    if body.max_cost_microusd.is_some_and(|max| max <= 0) {
+        return Err(ApiError::bad_request("max_cost_microusd must be positive"));
+    }
     Ok(CastRequest {
         spell,
         input,
         max_fuel: body.max_fuel,
+        max_cost: body.max_cost_microusd.map(MicroUsd::new),
     })
 }
 
@@ -87,7 +127,7 @@ fn charge_fields(result: &CastResult) -> Map<String, Value> {
     fields
 }
 
-fn respond(app: &App, result: CastResult) -> Response {
+fn respond(result: CastResult) -> Response {
     let mut fields = charge_fields(&result);
     let report = &result.report;
     let (code, message) = match &report.outcome {
@@ -102,14 +142,6 @@ fn respond(app: &App, result: CastResult) -> Response {
                 ),
             };
             return axum::Json(Value::Object(fields)).into_response();
-        }
-        Outcome::OutOfFuel if cast::budget_ran_out(&result) => {
-            let mut error = budget_exhausted(
-                app,
-                "the balance ran out during the cast; the fuel burned was charged",
-            );
-            error.extra.extend(fields);
-            return error.into_response();
         }
         Outcome::OutOfFuel => (
             Code::FuelExhausted,
@@ -145,38 +177,91 @@ fn respond(app: &App, result: CastResult) -> Response {
     error.into_response()
 }
 
-fn budget_exhausted(app: &App, message: &str) -> ApiError {
-    let topup_url = app
-        .config
-        .billing
-        .as_ref()
-        .map(|_| format!("{}/v1/billing/checkout", app.config.public_url));
-    ApiError::new(Code::BudgetExhausted, message).with("topup_url", topup_url)
+/// The 402 quote: what had to be held, what binds and what the client can do about it.
+fn refused(app: &App, refusal: &Refusal) -> ApiError {
+    let error = match &refusal.binding {
+        Binding::Balance => ApiError::new(
+            Code::BudgetExhausted,
+            "the available balance cannot hold this cast's worst case; nothing ran",
+        )
+        .with("binding", json!({"type": "balance"}))
+        .with("topup", topup(app, refusal)),
+        Binding::Budget(budget) => {
+            let resets_at = budget.resets_at_ms().map(rfc3339);
+            ApiError::new(
+                Code::SpendLimitReached,
+                format!(
+                    "the {} {} budget cannot hold this cast's worst case; nothing ran",
+                    budget.scope.type_str(),
+                    budget.period.as_str()
+                ),
+            )
+            .with(
+                "binding",
+                json!({"type": "budget", "budget_id": budget.id, "resets_at": resets_at}),
+            )
+            .with(
+                "budget",
+                json!({
+                    "id": budget.id,
+                    "scope": budget.scope.to_json(),
+                    "period": budget.period.as_str(),
+                    "hard_limit_microusd": budget.hard.get(),
+                    "used_microusd": budget.used.get(),
+                    "held_microusd": budget.held.get(),
+                    "resets_at": resets_at,
+                }),
+            )
+            // A top-up does not lift a spend limit.
+            .with("topup", Value::Null)
+        }
+    };
+    error
+        .with("required_microusd", refusal.required.get())
+        .with("available_microusd", refusal.available.get())
+        .with("affordable_max_fuel", refusal.affordable_max_fuel)
 }
 
-fn cast_error(app: &App, error: CastError) -> ApiError {
+/// A top-up request the client can send as is, for the shortfall (within the configured
+/// bounds), or `null` when billing is not configured.
+fn topup(app: &App, refusal: &Refusal) -> Value {
+    if app.config.billing.is_none() {
+        return Value::Null;
+    }
+    let shortfall = refusal
+        .required
+        .get()
+        .saturating_sub(refusal.available.get())
+        .max(0);
+    // Whole cents, rounded up: 1 cent = 10 000 µ$.
+    let cents = (shortfall / 10_000 + i64::from(shortfall % 10_000 != 0))
+        .clamp(app.config.topup_min_cents, app.config.topup_max_cents);
+    json!({
+        "method": "POST",
+        "url": format!("{}/v1/billing/checkout", app.config.public_url),
+        "body": {"amount_usd_cents": cents},
+    })
+}
+
+fn cast_error(error: CastError) -> ApiError {
     match error {
         CastError::Registry(error) => error.into(),
-        CastError::BudgetExhausted {
-            required,
-            available,
-        } => budget_exhausted(
-            app,
-            "the available balance cannot pay for this cast; nothing ran",
-        )
-        .with("required_microusd", required.get())
-        .with("available_microusd", available.get()),
+        CastError::NotAllowed(spell) => ApiError::new(
+            Code::SpellNotAllowed,
+            format!("this API key may not cast {spell}"),
+        ),
+        CastError::Plan(error) => ApiError::bad_request(error.to_string()),
+        CastError::InputTooLarge { actual, limit } => ApiError::new(
+            Code::PayloadTooLarge,
+            format!("input is {actual} bytes; the limit is {limit}"),
+        ),
+        // Answered by the caller with the quote; kept here so the match is total.
+        CastError::Refused { .. } => ApiError::internal(error),
         CastError::Overloaded => ApiError::new(
             Code::Overloaded,
             "all sandbox workers are busy; retry shortly",
         )
         .retry_after(1),
-        CastError::Sandbox(crate::sandbox::SandboxError::InputTooLarge { actual, limit }) => {
-            ApiError::new(
-                Code::PayloadTooLarge,
-                format!("input is {actual} bytes; the limit is {limit}"),
-            )
-        }
         CastError::Sandbox(error) => ApiError::internal(error),
         CastError::Money(error) => error.into(),
     }

@@ -24,25 +24,37 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> 
     }
 }
 
+/// The caller, as authenticated and authorized by the route's scope layer
+/// ([`super::middleware::authorize`]). A route without one is a bug in `router.rs`, answered
+/// as an internal error rather than served unchecked.
 impl FromRequestParts<App> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, ApiError> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok());
-        app.auth
-            .authenticate(header)
-            .await
-            .map_err(|error| match error {
-                AuthError::Database(error) => ApiError::internal(error),
-                AuthError::Busy => ApiError::new(
-                    crate::error::Code::Overloaded,
-                    "too many new keys are being checked; retry shortly",
-                )
-                .retry_after(1),
-                _ => ApiError::unauthorized(),
-            })
+    async fn from_request_parts(parts: &mut Parts, _app: &App) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .ok_or_else(|| ApiError::internal(anyhow::anyhow!("route has no scope layer")))
     }
+}
+
+/// Authenticates an `Authorization` header, mapping failures to the one error shape.
+pub async fn authenticate(app: &App, parts: &Parts) -> Result<Caller, ApiError> {
+    let header = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok());
+    app.auth
+        .authenticate(header)
+        .await
+        .map_err(|error| match error {
+            AuthError::Database(error) => ApiError::internal(error),
+            AuthError::Busy => ApiError::new(
+                crate::error::Code::Overloaded,
+                "too many new keys are being checked; retry shortly",
+            )
+            .retry_after(1),
+            _ => ApiError::unauthorized(),
+        })
 }

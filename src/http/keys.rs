@@ -5,41 +5,105 @@ use serde_json::{Value, json};
 
 use super::extract::Json;
 use crate::App;
-use crate::auth::{AuthError, Caller};
+use crate::auth::{
+    AllowedSpells, AuthError, Caller, KeyInfo, KeyScope, KeyScopes, KeySpec, SpellPattern,
+};
 use crate::error::{ApiError, Code};
+use crate::store::{parse_rfc3339, rfc3339};
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NewKey {
     name: String,
+    scopes: Option<Vec<String>>,
+    allowed_spells: Option<Vec<String>>,
+    expires_at: Option<String>,
 }
 
 fn auth_error(error: AuthError) -> ApiError {
     match error {
         AuthError::Invalid { .. } => ApiError::bad_request(error.to_string()),
+        AuthError::Escalation(_) => ApiError::new(Code::InsufficientScope, error.to_string()),
         other => ApiError::internal(other),
     }
 }
 
-/// `POST /v1/keys` — the key is in this response and nowhere else, ever.
+/// The body as a key spec: every scope and every spell unless narrowed.
+fn parse(body: NewKey, now_ms: i64) -> Result<KeySpec, ApiError> {
+    let scopes = match body.scopes {
+        None => KeyScopes::ALL,
+        Some(names) => parse_each(&names, KeyScope::parse, |name| {
+            format!("unknown scope {name:?}; scopes are cast, publish, read, manage")
+        })?
+        .into_iter()
+        .collect(),
+    };
+    let allowed_spells = match body.allowed_spells {
+        None => AllowedSpells::ANY,
+        Some(patterns) => {
+            AllowedSpells::only(parse_each(&patterns, SpellPattern::parse, |text| {
+                format!("allowed_spells: {text:?} is not owner/name or owner/*")
+            })?)
+        }
+    };
+    let expires_at_ms = match body.expires_at {
+        None => None,
+        Some(text) => match parse_rfc3339(&text) {
+            Some(at) if at > now_ms => Some(at),
+            Some(_) => return Err(ApiError::bad_request("expires_at is in the past")),
+            None => return Err(ApiError::bad_request("expires_at is not an RFC 3339 time")),
+        },
+    };
+    Ok(KeySpec {
+        name: body.name,
+        scopes,
+        allowed_spells,
+        expires_at_ms,
+    })
+}
+
+/// Parses every item of a list, or names the first that does not parse.
+fn parse_each<T>(
+    items: &[String],
+    parse: impl Fn(&str) -> Option<T>,
+    explain: impl Fn(&str) -> String,
+) -> Result<Vec<T>, ApiError> {
+    items
+        .iter()
+        .map(|item| parse(item).ok_or_else(|| ApiError::bad_request(explain(item))))
+        .collect()
+}
+
+fn key_json(info: &KeyInfo) -> Value {
+    json!({
+        "prefix": info.prefix,
+        "name": info.name,
+        "scopes": info.scopes.names(),
+        "allowed_spells": info.allowed_spells.to_json(),
+        "created_at": rfc3339(info.created_at_ms),
+        "created_at_ms": info.created_at_ms,
+        "expires_at": info.expires_at_ms.map(rfc3339),
+        "last_used_at": info.last_used_at_ms.map(rfc3339),
+    })
+}
+
+/// `POST /v1/keys` — the key is in this response and nowhere else, ever. A key never makes a
+/// key that may do more than itself.
 pub async fn create(
     State(app): State<App>,
     caller: Caller,
     Json(body): Json<NewKey>,
 ) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
+    let spec = parse(body, app.db.now_ms())?;
+    caller.may_grant(&spec).map_err(auth_error)?;
     let (key, info) = app
         .auth
-        .create_key(caller.user_id, &body.name)
+        .create_key(caller.user_id, &spec)
         .await
         .map_err(auth_error)?;
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(json!({
-            "key": key.expose(),
-            "prefix": info.prefix,
-            "name": info.name,
-            "created_at_ms": info.created_at_ms,
-        })),
-    ))
+    let mut body = key_json(&info);
+    body["key"] = key.expose().into();
+    Ok((StatusCode::CREATED, axum::Json(body)))
 }
 
 /// `GET /v1/keys` — never secrets.
@@ -49,6 +113,7 @@ pub async fn list(State(app): State<App>, caller: Caller) -> Result<axum::Json<V
         .list_keys(caller.user_id)
         .await
         .map_err(auth_error)?;
+    let keys: Vec<Value> = keys.iter().map(key_json).collect();
     Ok(axum::Json(json!({ "keys": keys })))
 }
 

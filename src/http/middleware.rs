@@ -9,6 +9,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::App;
+use crate::auth::KeyScope;
 use crate::error::{ApiError, Code, TRACE_ID};
 
 /// Gives every request a trace id (in responses as `x-trace-id` and in every error body),
@@ -87,4 +88,29 @@ pub async fn not_found() -> Response {
 /// The response for a handler that panicked (logged with the trace id, never shown).
 pub fn panicked(_payload: Box<dyn std::any::Any + Send + 'static>) -> Response {
     ApiError::internal(anyhow::anyhow!("a request handler panicked")).into_response()
+}
+
+/// The route layer of every authenticated route: authenticates the caller, checks that their
+/// key has the route's scope, and hands the `Caller` to the handler through the request's
+/// extensions. Scopes are declared per route in `router.rs`, in one place.
+pub async fn authorize(
+    State((app, scope)): State<(App, KeyScope)>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let (mut parts, body) = request.into_parts();
+    let caller = match super::extract::authenticate(&app, &parts).await {
+        Ok(caller) => caller,
+        Err(error) => return error.into_response(),
+    };
+    if !caller.scopes.contains(scope) {
+        return ApiError::new(
+            Code::InsufficientScope,
+            format!("this API key lacks the {} scope", scope.as_str()),
+        )
+        .with("required_scope", scope.as_str())
+        .into_response();
+    }
+    parts.extensions.insert(caller);
+    next.run(Request::from_parts(parts, body)).await
 }

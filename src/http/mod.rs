@@ -2,6 +2,7 @@
 //! function, map the result. All routes are in `router.rs`.
 
 mod billing;
+mod budgets;
 mod cast;
 mod extract;
 mod keys;

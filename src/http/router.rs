@@ -2,10 +2,11 @@
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{MethodRouter, delete, get, post};
+use axum::routing::{MethodRouter, delete, get, post, put};
 
-use super::{billing, cast, keys, ledger, middleware, ops, signers, spells, users};
+use super::{billing, budgets, cast, keys, ledger, middleware, ops, signers, spells, users};
 use crate::App;
+use crate::auth::KeyScope;
 use crate::supply_chain::{MODULE_BYTES_MAX, SBOM_BYTES_MAX};
 
 /// A body limit for one route: requests whose Content-Length is over it are answered 413
@@ -16,6 +17,15 @@ fn limited(route: MethodRouter<App>, bytes_max: usize) -> MethodRouter<App> {
         .layer::<_, std::convert::Infallible>(tower_http::limit::RequestBodyLimitLayer::new(
             bytes_max,
         ))
+}
+
+/// An authenticated route: the caller's key must have `scope`. Every route that takes a
+/// `Caller` goes through here; the extractor refuses to serve one that does not.
+fn scoped(route: MethodRouter<App>, app: &App, scope: KeyScope) -> MethodRouter<App> {
+    route.route_layer(axum::middleware::from_fn_with_state(
+        (app.clone(), scope),
+        middleware::authorize,
+    ))
 }
 
 /// Stripe events are a few KiB; 1 MiB bounds what an unauthenticated caller can send.
@@ -29,26 +39,62 @@ fn cast_body_bytes_max(app: &App) -> usize {
 
 pub fn router(app: App) -> Router {
     let publish_bytes_max = MODULE_BYTES_MAX + SBOM_BYTES_MAX + 256 * 1024;
+    use KeyScope::{Cast, Manage, Publish, Read};
+    let a = &app;
     Router::new()
         .route("/healthz", get(ops::healthz))
         .route("/metrics", get(ops::metrics))
-        .route("/v1/users/me", get(users::me))
-        .route("/v1/keys", post(keys::create).get(keys::list))
-        .route("/v1/keys/{prefix}", delete(keys::delete))
-        .route("/v1/signers", post(signers::create).get(signers::list))
+        .route("/v1/users/me", scoped(get(users::me), a, Read))
+        .route(
+            "/v1/keys",
+            scoped(post(keys::create).get(keys::list), a, Manage),
+        )
+        .route("/v1/keys/{prefix}", scoped(delete(keys::delete), a, Manage))
+        .route(
+            "/v1/signers",
+            scoped(post(signers::create).get(signers::list), a, Manage),
+        )
         .route(
             "/v1/spells",
-            limited(post(spells::publish), publish_bytes_max),
+            limited(scoped(post(spells::publish), a, Publish), publish_bytes_max),
         )
-        .route("/v1/spells/{owner}/{name}", get(spells::versions))
+        .route(
+            "/v1/spells/{owner}/{name}",
+            scoped(get(spells::versions), a, Read),
+        )
         .route(
             "/v1/cast",
-            limited(post(cast::cast), cast_body_bytes_max(&app)),
+            limited(scoped(post(cast::cast), a, Cast), cast_body_bytes_max(a)),
         )
-        .route("/v1/ledger", get(ledger::list))
-        .route("/v1/admin/ledger/verify", get(ops::verify_ledger))
-        .route("/v1/billing/checkout", post(billing::checkout))
-        .route("/v1/billing/portal", post(billing::portal))
+        .route("/v1/ledger", scoped(get(ledger::list), a, Read))
+        .route(
+            "/v1/budgets",
+            scoped(
+                get(budgets::list)
+                    .post(budgets::create)
+                    .put(budgets::update_by_scope)
+                    .delete(budgets::delete_by_scope),
+                a,
+                Manage,
+            ),
+        )
+        .route("/v1/budgets/usage", scoped(get(budgets::usage), a, Read))
+        .route(
+            "/v1/budgets/{id}",
+            scoped(put(budgets::update).delete(budgets::delete), a, Manage),
+        )
+        .route(
+            "/v1/admin/ledger/verify",
+            scoped(get(ops::verify_ledger), a, Manage),
+        )
+        .route(
+            "/v1/billing/checkout",
+            scoped(post(billing::checkout), a, Manage),
+        )
+        .route(
+            "/v1/billing/portal",
+            scoped(post(billing::portal), a, Manage),
+        )
         .route(
             "/webhooks/stripe",
             limited(post(billing::webhook), WEBHOOK_BYTES_MAX),

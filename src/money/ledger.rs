@@ -9,7 +9,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::{MicroUsd, MoneyError};
-use crate::store::{Db, Tx, now_ms};
+use crate::store::{Db, Tx};
 
 /// What moved the money.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -86,6 +86,7 @@ fn entry_hash(prev_hash: &str, canonical: &impl Serialize) -> String {
 }
 
 /// Appends one entry inside the caller's transaction, which must also hold the balance change.
+/// `created_at_ms` comes from the clock that decides money ([`Db::now_ms`]).
 pub async fn append_entry(
     tx: &mut Tx,
     user_id: i64,
@@ -93,6 +94,7 @@ pub async fn append_entry(
     amount: MicroUsd,
     balance_after: MicroUsd,
     reference: &str,
+    created_at_ms: i64,
 ) -> Result<LedgerEntry, MoneyError> {
     // UPDATE first: it takes the row lock on PostgreSQL, so concurrent appends serialize here.
     let (seq, prev_hash): (i64, String) =
@@ -106,7 +108,7 @@ pub async fn append_entry(
         amount_microusd: amount.get(),
         balance_after_microusd: balance_after.get(),
         reference: reference.to_owned(),
-        created_at_ms: now_ms(),
+        created_at_ms,
         prev_hash,
         hash: String::new(),
     };

@@ -5,16 +5,18 @@
 //! sum of their entries; `available = balance − held ≥ 0` unless a refund or dispute took it
 //! lower, which blocks casts.
 
+pub mod budgets;
 mod holds;
 pub mod ledger;
 mod pricing;
+pub mod quote;
 mod units;
 
-pub use holds::{
-    CastRecord, FuelBound, Hold, HoldRequest, Settlement, reserve, settle, sweep_expired, void,
-};
+pub use budgets::{Budget, Period, Scope};
+pub use holds::{CastRecord, Hold, HoldRequest, Settlement, reserve, settle, sweep_expired, void};
 pub use ledger::{ChainCheck, EntryKind, LedgerEntry, append_entry, verify_chain};
 pub use pricing::Pricing;
+pub use quote::{Binding, Caps, FuelBound, Plan, Refusal};
 pub use units::MicroUsd;
 
 use crate::store::{Db, Tx};
@@ -26,8 +28,23 @@ pub enum MoneyError {
         required: MicroUsd,
         available: MicroUsd,
     },
+    /// The balance or a budget cannot hold a cast's worst case: refused before it ran.
+    #[error("the cast's worst case ({}) cannot be held", refusal.required)]
+    Refused {
+        refusal: Box<Refusal>,
+        /// Every budget that applies, as read (for soft-limit warnings).
+        budgets: Vec<Budget>,
+    },
     #[error("no such user")]
     UnknownUser,
+    #[error("no such budget")]
+    UnknownBudget,
+    /// A concurrent request created or changed the same record; retrying may succeed.
+    #[error("a concurrent change conflicted")]
+    Conflict,
+    /// Stored money data that breaks an invariant: never expected, always logged.
+    #[error("inconsistent money data: {0}")]
+    Corrupt(String),
     #[error("amount out of range")]
     AmountOutOfRange,
     #[error(transparent)]
@@ -116,6 +133,15 @@ pub async fn post_in(
         .bind(user_id)
         .execute(&mut **tx)
         .await?;
-    let entry = append_entry(tx, user_id, kind, amount, balance_after, reference).await?;
+    let entry = append_entry(
+        tx,
+        user_id,
+        kind,
+        amount,
+        balance_after,
+        reference,
+        db.now_ms(),
+    )
+    .await?;
     Ok(entry)
 }

@@ -33,6 +33,26 @@ pub struct Db {
     backend: Backend,
     writer: AnyPool,
     reader: AnyPool,
+    clock: Clock,
+}
+
+/// The clock that decides money: hold expiry, budget periods, ledger times. Tests move it with
+/// [`Clock::advance`] instead of sleeping.
+#[derive(Clone, Default)]
+pub struct Clock {
+    offset_ms: std::sync::Arc<std::sync::atomic::AtomicI64>,
+}
+
+impl Clock {
+    pub fn now_ms(&self) -> i64 {
+        now_ms().saturating_add(self.offset_ms.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Moves this clock (and every clone of it) forward by `ms`; for tests.
+    pub fn advance(&self, ms: i64) {
+        self.offset_ms
+            .fetch_add(ms, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 pub type Tx = Transaction<'static, Any>;
@@ -51,6 +71,7 @@ impl Db {
                 backend: Backend::Postgres,
                 writer: pool.clone(),
                 reader: pool,
+                clock: Clock::default(),
             });
         }
         let writer = sqlite_pool(url, 1).await?;
@@ -59,7 +80,17 @@ impl Db {
             backend: Backend::Sqlite,
             writer,
             reader,
+            clock: Clock::default(),
         })
+    }
+
+    /// Now, on the clock that decides money.
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     pub fn backend(&self) -> Backend {
@@ -161,4 +192,21 @@ pub fn is_unique_violation(error: &sqlx::Error) -> bool {
         }
         _ => false,
     }
+}
+
+/// A Unix-millisecond time as RFC 3339 in UTC (`2026-12-02T10:30:00.000Z`), as the API shows
+/// times.
+pub fn rfc3339(ms: i64) -> String {
+    use time::format_description::well_known::Rfc3339;
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|at| at.format(&Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+/// An RFC 3339 time as Unix milliseconds; `None` if it does not parse or is out of range.
+pub fn parse_rfc3339(text: &str) -> Option<i64> {
+    use time::format_description::well_known::Rfc3339;
+    let at = time::OffsetDateTime::parse(text.trim(), &Rfc3339).ok()?;
+    i64::try_from(at.unix_timestamp_nanos() / 1_000_000).ok()
 }

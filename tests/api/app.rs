@@ -244,6 +244,30 @@ impl TestApp {
         read(request.send().await.expect("request")).await
     }
 
+    pub async fn put(&self, path: &str, key: &str, body: Value) -> (StatusCode, Value) {
+        read(
+            self.client
+                .put(self.url(path))
+                .bearer_auth(key)
+                .json(&body)
+                .send()
+                .await
+                .expect("request"),
+        )
+        .await
+    }
+
+    /// Creates a key for `user` over HTTP with `body` (`name`, `scopes`, `allowed_spells`,
+    /// `expires_at`) and returns it as a user of its own.
+    pub async fn key_for(&self, user: &TestUser, body: Value) -> TestUser {
+        let (status, created) = self.post("/v1/keys", Some(&user.key), body).await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        TestUser {
+            id: user.id,
+            key: created["key"].as_str().expect("key").to_owned(),
+        }
+    }
+
     pub async fn delete(&self, path: &str, key: &str) -> (StatusCode, Value) {
         read(
             self.client
@@ -280,7 +304,7 @@ impl TestApp {
         let (key, _) = self
             .app
             .auth
-            .create_key(user.id, "test")
+            .create_key(user.id, &spellhost::auth::KeySpec::unrestricted("test"))
             .await
             .expect("key");
         TestUser {

@@ -257,7 +257,10 @@ on_both_databases! {
         app.publish_examples(&publisher, &["hello"]).await;
         let (status, body) = app.cast(&publisher, json!({"spell": "ada/hello", "input": {"name": "Ada"}})).await;
         assert_eq!((status, error_code(&body)), (StatusCode::PAYMENT_REQUIRED, "budget_exhausted"));
-        assert_eq!(body["error"]["topup_url"], format!("{PUBLIC_URL}/v1/billing/checkout"));
+        // A request the client can send as is: the shortfall, within the top-up bounds.
+        assert_eq!(body["error"]["topup"]["method"], "POST");
+        assert_eq!(body["error"]["topup"]["url"], format!("{PUBLIC_URL}/v1/billing/checkout"));
+        assert_eq!(body["error"]["topup"]["body"]["amount_usd_cents"], 500, "{body}");
         app.shutdown().await;
     }
 }

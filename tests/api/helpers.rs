@@ -91,3 +91,15 @@ pub fn sandbox() -> Sandbox {
 pub fn compile(sandbox: &Sandbox, module: &VerifiedModule) -> Arc<CompiledSpell> {
     sandbox.prepare(module).expect("compiles").0
 }
+
+/// A tiny deterministic generator for test parameters (seeds make failures reproducible).
+pub struct Seeded(pub u64);
+
+impl Seeded {
+    pub fn next(&mut self, below: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % below
+    }
+}

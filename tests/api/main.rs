@@ -2,6 +2,7 @@
 
 mod app;
 mod billing;
+mod budgets;
 mod gate;
 mod helpers;
 mod money;

@@ -108,7 +108,10 @@ fn write_slow_spell(dir: &Path, private_pem: &str, wall_ms: u64) {
     std::fs::write(dir.join("module.wasm.sig"), &bundle.signature).expect("write");
 }
 
-/// Sets up a user `ada` with $10, the demo signer and a key, plus `ada/slow` and `ada/hello`,
+/// The credit `provision` grants: $100, room for the slow cast's worst case (10¹¹ fuel, $10).
+const CREDIT: i64 = 100_000_000;
+
+/// Sets up a user `ada` with $100, the demo signer and a key, plus `ada/slow` and `ada/hello`,
 /// all through the admin CLI. Returns the API key.
 fn provision(env: &Env, work: &Path) -> String {
     env.admin(&[
@@ -126,7 +129,7 @@ fn provision(env: &Env, work: &Path) -> String {
         "--user",
         "ada",
         "--amount-microusd",
-        "10000000",
+        "100000000",
         "--json",
     ]);
     let (private_pem, _, public_pem) = new_signer();
@@ -221,6 +224,10 @@ on_both_databases! {
         let work = tempfile::tempdir().expect("tempdir");
         let env = Env::new(&backend, work.path()).await;
         let key = provision(&env, work.path());
+        // Budgets are held and charged like the balance, and recover the same way.
+        let budget = env.admin(&["budget", "set", "--user", "ada", "--period", "month", "--hard", "50000000", "--json"]);
+        assert_eq!(budget["hard_limit_microusd"], 50_000_000, "{budget}");
+        env.admin(&["budget", "set", "--user", "ada", "--spell", "ada/slow", "--period", "day", "--hard", "20000000", "--json"]);
         let client = reqwest::Client::new();
 
         let (mut server, address) = env.serve();
@@ -246,10 +253,19 @@ on_both_databases! {
             tokio::time::sleep(Duration::from_millis(250)).await;
         };
         eprintln!("held money released {:?} after restart", started.elapsed());
-        assert_eq!(after["balance_microusd"], 10_000_000 - charged, "{after}");
-        assert_eq!(after["available_microusd"], 10_000_000 - charged);
+        assert_eq!(after["balance_microusd"], CREDIT - charged, "{after}");
+        assert_eq!(after["available_microusd"], CREDIT - charged);
         let verified = env.admin(&["ledger", "verify", "--json"]);
         assert_eq!(verified, json!({"intact": true, "entries": 2}));
+        // The budgets count the completed cast once and hold nothing for the lost one.
+        let listed = env.admin(&["budget", "list", "--user", "ada", "--json"]);
+        let budgets = listed["budgets"].as_array().expect("budgets");
+        let used_held = |scope: &str| budgets.iter().find(|b| b["scope"]["type"] == scope)
+            .map(|b| (b["used_microusd"].as_i64(), b["held_microusd"].as_i64())).expect("budget");
+        assert_eq!(used_held("account"), (Some(charged), Some(0)), "{listed}");
+        assert_eq!(used_held("spell"), (Some(0), Some(0)), "{listed}");
+        let usage = env.admin(&["usage", "--user", "ada", "--group-by", "spell", "--json"]);
+        assert_eq!(usage["total"]["cost_microusd"], charged, "{usage}");
         signal(&server, "-TERM");
         assert!(server.wait().expect("stops").success());
     }
@@ -271,7 +287,7 @@ on_both_databases! {
         let verified = env.admin(&["ledger", "verify", "--json"]);
         assert_eq!(verified, json!({"intact": true, "entries": 2}), "the settled cast is in the ledger");
         let (mut server, address) = env.serve();
-        assert_eq!(me(&client, &address, &key).await["balance_microusd"], 10_000_000 - cost);
+        assert_eq!(me(&client, &address, &key).await["balance_microusd"], CREDIT - cost);
         signal(&server, "-TERM");
         assert!(server.wait().expect("stops").success());
     }

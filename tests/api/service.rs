@@ -200,12 +200,15 @@ on_both_databases! {
         let app = spawn_app(&backend).await;
         let publisher = app.user("ada", 0).await;
         app.publish_examples(&publisher, &["hello"]).await;
+        // hello's manifest allows 5·10⁷ fuel: its worst case is 5 001 µ$.
         let broke = app.user("bob", 1).await;
         let (status, body) = app.cast(&broke, json!({"spell": "ada/hello", "input": {"name": "Bob"}})).await;
         assert_eq!((status, error_code(&body)), (StatusCode::PAYMENT_REQUIRED, "budget_exhausted"));
         assert_eq!(body["error"]["available_microusd"], 1);
-        assert_eq!(body["error"]["required_microusd"], 2);
-        assert_eq!(body["error"]["topup_url"], serde_json::Value::Null);
+        assert_eq!(body["error"]["required_microusd"], 5_001);
+        assert_eq!(body["error"]["affordable_max_fuel"], serde_json::Value::Null, "not even a minimal run fits");
+        assert_eq!(body["error"]["binding"], json!({"type": "balance"}));
+        assert_eq!(body["error"]["topup"], serde_json::Value::Null, "billing is not configured");
         assert!(body["error"].get("fuel_used").is_none(), "nothing ran");
         assert_eq!(app.me(&broke).await["balance_microusd"], 1);
         let (casts,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM casts").fetch_one(app.app.db.reader()).await.expect("count");
@@ -213,22 +216,33 @@ on_both_databases! {
         app.shutdown().await;
     }
 
-    async fn a_cast_whose_budget_runs_out_is_402_with_the_partial_charge(backend) {
+    async fn a_cast_whose_worst_case_does_not_fit_is_quoted_and_the_quote_works(backend) {
         let app = spawn_app(&backend).await;
         let user = app.user("ada", 20).await;
         app.publish_examples(&user, &["primes"]).await;
-        // 20 µ$ buys the base fee plus 190 000 fuel: far less than primes below 10⁶ needs.
-        let (status, body) = app.cast(&user, json!({"spell": "ada/primes", "input": {"below": 1000000}})).await;
+        // Tried as a new user would: 20 µ$ of credit and one primes cast. Its worst case (the
+        // host's 5·10⁹ fuel) cannot be held, so nothing runs and nothing is charged ...
+        let (status, body) = app.cast(&user, json!({"spell": "ada/primes", "input": {"below": 1000}})).await;
         assert_eq!((status, error_code(&body)), (StatusCode::PAYMENT_REQUIRED, "budget_exhausted"));
-        assert_eq!(body["error"]["fuel_used"], 190_000);
-        assert_eq!(body["error"]["cost_microusd"], 20);
-        assert_eq!(body["error"]["balance_microusd"], 0);
+        assert_eq!(body["error"]["required_microusd"], spellhost::money::Pricing::default().cost(5_000_000_000).get());
+        assert_eq!(body["error"]["available_microusd"], 20);
+        // ... and the quote says what fits: the base fee plus 19 µ$ of fuel.
+        assert_eq!(body["error"]["affordable_max_fuel"], 190_000);
+        assert_eq!(app.me(&user).await["balance_microusd"], 20);
+        let (status, body) = app.cast(&user, json!({"spell": "ada/primes", "input": {"below": 1000}, "max_fuel": 190_000})).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(body["cost_microusd"].as_i64().is_some_and(|c| c <= 20));
+        // A cost cap bounds the charge the same way (5 µ$ buys 40 000 fuel, too little here),
+        // and one that cannot buy a minimal run is a bad request.
+        let (status, body) = app.cast(&user, json!({"spell": "ada/primes", "input": {"below": 1000}, "max_cost_microusd": 5})).await;
+        assert_eq!((status, error_code(&body)), (StatusCode::UNPROCESSABLE_ENTITY, "fuel_exhausted"), "{body}");
+        assert_eq!((body["error"]["fuel_used"].as_u64(), body["error"]["cost_microusd"].as_i64()), (Some(40_000), Some(5)));
+        let (status, body) = app.cast(&user, json!({"spell": "ada/primes", "input": {"below": 10}, "max_cost_microusd": 1})).await;
+        assert_eq!((status, error_code(&body)), (StatusCode::BAD_REQUEST, "bad_request"));
         let me = app.me(&user).await;
-        assert_eq!((me["balance_microusd"].as_i64(), me["held_microusd"].as_i64()), (Some(0), Some(0)));
+        assert_eq!(me["held_microusd"], 0);
+        assert!(me["balance_microusd"].as_i64().is_some_and(|b| b >= 0));
         app.assert_money_invariants(&user).await;
-        // And now nothing more can run.
-        let (status, _) = app.cast(&user, json!({"spell": "ada/primes", "input": {"below": 10}})).await;
-        assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
         app.shutdown().await;
     }
 

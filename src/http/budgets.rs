@@ -1,0 +1,258 @@
+//! `/v1/budgets`: spending limits per scope and period, and `/v1/budgets/usage`: where the
+//! money went.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+
+use super::extract::Json;
+use crate::App;
+use crate::auth::Caller;
+use crate::error::{ApiError, Code};
+use crate::money::budgets::{self, Condition, GroupBy, Limits, Period, Scope, Usage};
+use crate::money::{Budget, MoneyError};
+use crate::registry::SpellRef;
+use crate::store::parse_rfc3339;
+
+/// A 422 `invalid_budget` naming the field.
+fn invalid(field: &str, message: impl Into<String>) -> ApiError {
+    ApiError::new(Code::InvalidBudget, format!("{field}: {}", message.into())).with("field", field)
+}
+
+fn not_found() -> ApiError {
+    ApiError::new(Code::NotFound, "no such budget")
+}
+
+fn money_error(error: MoneyError) -> ApiError {
+    match error {
+        MoneyError::UnknownBudget => not_found(),
+        MoneyError::Conflict => ApiError::new(
+            Code::Conflict,
+            "the budget was changed by a concurrent request; retry",
+        ),
+        other => other.into(),
+    }
+}
+
+/// The scope object of a request, resolved against what the caller owns: a key prefix must be
+/// one of the caller's live keys, a spell must exist.
+async fn scope(app: &App, caller: &Caller, value: Option<&Value>) -> Result<Scope, ApiError> {
+    let Some(object) = value.and_then(Value::as_object) else {
+        return Err(invalid("scope", "an object with a type is required"));
+    };
+    let text = |field: &str| object.get(field).and_then(Value::as_str);
+    match text("type") {
+        Some("account") => Ok(Scope::Account),
+        Some("key") => {
+            let prefix = text("key_prefix")
+                .ok_or_else(|| invalid("scope.key_prefix", "required for a key scope"))?;
+            let key_id = app
+                .auth
+                .key_id_of(caller.user_id, prefix)
+                .await
+                .map_err(ApiError::internal)?
+                .ok_or_else(|| invalid("scope.key_prefix", "not one of your API keys"))?;
+            Ok(Scope::Key { key_id })
+        }
+        Some("spell") => {
+            let name = text("spell")
+                .ok_or_else(|| invalid("scope.spell", "required for a spell scope"))?;
+            let spell: SpellRef = name
+                .parse()
+                .ok()
+                .filter(|spell: &SpellRef| spell.version.is_none())
+                .ok_or_else(|| invalid("scope.spell", "must be owner/name"))?;
+            match app.registry.versions(&spell.owner, &spell.name).await {
+                Ok(_) => Ok(Scope::Spell {
+                    spell: format!("{}/{}", spell.owner, spell.name),
+                }),
+                Err(crate::registry::RegistryError::NotFound(_)) => {
+                    Err(invalid("scope.spell", format!("no spell {name}")))
+                }
+                Err(other) => Err(other.into()),
+            }
+        }
+        Some(other) => Err(invalid(
+            "scope.type",
+            format!("unknown scope type {other:?}; use account, key or spell"),
+        )),
+        None => Err(invalid("scope.type", "required")),
+    }
+}
+
+fn period(value: Option<&Value>) -> Result<Period, ApiError> {
+    let text = value
+        .and_then(Value::as_str)
+        .ok_or_else(|| invalid("period", "required: day, week, month or total"))?;
+    Period::parse(text).ok_or_else(|| {
+        invalid(
+            "period",
+            format!("unknown period {text:?}; use day, week, month or total"),
+        )
+    })
+}
+
+fn limits(body: &Value) -> Result<Limits, ApiError> {
+    let amount = |field: &str| -> Result<Option<i64>, ApiError> {
+        match body.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(value) => value
+                .as_i64()
+                .map(Some)
+                .ok_or_else(|| invalid(field, "must be an integer number of micro-dollars")),
+        }
+    };
+    let hard =
+        amount("hard_limit_microusd")?.ok_or_else(|| invalid("hard_limit_microusd", "required"))?;
+    let soft = amount("soft_limit_microusd")?;
+    Limits::new(hard, soft).map_err(|e| invalid(e.field, e.message))
+}
+
+/// `GET /v1/budgets`
+pub async fn list(State(app): State<App>, caller: Caller) -> Result<axum::Json<Value>, ApiError> {
+    let budgets = budgets::list(&app.db, caller.user_id, app.db.now_ms()).await?;
+    let budgets: Vec<Value> = budgets.iter().map(Budget::to_json).collect();
+    Ok(axum::Json(json!({ "budgets": budgets })))
+}
+
+/// `POST /v1/budgets`: creates (201) or, when one exists for the scope and period, updates
+/// its limits (200).
+pub async fn create(
+    State(app): State<App>,
+    caller: Caller,
+    Json(body): Json<Value>,
+) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
+    let scope = scope(&app, &caller, body.get("scope")).await?;
+    let period = period(body.get("period"))?;
+    let limits = limits(&body)?;
+    let (budget, created) = budgets::upsert(
+        &app.db,
+        caller.user_id,
+        &scope,
+        period,
+        limits,
+        app.db.now_ms(),
+    )
+    .await
+    .map_err(money_error)?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, axum::Json(budget.to_json())))
+}
+
+/// `PUT /v1/budgets/{id}`: replaces the limits.
+pub async fn update(
+    State(app): State<App>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Json(body): Json<Value>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let limits = limits(&body)?;
+    let budget = budgets::update(
+        &app.db,
+        caller.user_id,
+        Condition::Id(&id),
+        limits,
+        app.db.now_ms(),
+    )
+    .await
+    .map_err(money_error)?
+    .ok_or_else(not_found)?;
+    Ok(axum::Json(budget.to_json()))
+}
+
+/// `PUT /v1/budgets` with `scope` and `period` in the body: replaces that budget's limits.
+pub async fn update_by_scope(
+    State(app): State<App>,
+    caller: Caller,
+    Json(body): Json<Value>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let scope = scope(&app, &caller, body.get("scope")).await?;
+    let period = period(body.get("period"))?;
+    let limits = limits(&body)?;
+    let condition = Condition::ScopePeriod(&scope, period);
+    let budget = budgets::update(&app.db, caller.user_id, condition, limits, app.db.now_ms())
+        .await
+        .map_err(money_error)?
+        .ok_or_else(not_found)?;
+    Ok(axum::Json(budget.to_json()))
+}
+
+/// `DELETE /v1/budgets/{id}`
+pub async fn delete(
+    State(app): State<App>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    match budgets::delete(&app.db, caller.user_id, Condition::Id(&id)).await? {
+        true => Ok(StatusCode::NO_CONTENT),
+        false => Err(not_found()),
+    }
+}
+
+/// `DELETE /v1/budgets?scope=account&period=month` (also `scope=key&key_prefix=…` and
+/// `scope=spell&spell=owner/name`).
+pub async fn delete_by_scope(
+    State(app): State<App>,
+    caller: Caller,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<StatusCode, ApiError> {
+    let mut object = serde_json::Map::new();
+    for (field, name) in [
+        ("type", "scope"),
+        ("key_prefix", "key_prefix"),
+        ("spell", "spell"),
+    ] {
+        if let Some(value) = query.get(name) {
+            object.insert(field.into(), value.clone().into());
+        }
+    }
+    let scope = scope(&app, &caller, Some(&Value::Object(object))).await?;
+    let period = period(
+        query
+            .get("period")
+            .map(|p| Value::String(p.clone()))
+            .as_ref(),
+    )?;
+    let condition = Condition::ScopePeriod(&scope, period);
+    match budgets::delete(&app.db, caller.user_id, condition).await? {
+        true => Ok(StatusCode::NO_CONTENT),
+        false => Err(not_found()),
+    }
+}
+
+/// `GET /v1/budgets/usage?from=&to=&group_by=day|spell|key`: the caller's spend over a time
+/// range (default: the current month, UTC), in total and per group, by outcome too.
+pub async fn usage(
+    State(app): State<App>,
+    caller: Caller,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let now = app.db.now_ms();
+    let time = |name: &str, default: i64| -> Result<i64, ApiError> {
+        match query.get(name) {
+            None => Ok(default),
+            Some(text) => parse_rfc3339(text)
+                .ok_or_else(|| ApiError::bad_request(format!("{name} is not an RFC 3339 time"))),
+        }
+    };
+    let (month_start, month_end) = Usage::current_month(now);
+    let from = time("from", month_start)?;
+    let to = time("to", month_end)?;
+    if to < from {
+        return Err(ApiError::bad_request("to is before from"));
+    }
+    let group_by = match query.get("group_by") {
+        None => GroupBy::Day,
+        Some(text) => GroupBy::parse(text).ok_or_else(|| {
+            ApiError::bad_request(format!("group_by {text:?}: use day, spell or key"))
+        })?,
+    };
+    let usage = budgets::usage(&app.db, caller.user_id, from, to, group_by).await?;
+    Ok(axum::Json(usage.to_json()))
+}
