@@ -1,17 +1,12 @@
 //! A cast: resolve → hold → run → settle. The one domain function behind `POST /v1/cast`.
 
-use std::time::Duration;
-
 use crate::AppState;
 use crate::auth::Caller;
 use crate::money::quote::{self, Caps, PlanError};
-use crate::money::{self, Budget, CastRecord, HoldRequest, MicroUsd, MoneyError, Refusal};
+use crate::money::{self, Budget, CastRecord, HoldFor, MicroUsd, MoneyError, Refusal};
 use crate::registry::{RegistryError, SpellRef};
 use crate::sandbox::{RunReport, SandboxError};
 use crate::supply_chain::ModuleDigest;
-
-/// Time a hold outlives its cast's wall-time limit and queue wait, for the settle itself.
-const SETTLE_GRACE: Duration = Duration::from_secs(5);
 
 pub struct CastRequest {
     pub spell: SpellRef,
@@ -61,6 +56,11 @@ impl From<MoneyError> for CastError {
     fn from(error: MoneyError) -> Self {
         match error {
             MoneyError::Refused { refusal, budgets } => CastError::Refused { refusal, budgets },
+            // Concurrent casts kept taking what borrows granted: busy, not broken.
+            MoneyError::Conflict => {
+                tracing::warn!("a hold lost every borrow to concurrent casts");
+                CastError::Overloaded
+            }
             other => CastError::Money(other),
         }
     }
@@ -97,27 +97,21 @@ pub async fn cast(
         &app.config.pricing,
     )?;
     let cast_id = format!("cast_{}", uuid::Uuid::now_v7().simple());
-    let ttl =
-        app.config.sandbox.queue_wait_max + Duration::from_millis(limits.wall_ms) + SETTLE_GRACE;
-    let hold_request = HoldRequest {
+    let hold_for = HoldFor {
         user_id: caller.user_id,
         key_id: caller.key_id.clone(),
         spell: spell_name,
         cast_id: cast_id.clone(),
-        plan,
-        ttl_ms: i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX),
     };
-    let hold = money::reserve(&app.db, &hold_request, &app.config.pricing)
-        .await
-        .inspect_err(|error| {
-            if let MoneyError::Refused { refusal, .. } = error {
-                let code = match refusal.binding {
-                    money::Binding::Balance => "budget_exhausted",
-                    money::Binding::Budget(_) => "spend_limit_reached",
-                };
-                app.metrics.casts.with_label_values(&[code]).inc();
-            }
-        })?;
+    let hold = app.money.hold(hold_for, plan).await.inspect_err(|error| {
+        if let MoneyError::Refused { refusal, .. } = error {
+            let code = match refusal.binding {
+                money::Binding::Balance => "budget_exhausted",
+                money::Binding::Budget(_) => "spend_limit_reached",
+            };
+            app.metrics.casts.with_label_values(&[code]).inc();
+        }
+    })?;
     app.metrics.active_holds.inc();
     let run = app
         .sandbox
@@ -130,9 +124,9 @@ pub async fn cast(
     let report = match run {
         Ok(report) => report,
         Err(error) => {
-            let voided = money::void(&app.db, hold).await;
+            // The run never happened: the hold goes back to the lease, in memory.
+            drop(hold);
             app.metrics.active_holds.dec();
-            voided?;
             return Err(match error {
                 SandboxError::Busy => CastError::Overloaded,
                 other => CastError::Sandbox(other),
@@ -147,10 +141,11 @@ pub async fn cast(
         fuel_used: report.fuel_used,
         duration_us: u64::try_from(report.duration.as_micros()).unwrap_or(u64::MAX),
     };
-    let settled = money::settle(&app.db, hold, &app.config.pricing, &record).await;
+    let settled = app.money.settle(hold, &record).await;
     app.metrics.active_holds.dec();
-    // A settle that fails after the spell ran is an internal error, never a "402, nothing
-    // ran": the hold stays until the sweeper voids it, and nothing is charged twice.
+    // A settle that fails after the spell ran (every retry of its batch failed) is an internal
+    // error, never a "402, nothing ran": nothing was charged, and the money held for it stays
+    // leased until the lease is given back.
     let settlement = settled.map_err(CastError::Money)?;
     observe(app, &report, settlement.cost);
     app.metrics

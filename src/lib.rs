@@ -24,6 +24,8 @@ use anyhow::Context as _;
 pub struct AppState {
     pub config: config::Config,
     pub db: store::Db,
+    /// Leases, holds and group-committed settlements: the money path of this instance.
+    pub money: money::Money,
     pub sandbox: Arc<sandbox::Sandbox>,
     pub registry: registry::Registry,
     pub auth: auth::Authenticator,
@@ -52,6 +54,8 @@ impl AppState {
         ));
         let db = store::Db::connect(&config.database_url, config.database_max_connections).await?;
         db.migrate().await?;
+        let money = money::Money::new(&db, &config.database_url, config.pricing)
+            .context("starting the money path")?;
         let sandbox = Arc::new(
             sandbox::Sandbox::new(config.sandbox.clone()).context("starting the sandbox")?,
         );
@@ -62,6 +66,7 @@ impl AppState {
         Ok(Arc::new(AppState {
             config,
             db,
+            money,
             sandbox,
             registry,
             auth,
@@ -72,26 +77,37 @@ impl AppState {
     }
 }
 
-/// How often expired holds are swept. With holds living at most a few seconds past their
-/// cast's wall-time limit, money held by a crashed process is available again within
-/// (hold TTL + this), well inside a minute.
+/// How often expired leases (of any instance) are swept. Leases live [`money::leases::LEASE_TTL_MS`]
+/// without renewal, so money leased by a crashed process is available again within that plus
+/// this, well inside a minute.
 const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+/// How often this instance looks after its leases: renewals, returns of idle leases, revoked
+/// leases given back, changed budgets noticed.
+const LEASE_TICK: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Serves HTTP on `listener` until `shutdown` resolves, then stops accepting, lets requests in
-/// flight finish and waits for every cast in flight to settle. Also runs the hold sweeper.
+/// flight finish, waits for every cast in flight to settle and gives back this instance's
+/// leases. Also runs the lease upkeep and the sweeper of expired leases.
 pub async fn serve(
     app: App,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     sweep_once(&app).await;
-    let sweeper = {
+    let background = {
         let app = app.clone();
         tokio::spawn(async move {
-            let mut interval = tokio::time::interval(SWEEP_INTERVAL);
+            let mut tick = tokio::time::interval(LEASE_TICK);
+            let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
             loop {
-                interval.tick().await;
-                sweep_once(&app).await;
+                tokio::select! {
+                    _ = tick.tick() => {
+                        if let Err(error) = app.money.tick().await {
+                            tracing::warn!(error = %error, "lease upkeep failed");
+                        }
+                    }
+                    _ = sweep.tick() => sweep_once(&app).await,
+                }
             }
         })
     };
@@ -101,15 +117,18 @@ pub async fn serve(
         .context("serving HTTP")?;
     app.casts_in_flight.close();
     app.casts_in_flight.wait().await;
-    sweeper.abort();
+    background.abort();
+    if let Err(error) = app.money.return_all().await {
+        tracing::warn!(error = %error, "giving back leases at shutdown failed; they expire");
+    }
     app.db.close().await;
     Ok(())
 }
 
 async fn sweep_once(app: &AppState) {
-    match money::sweep_expired(&app.db, app.db.now_ms()).await {
+    match app.money.sweep().await {
         Ok(0) => {}
-        Ok(voided) => app.metrics.holds_voided.inc_by(voided),
-        Err(error) => tracing::warn!(error = %error, "sweeping expired holds failed"),
+        Ok(swept) => app.metrics.holds_voided.inc_by(swept),
+        Err(error) => tracing::warn!(error = %error, "sweeping expired leases failed"),
     }
 }

@@ -11,8 +11,8 @@ use super::extract::Json;
 use crate::App;
 use crate::auth::Caller;
 use crate::error::{ApiError, Code};
+use crate::money::MoneyError;
 use crate::money::budgets::{self, Condition, GroupBy, Limits, Period, Scope, Usage};
-use crate::money::{Budget, MoneyError};
 use crate::registry::SpellRef;
 use crate::store::parse_rfc3339;
 
@@ -113,7 +113,10 @@ fn limits(body: &Value) -> Result<Limits, ApiError> {
 /// `GET /v1/budgets`
 pub async fn list(State(app): State<App>, caller: Caller) -> Result<axum::Json<Value>, ApiError> {
     let budgets = budgets::list(&app.db, caller.user_id, app.db.now_ms()).await?;
-    let budgets: Vec<Value> = budgets.iter().map(Budget::to_json).collect();
+    let budgets: Vec<Value> = budgets
+        .iter()
+        .map(|b| app.money.shown(b).to_json())
+        .collect();
     Ok(axum::Json(json!({ "budgets": budgets })))
 }
 
@@ -137,12 +140,13 @@ pub async fn create(
     )
     .await
     .map_err(money_error)?;
+    app.money.invalidate(caller.user_id);
     let status = if created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    Ok((status, axum::Json(budget.to_json())))
+    Ok((status, axum::Json(app.money.shown(&budget).to_json())))
 }
 
 /// `PUT /v1/budgets/{id}`: replaces the limits.
@@ -163,7 +167,8 @@ pub async fn update(
     .await
     .map_err(money_error)?
     .ok_or_else(not_found)?;
-    Ok(axum::Json(budget.to_json()))
+    app.money.invalidate(caller.user_id);
+    Ok(axum::Json(app.money.shown(&budget).to_json()))
 }
 
 /// `PUT /v1/budgets` with `scope` and `period` in the body: replaces that budget's limits.
@@ -180,7 +185,8 @@ pub async fn update_by_scope(
         .await
         .map_err(money_error)?
         .ok_or_else(not_found)?;
-    Ok(axum::Json(budget.to_json()))
+    app.money.invalidate(caller.user_id);
+    Ok(axum::Json(app.money.shown(&budget).to_json()))
 }
 
 /// `DELETE /v1/budgets/{id}`
@@ -189,7 +195,9 @@ pub async fn delete(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    match budgets::delete(&app.db, caller.user_id, Condition::Id(&id)).await? {
+    let deleted = budgets::delete(&app.db, caller.user_id, Condition::Id(&id)).await?;
+    app.money.invalidate(caller.user_id);
+    match deleted {
         true => Ok(StatusCode::NO_CONTENT),
         false => Err(not_found()),
     }
@@ -220,7 +228,9 @@ pub async fn delete_by_scope(
             .as_ref(),
     )?;
     let condition = Condition::ScopePeriod(&scope, period);
-    match budgets::delete(&app.db, caller.user_id, condition).await? {
+    let deleted = budgets::delete(&app.db, caller.user_id, condition).await?;
+    app.money.invalidate(caller.user_id);
+    match deleted {
         true => Ok(StatusCode::NO_CONTENT),
         false => Err(not_found()),
     }

@@ -187,6 +187,7 @@ fn refused(app: &App, refusal: &Refusal) -> ApiError {
         .with("binding", json!({"type": "balance"}))
         .with("topup", topup(app, refusal)),
         Binding::Budget(budget) => {
+            let budget = &app.money.shown(budget);
             let resets_at = budget.resets_at_ms().map(rfc3339);
             ApiError::new(
                 Code::SpendLimitReached,

@@ -11,12 +11,15 @@ pub async fn me(State(app): State<App>, caller: Caller) -> Result<axum::Json<Val
         .await
         .map_err(ApiError::internal)?
         .ok_or_else(ApiError::unauthorized)?;
+    // The database counts this instance's leases as held; only what casts in flight hold
+    // (here, or leased by other instances) is shown as held.
+    let held = user.held_microusd - app.money.leased_free(caller.user_id).get();
     Ok(axum::Json(json!({
         "handle": user.handle,
         "email": user.email,
         "is_admin": user.is_admin,
         "balance_microusd": user.balance_microusd,
-        "held_microusd": user.held_microusd,
-        "available_microusd": user.balance_microusd - user.held_microusd,
+        "held_microusd": held,
+        "available_microusd": user.balance_microusd - held,
     })))
 }

@@ -201,7 +201,7 @@ struct BudgetRow {
     updated_at_ms: i64,
 }
 
-const BUDGET_COLUMNS: &str = "id, user_id, scope_type, scope_value, period, hard_limit_microusd, \
+pub(crate) const BUDGET_COLUMNS: &str = "id, user_id, scope_type, scope_value, period, hard_limit_microusd, \
      soft_limit_microusd, period_start_ms, used_microusd, held_microusd, created_at_ms, updated_at_ms";
 
 /// A budget as of one instant: `used` is the current period's (zero if nothing settled in it
@@ -248,6 +248,28 @@ impl Budget {
             created_at_ms: row.created_at_ms,
             updated_at_ms: row.updated_at_ms,
         })
+    }
+
+    /// A budget read through the money path's own connection ([`super::store::Conn`]).
+    pub(crate) fn from_money_row(
+        row: &super::store::Row,
+        now_ms: i64,
+    ) -> Result<Budget, MoneyError> {
+        let stored = BudgetRow {
+            id: row.text("id")?,
+            user_id: row.int("user_id")?,
+            scope_type: row.text("scope_type")?,
+            scope_value: row.text("scope_value")?,
+            period: row.text("period")?,
+            hard_limit_microusd: row.int("hard_limit_microusd")?,
+            soft_limit_microusd: row.opt_int("soft_limit_microusd")?,
+            period_start_ms: row.int("period_start_ms")?,
+            used_microusd: row.int("used_microusd")?,
+            held_microusd: row.int("held_microusd")?,
+            created_at_ms: row.int("created_at_ms")?,
+            updated_at_ms: row.int("updated_at_ms")?,
+        };
+        Budget::from_row(stored, now_ms)
     }
 
     /// What the budget can still hold: `hard − used − held`, negative when a lowered limit
@@ -299,39 +321,6 @@ impl Budget {
             Scope::Spell { spell: own } => own == spell,
         }
     }
-}
-
-/// The budgets of a user that govern a cast with this key and spell, in the caller's write
-/// transaction (locked on PostgreSQL, after the user's row: the lock order).
-pub(crate) async fn applicable_in(
-    db: &Db,
-    tx: &mut Tx,
-    user_id: i64,
-    key_id: &str,
-    spell: &str,
-    now_ms: i64,
-) -> Result<Vec<Budget>, MoneyError> {
-    let sql = db.pick(
-        "SELECT id, user_id, scope_type, scope_value, period, hard_limit_microusd, \
-         soft_limit_microusd, period_start_ms, used_microusd, held_microusd, created_at_ms, \
-         updated_at_ms FROM budgets WHERE user_id = $1 AND (scope_type = 'account' \
-         OR (scope_type = 'key' AND scope_value = $2) OR (scope_type = 'spell' AND scope_value = $3)) \
-         ORDER BY id",
-        "SELECT id, user_id, scope_type, scope_value, period, hard_limit_microusd, \
-         soft_limit_microusd, period_start_ms, used_microusd, held_microusd, created_at_ms, \
-         updated_at_ms FROM budgets WHERE user_id = $1 AND (scope_type = 'account' \
-         OR (scope_type = 'key' AND scope_value = $2) OR (scope_type = 'spell' AND scope_value = $3)) \
-         ORDER BY id FOR UPDATE",
-    );
-    let rows: Vec<BudgetRow> = sqlx::query_as(sql)
-        .bind(user_id)
-        .bind(key_id)
-        .bind(spell)
-        .fetch_all(&mut **tx)
-        .await?;
-    rows.into_iter()
-        .map(|row| Budget::from_row(row, now_ms))
-        .collect()
 }
 
 /// Every budget of a user.
@@ -454,6 +443,12 @@ async fn update_in(
     .bind(&existing.id)
     .execute(&mut **tx)
     .await?;
+    // Slices of the budget leased under the old limit must not admit casts under the new
+    // one: their owners give back what they do not hold and borrow again.
+    sqlx::query("UPDATE leases SET revoked = 1 WHERE budget_id = $1")
+        .bind(&existing.id)
+        .execute(&mut **tx)
+        .await?;
     find_in(tx, user_id, &Condition::Id(&existing.id), now_ms).await
 }
 
@@ -467,21 +462,37 @@ pub async fn update(
     now_ms: i64,
 ) -> Result<Option<Budget>, MoneyError> {
     let mut tx = db.begin().await?;
+    changing(db, &mut tx, user_id).await?;
     let budget = update_in(&mut tx, user_id, &condition, limits, now_ms).await?;
     tx.commit().await?;
     Ok(budget)
 }
 
+/// Starts a change of a user's budgets: locks the user first (the money path's lock order:
+/// user, budgets, leases) and bumps their budgets version, which tells every instance to
+/// re-read them.
+async fn changing(db: &Db, tx: &mut Tx, user_id: i64) -> Result<(), MoneyError> {
+    super::lock_balance(db, tx, user_id).await?;
+    sqlx::query("UPDATE users SET budgets_version = budgets_version + 1 WHERE id = $1")
+        .bind(user_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 /// Deletes a budget; `false` if the user has no such budget. Holds taken against it simply no
 /// longer count against it.
 pub async fn delete(db: &Db, user_id: i64, condition: Condition<'_>) -> Result<bool, MoneyError> {
+    let mut tx = db.begin().await?;
+    changing(db, &mut tx, user_id).await?;
+    // Its leases go with it (ON DELETE CASCADE); casts in flight on them settle as late ones.
     let deleted =
         match condition {
             Condition::Id(id) => {
                 sqlx::query("DELETE FROM budgets WHERE user_id = $1 AND id = $2")
                     .bind(user_id)
                     .bind(id)
-                    .execute(db.writer())
+                    .execute(&mut *tx)
                     .await?
             }
             Condition::ScopePeriod(scope, period) => sqlx::query(
@@ -492,9 +503,10 @@ pub async fn delete(db: &Db, user_id: i64, condition: Condition<'_>) -> Result<b
             .bind(scope.type_str())
             .bind(scope.value())
             .bind(period.as_str())
-            .execute(db.writer())
+            .execute(&mut *tx)
             .await?,
         };
+    tx.commit().await?;
     Ok(deleted.rows_affected() == 1)
 }
 

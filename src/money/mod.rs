@@ -1,19 +1,24 @@
-//! Money: units, pricing, holds and settlement, and the hash-chained ledger.
+//! Money: units, pricing, budgets, leases and group-committed settlements, and the
+//! hash-chained ledger.
 //!
 //! Every change of a balance is a ledger entry written in the same transaction as the balance
 //! update. Invariants (checked by tests after every operation): a user's balance equals the
-//! sum of their entries; `available = balance − held ≥ 0` unless a refund or dispute took it
-//! lower, which blocks casts.
+//! sum of their entries; `held` equals the sum of their balance leases, and each budget's
+//! `held` the sum of its leases; `available = balance − held ≥ 0` unless a refund or dispute
+//! took it lower, which blocks casts; a budget's `used + held ≤ hard` unless its limit was
+//! lowered.
 
+pub mod batch;
 pub mod budgets;
-mod holds;
+pub mod leases;
 pub mod ledger;
 mod pricing;
 pub mod quote;
+pub mod store;
 mod units;
 
 pub use budgets::{Budget, Period, Scope};
-pub use holds::{CastRecord, Hold, HoldRequest, Settlement, reserve, settle, sweep_expired, void};
+pub use leases::{CastRecord, HoldFor, LeaseHold, Money, Settlement};
 pub use ledger::{ChainCheck, EntryKind, LedgerEntry, append_entry, verify_chain};
 pub use pricing::Pricing;
 pub use quote::{Binding, Caps, FuelBound, Plan, Refusal};
@@ -45,6 +50,14 @@ pub enum MoneyError {
     /// Stored money data that breaks an invariant: never expected, always logged.
     #[error("inconsistent money data: {0}")]
     Corrupt(String),
+    /// The money writer (SQLite) or committer (PostgreSQL) is not running.
+    #[error("the money writer is not running")]
+    WriterGone,
+    /// A failure injected by a test ([`store::FailPoints`]).
+    #[error("injected failure {0}")]
+    Injected(&'static str),
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
     #[error("amount out of range")]
     AmountOutOfRange,
     #[error(transparent)]

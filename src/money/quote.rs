@@ -86,6 +86,10 @@ pub struct Refusal {
     /// (one unit of fuel) fits at all.
     pub affordable_max_fuel: Option<u64>,
     pub binding: Binding,
+    /// Money of the binding pool that other instances hold leased for their casts; it comes
+    /// back when they return or their leases expire, at the latest at `leases_return_by_ms`.
+    pub leased_elsewhere: MicroUsd,
+    pub leases_return_by_ms: Option<i64>,
 }
 
 /// Checks that the available balance and every budget's remaining amount can hold the
@@ -121,6 +125,8 @@ pub fn check(
         available,
         affordable_max_fuel,
         binding,
+        leased_elsewhere: MicroUsd::ZERO,
+        leases_return_by_ms: None,
     }))
 }
 

@@ -48,6 +48,11 @@ impl Clock {
         now_ms().saturating_add(self.offset_ms.load(std::sync::atomic::Ordering::Relaxed))
     }
 
+    /// What tests moved this clock by, in ms (added to the database's clock too).
+    pub fn offset_ms(&self) -> i64 {
+        self.offset_ms.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Moves this clock (and every clone of it) forward by `ms`; for tests.
     pub fn advance(&self, ms: i64) {
         self.offset_ms

@@ -160,6 +160,10 @@ pub async fn spawn_app(backend: &Backend) -> TestApp {
 }
 
 pub async fn spawn_app_with(backend: &Backend, extra: &[(&str, &str)]) -> TestApp {
+    // The server's logs, when asked for (`RUST_LOG=warn cargo test …`).
+    if std::env::var_os("RUST_LOG").is_some() {
+        spellhost::telemetry::init_logging(false);
+    }
     let data_dir = tempfile::tempdir().expect("tempdir");
     let database = backend.fresh_database(data_dir.path()).await;
     let database_url = database.url.clone();
@@ -213,6 +217,11 @@ pub struct TestUser {
 }
 
 impl TestApp {
+    /// The app's database URL (for a second instance on the same database).
+    pub fn database_url(&self) -> String {
+        self._database.url.clone()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.address)
     }

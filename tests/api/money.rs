@@ -1,13 +1,16 @@
 //! Money under pressure: concurrent casts against one balance, a model-checked sequence of
-//! money operations, and hold expiry.
+//! lease operations (borrow, hold, settle, renew, return, expire, crash), and the sweep of a
+//! dead instance's leases.
 
 use reqwest::StatusCode;
 use serde_json::json;
 
 use spellhost::money::budgets::{GroupBy, Limits};
+use spellhost::money::leases::LEASE_TTL_MS;
 use spellhost::money::quote::{self, Caps};
 use spellhost::money::{
-    self, CastRecord, EntryKind, HoldRequest, MicroUsd, MoneyError, Period, Pricing, Scope,
+    self, CastRecord, EntryKind, HoldFor, LeaseHold, MicroUsd, Money, MoneyError, Period, Pricing,
+    Scope,
 };
 use spellhost::store::Db;
 
@@ -59,21 +62,24 @@ on_both_databases! {
         app.shutdown().await;
     }
 
-    async fn expired_holds_are_voided_and_never_charged(backend) {
+    async fn a_dead_instances_leases_are_swept_after_their_expiry(backend) {
         let app = spawn_app(&backend).await;
         let db = &app.app.db;
-        let user = app.user("ada", 1_000).await;
-        let request = hold_request(user.id, "cast_crashed", 1_000_000, None, "k1", "m/a", 50);
-        let hold = money::reserve(db, &request, &Pricing::default()).await.expect("hold");
-        assert_eq!(money::balance(db, user.id).await.expect("b").held, hold.amount);
-        std::mem::forget(hold); // the process "crashed" before settling
+        let user = app.user("ada", 1_000_000).await;
+        // A second instance on the same database takes a hold, then dies without settling.
+        let other = Money::new(db, &app.database_url(), Pricing::default()).expect("instance");
+        let hold = other.hold(hold_for(user.id, "cast_crashed", "k1", "m/a"), plan(1_000_000, None)).await.expect("hold");
+        let leased = money::balance(db, user.id).await.expect("balance").held;
+        assert!(leased >= hold.amount, "{leased} leased for a {} hold", hold.amount);
+        std::mem::forget(hold);
+        drop(other);
         // The sweeper is given the time instead of the test sleeping until it comes.
-        let now = db.now_ms();
-        assert_eq!(money::sweep_expired(db, now).await.expect("sweep"), 0, "not before its expiry");
-        assert_eq!(money::sweep_expired(db, now + 1_000).await.expect("sweep"), 1);
-        assert_eq!(money::sweep_expired(db, now + 1_000).await.expect("sweep"), 0);
+        assert_eq!(app.app.money.sweep().await.expect("sweep"), 0, "not before its expiry");
+        db.clock().advance(LEASE_TTL_MS + 1);
+        assert_eq!(app.app.money.sweep().await.expect("sweep"), 1);
+        assert_eq!(app.app.money.sweep().await.expect("sweep"), 0);
         let balance = money::balance(db, user.id).await.expect("balance");
-        assert_eq!((balance.balance.get(), balance.held.get()), (1_000, 0));
+        assert_eq!((balance.balance.get(), balance.held.get()), (1_000_000, 0), "nothing charged, nothing stuck");
         app.assert_money_invariants(&user).await;
         app.shutdown().await;
     }
@@ -85,7 +91,7 @@ on_both_databases! {
         let cases = if matches!(backend, Backend::Sqlite) { 24 } else { 8 };
         let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
         let handle = tokio::runtime::Handle::current();
-        let operations = proptest::collection::vec(operation(), 1..24);
+        let operations = proptest::collection::vec(operation(), 1..32);
         runner
             .run(&operations, |ops| {
                 let backend = backend.clone();
@@ -99,29 +105,23 @@ on_both_databases! {
     }
 }
 
-/// A hold request for `spell_fuel_max` (and the caller's cap), as `cast::cast` builds one.
-fn hold_request(
-    user_id: i64,
-    cast_id: &str,
-    spell_fuel_max: u64,
-    caller_fuel_max: Option<u64>,
-    key_id: &str,
-    spell: &str,
-    ttl_ms: i64,
-) -> HoldRequest {
+fn hold_for(user_id: i64, cast_id: &str, key_id: &str, spell: &str) -> HoldFor {
+    HoldFor {
+        user_id,
+        key_id: key_id.into(),
+        spell: spell.into(),
+        cast_id: cast_id.into(),
+    }
+}
+
+/// The plan of a cast with this fuel cap (and the caller's), as `cast::cast` makes one.
+fn plan(spell_fuel_max: u64, caller_fuel_max: Option<u64>) -> money::Plan {
     let caps = Caps {
         spell_fuel_max,
         caller_fuel_max,
         caller_cost_max: None,
     };
-    HoldRequest {
-        user_id,
-        key_id: key_id.into(),
-        spell: spell.into(),
-        cast_id: cast_id.into(),
-        plan: quote::plan(caps, &Pricing::default()).expect("plan"),
-        ttl_ms,
-    }
+    quote::plan(caps, &Pricing::default()).expect("plan")
 }
 
 /// The keys and spells the model's casts come with, and the budgets it may set.
@@ -154,12 +154,18 @@ enum Operation {
         which: usize,
         fuel_used: u64,
     },
-    Void {
+    /// The run never happened: the hold goes back.
+    Release {
         which: usize,
     },
-    Expire {
-        which: usize,
-    },
+    /// The lease upkeep (renewals, revoked leases given back, changed budgets noticed).
+    Tick,
+    /// Every lease given back (a graceful shutdown), when nothing is in flight.
+    ReturnAll,
+    /// The instance dies with its holds in flight; a new one takes over.
+    Crash,
+    /// Every lease expires and is swept (when nothing is in flight on the live instance).
+    Expire,
     SetBudget {
         scope: usize,
         daily: bool,
@@ -172,29 +178,26 @@ enum Operation {
 fn operation() -> impl proptest::strategy::Strategy<Value = Operation> {
     use proptest::prelude::*;
     prop_oneof![
-        (1i64..5_000).prop_map(Operation::Grant),
-        (1i64..3_000).prop_map(Operation::Refund),
-        (
-            1u64..100_000_000,
-            proptest::option::of(1u64..50_000_000),
-            0usize..2,
-            0usize..2
-        )
-            .prop_map(
-                |(spell_fuel_max, caller_fuel_max, key, spell)| Operation::Hold {
-                    spell_fuel_max,
-                    caller_fuel_max,
-                    key,
-                    spell,
-                }
-            ),
-        (0usize..8, 0u64..120_000_000)
+        1 => (1i64..5_000).prop_map(Operation::Grant),
+        1 => (1i64..3_000).prop_map(Operation::Refund),
+        3 => (1u64..100_000_000, proptest::option::of(1u64..50_000_000), 0usize..2, 0usize..2).prop_map(
+            |(spell_fuel_max, caller_fuel_max, key, spell)| Operation::Hold {
+                spell_fuel_max,
+                caller_fuel_max,
+                key,
+                spell,
+            }
+        ),
+        2 => (0usize..8, 0u64..120_000_000)
             .prop_map(|(which, fuel_used)| Operation::Settle { which, fuel_used }),
-        (0usize..8).prop_map(|which| Operation::Void { which }),
-        (0usize..8).prop_map(|which| Operation::Expire { which }),
-        (0usize..5, any::<bool>(), 1i64..8_000)
+        1 => (0usize..8).prop_map(|which| Operation::Release { which }),
+        1 => Just(Operation::Tick),
+        1 => Just(Operation::ReturnAll),
+        1 => Just(Operation::Crash),
+        1 => Just(Operation::Expire),
+        1 => (0usize..5, any::<bool>(), 1i64..8_000)
             .prop_map(|(scope, daily, hard)| Operation::SetBudget { scope, daily, hard }),
-        Just(Operation::NextDay),
+        1 => Just(Operation::NextDay),
     ]
 }
 
@@ -206,7 +209,6 @@ struct ModelBudget {
     hard: i64,
     used: i64,
     period_start_ms: i64,
-    held: i64,
     /// Set when a limit was lowered below what was used and held: `used + held ≤ hard` may
     /// then not hold until the period resets.
     lowered: bool,
@@ -231,16 +233,40 @@ impl ModelBudget {
 }
 
 struct ModelHold {
-    hold: money::Hold,
-    key: &'static str,
+    hold: LeaseHold,
     spell: &'static str,
-    /// Indexes into the model's budgets that the hold was taken against.
+    /// Indexes into the model's budgets that govern the cast.
     budgets: Vec<usize>,
 }
 
+/// The model: the balance, each budget's use, and what casts in flight hold. A cast is
+/// admitted exactly when its worst case fits what no cast in flight (here) and no lease of a
+/// dead instance holds — the same rule as with per-cast holds: leases change where holds are
+/// taken, not which casts are admitted.
+#[derive(Default)]
+struct Model {
+    balance: i64,
+    budgets: Vec<ModelBudget>,
+    holds: Vec<ModelHold>,
+    /// Money leased by dead instances, per pool (None: the balance), until swept.
+    orphaned: std::collections::HashMap<Option<usize>, i64>,
+    refunded: bool,
+}
+
+impl Model {
+    fn in_flight(&self, pool: Option<usize>) -> i64 {
+        self.holds
+            .iter()
+            .filter(|h| pool.is_none_or(|b| h.budgets.contains(&b)))
+            .map(|h| h.hold.amount.get())
+            .sum::<i64>()
+            + self.orphaned.get(&pool).copied().unwrap_or(0)
+    }
+}
+
 /// Applies `ops` to a fresh database and to a model, comparing after every step: balance,
-/// held, every budget's used and held, `used + held ≤ hard` unless lowered, balance = Σ
-/// entries, and the usage API = Σ ledger cast entries.
+/// every budget's use, which casts are admitted, and the invariants (held = Σ leases, used +
+/// held ≤ hard unless lowered, balance = Σ entries, usage = Σ ledger cast entries).
 async fn check_against_model(backend: &Backend, ops: Vec<Operation>) {
     let data_dir = tempfile::tempdir().expect("tempdir");
     let database = backend.fresh_database(data_dir.path()).await;
@@ -250,9 +276,8 @@ async fn check_against_model(backend: &Backend, ops: Vec<Operation>) {
         .await
         .expect("user");
     let pricing = Pricing::default();
-    let (mut balance, mut held) = (0i64, 0i64);
-    let mut holds: Vec<ModelHold> = Vec::new();
-    let mut budgets: Vec<ModelBudget> = Vec::new();
+    let mut money = Money::new(&db, &database.url, pricing).expect("money");
+    let mut model = Model::default();
     let started = db.now_ms();
     for (step, op) in ops.into_iter().enumerate() {
         let now = db.now_ms();
@@ -267,7 +292,7 @@ async fn check_against_model(backend: &Backend, ops: Vec<Operation>) {
                 )
                 .await
                 .expect("grant");
-                balance += amount;
+                model.balance += amount;
             }
             Operation::Refund(amount) => {
                 money::post(
@@ -279,7 +304,10 @@ async fn check_against_model(backend: &Backend, ops: Vec<Operation>) {
                 )
                 .await
                 .expect("refund");
-                balance -= amount;
+                model.balance -= amount;
+                model.refunded = true;
+                // A debit revokes the leases; the instance notices at its next upkeep.
+                money.tick().await.expect("tick");
             }
             Operation::Hold {
                 spell_fuel_max,
@@ -288,38 +316,30 @@ async fn check_against_model(backend: &Backend, ops: Vec<Operation>) {
                 spell,
             } => {
                 let (key, spell) = (KEYS[key], SPELLS[spell]);
-                let request = hold_request(
-                    user.id,
-                    &format!("cast_{step}"),
-                    spell_fuel_max,
-                    caller_fuel_max,
-                    key,
-                    spell,
-                    60_000,
-                );
-                let worst = request.plan.worst_case.get();
-                let applying: Vec<usize> = (0..budgets.len())
-                    .filter(|&i| budgets[i].applies(key, spell))
+                let plan = plan(spell_fuel_max, caller_fuel_max);
+                let worst = plan.worst_case.get();
+                let applying: Vec<usize> = (0..model.budgets.len())
+                    .filter(|&i| model.budgets[i].applies(key, spell))
                     .collect();
-                let fits = balance - held >= worst
+                let fits = model.balance - model.in_flight(None) >= worst
                     && applying.iter().all(|&i| {
-                        let b = &budgets[i];
-                        b.hard - b.used_now(now) - b.held >= worst
+                        let b = &model.budgets[i];
+                        b.hard - b.used_now(now) - model.in_flight(Some(i)) >= worst
                     });
-                match money::reserve(&db, &request, &pricing).await {
+                match money
+                    .hold(hold_for(user.id, &format!("cast_{step}"), key, spell), plan)
+                    .await
+                {
                     Ok(hold) => {
                         assert!(fits, "step {step}: held {worst} although it does not fit");
                         assert_eq!(hold.amount.get(), worst, "step {step}");
-                        held += worst;
                         for &i in &applying {
-                            let budget = &mut budgets[i];
+                            let budget = &mut model.budgets[i];
                             budget.used = budget.used_now(now);
                             budget.period_start_ms = budget.period.start_ms(now);
-                            budget.held += worst;
                         }
-                        holds.push(ModelHold {
+                        model.holds.push(ModelHold {
                             hold,
-                            key,
                             spell,
                             budgets: applying,
                         });
@@ -331,13 +351,12 @@ async fn check_against_model(backend: &Backend, ops: Vec<Operation>) {
                     Err(other) => panic!("step {step}: {other}"),
                 }
             }
-            Operation::Settle { which, fuel_used } if which < holds.len() => {
+            Operation::Settle { which, fuel_used } if which < model.holds.len() => {
                 let ModelHold {
                     hold,
-                    key,
                     spell,
-                    budgets: held_on,
-                } = holds.remove(which);
+                    budgets,
+                } = model.holds.remove(which);
                 let (amount, cap) = (hold.amount.get(), hold.fuel_cap);
                 let record = CastRecord {
                     spell,
@@ -347,42 +366,69 @@ async fn check_against_model(backend: &Backend, ops: Vec<Operation>) {
                     fuel_used,
                     duration_us: 1,
                 };
-                let settled = money::settle(&db, hold, &pricing, &record)
-                    .await
-                    .expect("settle");
+                let settled = money.settle(hold, &record).await.expect("settle");
                 let expected = pricing.cost(fuel_used.min(cap)).get().min(amount);
                 assert_eq!(settled.cost.get(), expected, "step {step}");
-                balance -= expected;
-                held -= amount;
-                for (i, budget) in budgets.iter_mut().enumerate() {
-                    if held_on.contains(&i) {
-                        budget.held -= amount;
-                    }
-                    if budget.applies(key, spell) {
-                        budget.used = budget.used_now(now) + expected;
-                        budget.period_start_ms = budget.period.start_ms(now);
-                        // A budget made after the hold was taken counts the charge without
-                        // having held it, and may go over its limit.
-                        budget.lowered |=
-                            !held_on.contains(&i) && budget.used + budget.held > budget.hard;
-                    }
+                model.balance -= expected;
+                for &i in &budgets {
+                    let budget = &mut model.budgets[i];
+                    budget.used = budget.used_now(now) + expected;
+                    budget.period_start_ms = budget.period.start_ms(now);
                 }
             }
-            Operation::Void { which } if which < holds.len() => {
-                let model = holds.remove(which);
-                release(&mut held, &mut budgets, &model);
-                money::void(&db, model.hold).await.expect("void");
+            Operation::Release { which } if which < model.holds.len() => {
+                drop(model.holds.remove(which));
             }
-            Operation::Expire { which } if which < holds.len() => {
-                let model = holds.remove(which);
-                sqlx::query("UPDATE holds SET expires_at_ms = 0 WHERE id = $1")
-                    .bind(&model.hold.id)
-                    .execute(db.writer())
+            Operation::Tick => money.tick().await.expect("tick"),
+            Operation::ReturnAll if model.holds.is_empty() => {
+                money.return_all().await.expect("return");
+                let (held,): (i64,) =
+                    sqlx::query_as("SELECT held_microusd FROM users WHERE id = $1")
+                        .bind(user.id)
+                        .fetch_one(db.reader())
+                        .await
+                        .expect("held");
+                assert_eq!(
+                    held,
+                    model.orphaned.get(&None).copied().unwrap_or(0),
+                    "step {step}: everything given back"
+                );
+            }
+            Operation::Crash => {
+                let dead = std::mem::replace(
+                    &mut money,
+                    Money::new(&db, &database.url, pricing).expect("money"),
+                );
+                for model_hold in model.holds.drain(..) {
+                    std::mem::forget(model_hold.hold);
+                }
+                let leases: Vec<(Option<String>, i64)> = sqlx::query_as(
+                    "SELECT budget_id, amount_microusd FROM leases WHERE instance_id = $1",
+                )
+                .bind(dead.instance_id())
+                .fetch_all(db.reader())
+                .await
+                .expect("leases");
+                // Stored budgets and the model's are both in creation order.
+                let stored = money::budgets::list(&db, user.id, now)
                     .await
-                    .expect("expire");
-                release(&mut held, &mut budgets, &model);
-                std::mem::forget(model.hold);
-                money::sweep_expired(&db, now).await.expect("sweep");
+                    .expect("budgets");
+                for (budget_id, amount) in leases {
+                    let pool = budget_id.map(|id| {
+                        stored
+                            .iter()
+                            .position(|b| b.id == id)
+                            .expect("known budget")
+                    });
+                    *model.orphaned.entry(pool).or_default() += amount;
+                }
+                std::mem::forget(dead);
+            }
+            Operation::Expire if model.holds.is_empty() => {
+                db.clock().advance(LEASE_TTL_MS + 1);
+                money.sweep().await.expect("sweep");
+                money.tick().await.expect("tick");
+                model.orphaned.clear();
             }
             Operation::SetBudget {
                 scope: which,
@@ -395,21 +441,29 @@ async fn check_against_model(backend: &Backend, ops: Vec<Operation>) {
                 money::budgets::upsert(&db, user.id, &scope, period, limits, now)
                     .await
                     .expect("budget");
-                match budgets
-                    .iter_mut()
-                    .find(|b| b.scope == scope && b.period == period)
+                // A changed budget revokes its leases: the next upkeep gives back what no cast
+                // holds, and the next hold borrows under the new limit.
+                money.invalidate(user.id);
+                money.tick().await.expect("tick");
+                let in_flight: Vec<i64> = (0..model.budgets.len())
+                    .map(|i| model.in_flight(Some(i)))
+                    .collect();
+                match model
+                    .budgets
+                    .iter()
+                    .position(|b| b.scope == scope && b.period == period)
                 {
-                    Some(budget) => {
+                    Some(index) => {
+                        let budget = &mut model.budgets[index];
                         budget.hard = hard;
-                        budget.lowered |= budget.used_now(now) + budget.held > hard;
+                        budget.lowered |= budget.used_now(now) + in_flight[index] > hard;
                     }
-                    None => budgets.push(ModelBudget {
+                    None => model.budgets.push(ModelBudget {
                         scope,
                         period,
                         hard,
                         used: 0,
                         period_start_ms: period.start_ms(now),
-                        held: 0,
                         lowered: false,
                     }),
                 }
@@ -418,7 +472,7 @@ async fn check_against_model(backend: &Backend, ops: Vec<Operation>) {
                 let tomorrow = Period::Day.end_ms(Period::Day.start_ms(now)).expect("ends");
                 db.clock().advance(tomorrow - now + 1);
                 let later = db.now_ms();
-                for budget in &mut budgets {
+                for budget in &mut model.budgets {
                     if budget.period.start_ms(later) != budget.period_start_ms {
                         budget.lowered = false;
                     }
@@ -426,7 +480,10 @@ async fn check_against_model(backend: &Backend, ops: Vec<Operation>) {
             }
             _ => {}
         }
-        assert_matches_model(&db, user.id, step, balance, held, &budgets).await;
+        assert_matches_model(&db, user.id, step, &model).await;
+    }
+    for model_hold in model.holds.drain(..) {
+        drop(model_hold);
     }
     // What the usage API reports is what the ledger's cast entries say, over the same range.
     let end = db.now_ms() + 1;
@@ -454,30 +511,10 @@ async fn check_against_model(backend: &Backend, ops: Vec<Operation>) {
     db.close().await;
 }
 
-/// A hold given back without a charge, in the model.
-fn release(held: &mut i64, budgets: &mut [ModelBudget], model: &ModelHold) {
-    let amount = model.hold.amount.get();
-    *held -= amount;
-    for &i in &model.budgets {
-        budgets[i].held -= amount;
-    }
-}
-
-async fn assert_matches_model(
-    db: &Db,
-    user_id: i64,
-    step: usize,
-    balance: i64,
-    held: i64,
-    budgets: &[ModelBudget],
-) {
+async fn assert_matches_model(db: &Db, user_id: i64, step: usize, model: &Model) {
     let now = db.now_ms();
     let actual = money::balance(db, user_id).await.expect("balance");
-    assert_eq!(
-        (actual.balance.get(), actual.held.get()),
-        (balance, held),
-        "step {step}"
-    );
+    assert_eq!(actual.balance.get(), model.balance, "step {step}");
     let (sum,): (i64,) = sqlx::query_as(
         "SELECT CAST(COALESCE(SUM(amount_microusd), 0) AS BIGINT) FROM ledger WHERE user_id = $1",
     )
@@ -485,27 +522,53 @@ async fn assert_matches_model(
     .fetch_one(db.reader())
     .await
     .expect("sum");
-    assert_eq!(sum, balance, "step {step}: balance = Σ entries");
-    assert!(held >= 0);
+    assert_eq!(sum, model.balance, "step {step}: balance = Σ entries");
+    let (leased,): (i64,) = sqlx::query_as(
+        "SELECT CAST(COALESCE(SUM(amount_microusd), 0) AS BIGINT) FROM leases WHERE user_id = $1 AND budget_id IS NULL",
+    )
+    .bind(user_id)
+    .fetch_one(db.reader())
+    .await
+    .expect("leased");
+    assert_eq!(
+        actual.held.get(),
+        leased,
+        "step {step}: held = Σ balance leases"
+    );
+    assert!(
+        leased >= model.in_flight(None),
+        "step {step}: the leases hold every cast in flight"
+    );
+    if !model.refunded {
+        assert!(actual.available().get() >= 0, "step {step}: {actual:?}");
+    }
     let stored = money::budgets::list(db, user_id, now)
         .await
         .expect("budgets");
-    assert_eq!(stored.len(), budgets.len(), "step {step}");
-    for model in budgets {
-        let budget = stored
-            .iter()
-            .find(|b| b.scope == model.scope && b.period == model.period)
-            .expect("budget exists");
-        let used = model.used_now(now);
+    assert_eq!(stored.len(), model.budgets.len(), "step {step}");
+    for (index, (budget, expected)) in stored.iter().zip(&model.budgets).enumerate() {
         assert_eq!(
-            (budget.used.get(), budget.held.get(), budget.hard.get()),
-            (used, model.held, model.hard),
-            "step {step}: {model:?}"
+            budget.scope, expected.scope,
+            "step {step}: budgets in creation order"
         );
-        if !model.lowered {
+        let (leased,): (i64,) = sqlx::query_as(
+            "SELECT CAST(COALESCE(SUM(amount_microusd), 0) AS BIGINT) FROM leases WHERE budget_id = $1",
+        )
+        .bind(&budget.id)
+        .fetch_one(db.reader())
+        .await
+        .expect("leased");
+        let used = expected.used_now(now);
+        assert_eq!(
+            (budget.used.get(), budget.held.get()),
+            (used, leased),
+            "step {step}: {expected:?}"
+        );
+        assert!(leased >= model.in_flight(Some(index)), "step {step}");
+        if !expected.lowered {
             assert!(
-                used + model.held <= model.hard,
-                "step {step}: over the hard limit: {model:?}"
+                used + leased <= expected.hard,
+                "step {step}: over the hard limit: {budget:?}"
             );
         }
     }

@@ -1,0 +1,500 @@
+//! Group commit: many casts settled in one transaction. The reads lock what the batch touches
+//! (users, budgets, leases, the ledger head, in that order); [`plan`] decides every charge,
+//! ledger entry and new state in memory, as a pure function; the writes apply it with a few
+//! multi-row statements. Settlement is idempotent on the cast id: a cast already recorded (a
+//! retry after a lost acknowledgement) is answered from its record and never charged twice.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use super::budgets::Budget;
+use super::ledger::{EntryKind, LedgerEntry};
+use super::store::{Arg, Conn, FailPoints, Row};
+use super::{MicroUsd, MoneyError};
+
+/// A lease a cast's worst case was held on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRef {
+    pub lease_id: String,
+    /// `None` for a slice of the balance.
+    pub budget_id: Option<String>,
+}
+
+/// One cast to settle: what it ran, what it costs, and where its worst case was held.
+#[derive(Debug, Clone)]
+pub struct SettleRequest {
+    pub cast_id: String,
+    pub user_id: i64,
+    pub key_id: String,
+    pub spell: String,
+    pub version: String,
+    pub digest: String,
+    pub outcome: String,
+    pub fuel_used: u64,
+    pub duration_us: u64,
+    /// What the run costs: at most its worst case.
+    pub cost: MicroUsd,
+    pub leases: Vec<LeaseRef>,
+    /// Every budget that governs the cast, held on or not.
+    pub budget_ids: Vec<String>,
+}
+
+/// A committed settlement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settled {
+    /// What was charged: the cost, or less when a lease had expired and the money left
+    /// could not pay all of it (never an overdraft).
+    pub cost: MicroUsd,
+    pub balance_after: MicroUsd,
+    pub ledger_seq: i64,
+    /// The budgets that govern the cast, as they are after it.
+    pub budgets: Vec<Budget>,
+    pub soft_limits_crossed: Vec<String>,
+    /// Some lease it was held on was gone (expired and swept) when it settled.
+    pub late: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserMoney {
+    pub balance: i64,
+    pub held: i64,
+}
+
+/// What a batch reads, under lock.
+#[derive(Debug, Clone)]
+pub struct State {
+    pub now_ms: i64,
+    pub users: BTreeMap<i64, UserMoney>,
+    pub budgets: BTreeMap<String, Budget>,
+    /// Lease id → amount it still holds.
+    pub leases: BTreeMap<String, i64>,
+    pub head_seq: i64,
+    pub head_hash: String,
+    /// Casts already settled: id → their answer.
+    pub done: HashMap<String, Settled>,
+}
+
+/// What a batch writes, decided by [`plan`].
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    pub entries: Vec<LedgerEntry>,
+    pub casts: Vec<CastRow>,
+    pub users: BTreeMap<i64, UserMoney>,
+    pub budgets: BTreeMap<String, Budget>,
+    pub leases: BTreeMap<String, i64>,
+    pub results: Vec<Settled>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CastRow {
+    pub request: SettleRequest,
+    pub cost: MicroUsd,
+    pub ledger_seq: i64,
+    /// The batch's time, as on its ledger entry: usage by time range then adds up exactly to
+    /// the ledger's cast entries over the same range.
+    pub created_at_ms: i64,
+}
+
+/// Decides every charge of a batch against the state it read. For each cast, in order: its
+/// live leases give up what it costs (their money was set aside for it); where a lease is
+/// gone, the charge is capped by what the balance and that budget have free, so a late settle
+/// never overdraws; the charge counts in each governing budget's current period.
+pub fn plan(mut state: State, requests: &[SettleRequest]) -> Result<Plan, MoneyError> {
+    let mut out = Plan::default();
+    let mut touched_users = HashSet::new();
+    let mut touched_budgets = HashSet::new();
+    let mut touched_leases = HashSet::new();
+    for request in requests {
+        if let Some(done) = state.done.get(&request.cast_id) {
+            out.results.push(done.clone());
+            continue;
+        }
+        let user = *state
+            .users
+            .get(&request.user_id)
+            .ok_or(MoneyError::UnknownUser)?;
+        let cost = request.cost.get();
+        // What pools whose lease is gone can still take.
+        let mut cap = cost;
+        let mut late = false;
+        let live = |lease: &LeaseRef| {
+            state
+                .leases
+                .get(&lease.lease_id)
+                .is_some_and(|&a| a >= cost)
+        };
+        let live_balance = request
+            .leases
+            .iter()
+            .any(|l| l.budget_id.is_none() && live(l));
+        if !live_balance {
+            late = true;
+            cap = cap.min((user.balance - user.held).max(0));
+        }
+        for id in &request.budget_ids {
+            let held_here = request
+                .leases
+                .iter()
+                .any(|l| l.budget_id.as_deref() == Some(id) && live(l));
+            if let (false, Some(budget)) = (held_here, state.budgets.get(id)) {
+                late = true;
+                cap = cap.min(budget.remaining().get().max(0));
+            }
+        }
+        let charge = cost.min(cap);
+        debug_assert!((0..=cost).contains(&charge));
+        // The live leases give up the charge; the rest of their hold stays leased.
+        let user = state.users.entry(request.user_id).or_insert(user);
+        for lease in &request.leases {
+            if let Some(amount) = state
+                .leases
+                .get_mut(&lease.lease_id)
+                .filter(|a| **a >= cost)
+            {
+                *amount -= charge;
+                touched_leases.insert(lease.lease_id.clone());
+                match &lease.budget_id {
+                    None => user.held -= charge,
+                    Some(id) => {
+                        if let Some(budget) = state.budgets.get_mut(id) {
+                            budget.held = MicroUsd::new(budget.held.get() - charge);
+                        }
+                    }
+                }
+            }
+        }
+        user.balance -= charge;
+        touched_users.insert(request.user_id);
+        debug_assert!(user.held >= 0, "held went negative: {user:?}");
+        let mut after = Vec::new();
+        let mut soft_limits_crossed = Vec::new();
+        for id in &request.budget_ids {
+            let Some(budget) = state.budgets.get_mut(id) else {
+                continue; // deleted since the hold
+            };
+            let period_start = budget.period.start_ms(state.now_ms);
+            let used_before = if budget.period_start_ms == period_start {
+                budget.used
+            } else {
+                MicroUsd::ZERO
+            };
+            budget.used = MicroUsd::new(used_before.get() + charge);
+            budget.period_start_ms = period_start;
+            if budget
+                .soft
+                .is_some_and(|soft| used_before < soft && budget.used >= soft)
+            {
+                soft_limits_crossed.push(id.clone());
+            }
+            touched_budgets.insert(id.clone());
+            after.push(budget.clone());
+        }
+        let mut entry = LedgerEntry {
+            seq: state.head_seq + 1,
+            user_id: request.user_id,
+            kind: EntryKind::Cast.as_str().to_owned(),
+            amount_microusd: -charge,
+            balance_after_microusd: user.balance,
+            reference: request.cast_id.clone(),
+            created_at_ms: state.now_ms,
+            prev_hash: state.head_hash.clone(),
+            hash: String::new(),
+        };
+        entry.hash = entry.expected_hash();
+        state.head_seq = entry.seq;
+        state.head_hash = entry.hash.clone();
+        out.casts.push(CastRow {
+            request: request.clone(),
+            cost: MicroUsd::new(charge),
+            ledger_seq: entry.seq,
+            created_at_ms: state.now_ms,
+        });
+        out.results.push(Settled {
+            cost: MicroUsd::new(charge),
+            balance_after: MicroUsd::new(user.balance),
+            ledger_seq: entry.seq,
+            budgets: after,
+            soft_limits_crossed,
+            late,
+        });
+        out.entries.push(entry);
+    }
+    out.users = touched_users
+        .into_iter()
+        .filter_map(|id| state.users.get(&id).map(|u| (id, *u)))
+        .collect();
+    out.budgets = touched_budgets
+        .into_iter()
+        .filter_map(|id| state.budgets.get(&id).map(|b| (id, b.clone())))
+        .collect();
+    out.leases = touched_leases
+        .into_iter()
+        .filter_map(|id| state.leases.get(&id).map(|a| (id, *a)))
+        .collect();
+    Ok(out)
+}
+
+/// `$start, $start+1, …` for `count` values.
+pub(crate) fn placeholders(start: usize, count: usize) -> String {
+    (start..start + count)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Rows for a multi-row `VALUES` list of `width` columns each.
+fn values_rows(rows: usize, width: usize) -> String {
+    (0..rows)
+        .map(|r| format!("({})", placeholders(1 + r * width, width)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+async fn read(
+    conn: &mut Box<dyn Conn + '_>,
+    requests: &[SettleRequest],
+) -> Result<State, MoneyError> {
+    let now_ms = conn.now_ms().await?;
+    let ids: Vec<Arg> = requests
+        .iter()
+        .map(|r| Arg::from(r.cast_id.as_str()))
+        .collect();
+    let done_rows = conn
+        .query(
+            &format!(
+                "SELECT c.id AS id, c.cost_microusd AS cost_microusd, c.ledger_seq AS ledger_seq, \
+                 l.balance_after_microusd AS balance_after_microusd FROM casts c \
+                 JOIN ledger l ON l.seq = c.ledger_seq WHERE c.id IN ({})",
+                placeholders(1, ids.len())
+            ),
+            ids,
+        )
+        .await?;
+    let user_ids: Vec<i64> = requests
+        .iter()
+        .map(|r| r.user_id)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let lock = conn.for_update();
+    let user_rows = conn
+        .query(
+            &format!(
+                "SELECT id, balance_microusd, held_microusd FROM users WHERE id IN ({}) ORDER BY id{lock}",
+                placeholders(1, user_ids.len())
+            ),
+            user_ids.iter().map(|&id| Arg::Int(id)).collect(),
+        )
+        .await?;
+    let budget_ids: Vec<String> = requests
+        .iter()
+        .flat_map(|r| r.budget_ids.iter().cloned())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let budget_rows = if budget_ids.is_empty() {
+        Vec::new()
+    } else {
+        conn.query(
+            &format!(
+                "SELECT {} FROM budgets WHERE id IN ({}) ORDER BY id{lock}",
+                super::budgets::BUDGET_COLUMNS,
+                placeholders(1, budget_ids.len())
+            ),
+            budget_ids.iter().map(|id| Arg::from(id.as_str())).collect(),
+        )
+        .await?
+    };
+    let lease_ids: Vec<String> = requests
+        .iter()
+        .flat_map(|r| r.leases.iter().map(|l| l.lease_id.clone()))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let lease_rows = if lease_ids.is_empty() {
+        Vec::new()
+    } else {
+        conn.query(
+            &format!(
+                "SELECT id, amount_microusd FROM leases WHERE id IN ({}) ORDER BY id{lock}",
+                placeholders(1, lease_ids.len())
+            ),
+            lease_ids.iter().map(|id| Arg::from(id.as_str())).collect(),
+        )
+        .await?
+    };
+    let head = conn
+        .query(
+            &format!("SELECT seq, hash FROM ledger_head WHERE id = 1{lock}"),
+            Vec::new(),
+        )
+        .await?;
+    let head = head
+        .first()
+        .ok_or_else(|| MoneyError::Corrupt("no ledger head".into()))?;
+    Ok(State {
+        now_ms,
+        users: user_rows
+            .iter()
+            .map(|row| {
+                Ok((
+                    row.int("id")?,
+                    UserMoney {
+                        balance: row.int("balance_microusd")?,
+                        held: row.int("held_microusd")?,
+                    },
+                ))
+            })
+            .collect::<Result<_, MoneyError>>()?,
+        budgets: budget_rows
+            .iter()
+            .map(|row| Ok((row.text("id")?, Budget::from_money_row(row, now_ms)?)))
+            .collect::<Result<_, MoneyError>>()?,
+        leases: lease_rows
+            .iter()
+            .map(|row| Ok((row.text("id")?, row.int("amount_microusd")?)))
+            .collect::<Result<_, MoneyError>>()?,
+        head_seq: head.int("seq")?,
+        head_hash: head.text("hash")?,
+        done: done_rows
+            .iter()
+            .map(|row| already_settled(row, requests))
+            .collect::<Result<_, MoneyError>>()?,
+    })
+}
+
+fn already_settled(row: &Row, requests: &[SettleRequest]) -> Result<(String, Settled), MoneyError> {
+    let id = row.text("id")?;
+    debug_assert!(requests.iter().any(|r| r.cast_id == id));
+    Ok((
+        id,
+        Settled {
+            cost: MicroUsd::new(row.int("cost_microusd")?),
+            balance_after: MicroUsd::new(row.int("balance_after_microusd")?),
+            ledger_seq: row.int("ledger_seq")?,
+            budgets: Vec::new(),
+            soft_limits_crossed: Vec::new(),
+            late: false,
+        },
+    ))
+}
+
+/// Ledger rows per INSERT: 9 parameters each, well inside SQLite's limit.
+const ROWS_PER_INSERT: usize = 64;
+
+async fn write(
+    conn: &mut Box<dyn Conn + '_>,
+    plan: &Plan,
+    head: Option<&LedgerEntry>,
+) -> Result<(), MoneyError> {
+    for chunk in plan.entries.chunks(ROWS_PER_INSERT) {
+        let args: Vec<Arg> = chunk
+            .iter()
+            .flat_map(|e| {
+                [
+                    Arg::Int(e.seq),
+                    Arg::Int(e.user_id),
+                    Arg::from(e.kind.as_str()),
+                    Arg::Int(e.amount_microusd),
+                    Arg::Int(e.balance_after_microusd),
+                    Arg::from(e.reference.as_str()),
+                    Arg::Int(e.created_at_ms),
+                    Arg::from(e.prev_hash.as_str()),
+                    Arg::from(e.hash.as_str()),
+                ]
+            })
+            .collect();
+        conn.execute(
+            &format!(
+                "INSERT INTO ledger (seq, user_id, kind, amount_microusd, balance_after_microusd, \
+                 reference, created_at_ms, prev_hash, hash) VALUES {}",
+                values_rows(chunk.len(), 9)
+            ),
+            args,
+        )
+        .await?;
+    }
+    for chunk in plan.casts.chunks(ROWS_PER_INSERT) {
+        let args: Vec<Arg> = chunk.iter().flat_map(cast_args).collect();
+        conn.execute(
+            &format!(
+                "INSERT INTO casts (id, user_id, spell, version, digest, outcome, fuel_used, \
+                 cost_microusd, duration_us, ledger_seq, created_at_ms, key_id) VALUES {}",
+                values_rows(chunk.len(), 12)
+            ),
+            args,
+        )
+        .await?;
+    }
+    for (id, user) in &plan.users {
+        conn.execute(
+            "UPDATE users SET balance_microusd = $1, held_microusd = $2 WHERE id = $3",
+            vec![Arg::Int(user.balance), Arg::Int(user.held), Arg::Int(*id)],
+        )
+        .await?;
+    }
+    for (id, budget) in &plan.budgets {
+        conn.execute(
+            "UPDATE budgets SET used_microusd = $1, held_microusd = $2, period_start_ms = $3 \
+             WHERE id = $4",
+            vec![
+                Arg::Int(budget.used.get()),
+                Arg::Int(budget.held.get()),
+                Arg::Int(budget.period_start_ms),
+                Arg::from(id.as_str()),
+            ],
+        )
+        .await?;
+    }
+    for (id, amount) in &plan.leases {
+        conn.execute(
+            "UPDATE leases SET amount_microusd = $1 WHERE id = $2",
+            vec![Arg::Int(*amount), Arg::from(id.as_str())],
+        )
+        .await?;
+    }
+    if let Some(head) = head {
+        conn.execute(
+            "UPDATE ledger_head SET seq = $1, hash = $2 WHERE id = 1",
+            vec![Arg::Int(head.seq), Arg::from(head.hash.as_str())],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+fn cast_args(row: &CastRow) -> [Arg; 12] {
+    let r = &row.request;
+    [
+        Arg::from(r.cast_id.as_str()),
+        Arg::Int(r.user_id),
+        Arg::from(r.spell.as_str()),
+        Arg::from(r.version.as_str()),
+        Arg::from(r.digest.as_str()),
+        Arg::from(r.outcome.as_str()),
+        Arg::Int(i64::try_from(r.fuel_used).unwrap_or(i64::MAX)),
+        Arg::Int(row.cost.get()),
+        Arg::Int(i64::try_from(r.duration_us).unwrap_or(i64::MAX)),
+        Arg::Int(row.ledger_seq),
+        Arg::Int(row.created_at_ms),
+        Arg::from(r.key_id.as_str()),
+    ]
+}
+
+/// Settles a batch in the given transaction and commits it.
+pub async fn settle_batch(
+    mut conn: Box<dyn Conn + '_>,
+    requests: &[SettleRequest],
+    failpoints: &FailPoints,
+) -> Result<Vec<Settled>, MoneyError> {
+    let state = read(&mut conn, requests).await?;
+    let plan = plan(state, requests)?;
+    write(&mut conn, &plan, plan.entries.last()).await?;
+    if FailPoints::take(&failpoints.before_commit) {
+        return Err(MoneyError::Injected("before commit"));
+    }
+    conn.commit().await?;
+    if FailPoints::take(&failpoints.after_commit) {
+        return Err(MoneyError::Injected("after commit"));
+    }
+    Ok(plan.results)
+}
