@@ -45,6 +45,8 @@ pub struct Config {
     pub billing: Option<BillingConfig>,
     pub topup_min_cents: i64,
     pub topup_max_cents: i64,
+    /// How long a lease lives without renewal (`SPELLHOST_LEASE_TTL_MS`).
+    pub lease_ttl_ms: i64,
 }
 
 /// Stripe settings; present only when both the secret key and a webhook secret are set.
@@ -231,6 +233,7 @@ impl Config {
             billing: billing_config(&source)?,
             topup_min_cents,
             topup_max_cents,
+            lease_ttl_ms: lease_ttl_ms(&source)?,
         })
     }
 
@@ -278,6 +281,17 @@ impl Config {
         mac.update(purpose.as_bytes());
         mac.finalize().into_bytes().into()
     }
+}
+
+fn lease_ttl_ms(source: &Source) -> Result<i64, ConfigError> {
+    let name = "SPELLHOST_LEASE_TTL_MS";
+    let ttl: i64 = source.parse(name, crate::money::leases::DEFAULT_LEASE_TTL_MS)?;
+    // Below a second, renewals (every third of it) would compete with casts for the writer;
+    // above a minute, money of a dead instance would not come back within a minute.
+    if !(1_000..=60_000).contains(&ttl) {
+        return Err(error(name, "must be between 1000 and 60000 (milliseconds)"));
+    }
+    Ok(ttl)
 }
 
 fn sandbox_config(source: &Source) -> Result<SandboxConfig, ConfigError> {
@@ -413,6 +427,7 @@ mod tests {
             ("SPELLHOST_DATABASE_URL", "mysql://x"),
             ("SPELLHOST_WORKERS", "0"),
             ("SPELLHOST_QUEUE_WAIT_MS_MAX", "0"),
+            ("SPELLHOST_LEASE_TTL_MS", "100"),
             ("SPELLHOST_STRIPE_API_BASE", "ftp://x"),
         ] {
             let error = Config::from_vars(&[(name, value)]).expect_err(name);

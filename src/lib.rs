@@ -54,8 +54,13 @@ impl AppState {
         ));
         let db = store::Db::connect(&config.database_url, config.database_max_connections).await?;
         db.migrate().await?;
-        let money = money::Money::new(&db, &config.database_url, config.pricing)
-            .context("starting the money path")?;
+        let money = money::Money::new(
+            &db,
+            &config.database_url,
+            config.pricing,
+            config.lease_ttl_ms,
+        )
+        .context("starting the money path")?;
         let sandbox = Arc::new(
             sandbox::Sandbox::new(config.sandbox.clone()).context("starting the sandbox")?,
         );
@@ -77,10 +82,6 @@ impl AppState {
     }
 }
 
-/// How often expired leases (of any instance) are swept. Leases live [`money::leases::LEASE_TTL_MS`]
-/// without renewal, so money leased by a crashed process is available again within that plus
-/// this, well inside a minute.
-const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 /// How often this instance looks after its leases: renewals, returns of idle leases, revoked
 /// leases given back, changed budgets noticed.
 const LEASE_TICK: std::time::Duration = std::time::Duration::from_millis(500);
@@ -98,13 +99,17 @@ pub async fn serve(
         let app = app.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(LEASE_TICK);
-            let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+            // Leases live their TTL without renewal; sweeping every third of it gives money
+            // leased by a crashed process back within 4/3 of the TTL.
+            let ttl = u64::try_from(app.config.lease_ttl_ms / 3).unwrap_or(5_000);
+            let mut sweep = tokio::time::interval(std::time::Duration::from_millis(ttl));
             loop {
                 tokio::select! {
                     _ = tick.tick() => {
                         if let Err(error) = app.money.tick().await {
                             tracing::warn!(error = %error, "lease upkeep failed");
                         }
+                        poll_epochs(&app).await;
                     }
                     _ = sweep.tick() => sweep_once(&app).await,
                 }
@@ -123,6 +128,27 @@ pub async fn serve(
     }
     app.db.close().await;
     Ok(())
+}
+
+/// Drops cached API keys and spell versions that changed in any process (their epochs move in
+/// the changing transaction): one indexed read per tick.
+async fn poll_epochs(app: &AppState) {
+    let epochs: Result<Vec<(String, i64)>, sqlx::Error> =
+        sqlx::query_as("SELECT name, epoch FROM cache_epochs")
+            .fetch_all(app.db.reader())
+            .await;
+    match epochs {
+        Ok(epochs) => {
+            for (name, epoch) in epochs {
+                match name.as_str() {
+                    "keys" => app.auth.on_epoch(epoch),
+                    "spells" => app.registry.on_epoch(epoch),
+                    _ => {}
+                }
+            }
+        }
+        Err(error) => tracing::warn!(error = %error, "reading cache epochs failed"),
+    }
 }
 
 async fn sweep_once(app: &AppState) {

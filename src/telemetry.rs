@@ -48,6 +48,14 @@ pub struct Metrics {
     pub webhook_events: IntCounterVec,
     /// Settled casts that took a budget over its soft limit (one per budget crossed).
     pub budget_soft_limit_crossings: IntCounter,
+    /// Statements and transactions the money path ran (leases, settlements, sweeps): divided
+    /// by casts, the database work per cast.
+    pub money_db_statements: IntCounter,
+    pub money_db_transactions: IntCounter,
+    /// Settlement batches committed, and the settlements in them (group commit: their ratio is
+    /// the mean batch size).
+    pub settlement_batches: IntCounter,
+    pub settlements: IntCounter,
 }
 
 impl Metrics {
@@ -124,6 +132,22 @@ impl Metrics {
                 "spellhost_budget_soft_limit_crossings_total",
                 "Casts whose charge took a budget over its soft limit",
             )?,
+            money_db_statements: IntCounter::new(
+                "spellhost_money_db_statements_total",
+                "Statements run by the money path",
+            )?,
+            money_db_transactions: IntCounter::new(
+                "spellhost_money_db_transactions_total",
+                "Transactions run by the money path",
+            )?,
+            settlement_batches: IntCounter::new(
+                "spellhost_settlement_batches_total",
+                "Settlement batches committed",
+            )?,
+            settlements: IntCounter::new(
+                "spellhost_settlements_total",
+                "Cast settlements committed",
+            )?,
             registry,
         };
         // Every outcome is exported from the start, at zero, so dashboards and alerts see the
@@ -155,6 +179,10 @@ impl Metrics {
         r.register(Box::new(metrics.holds_voided.clone()))?;
         r.register(Box::new(metrics.webhook_events.clone()))?;
         r.register(Box::new(metrics.budget_soft_limit_crossings.clone()))?;
+        r.register(Box::new(metrics.money_db_statements.clone()))?;
+        r.register(Box::new(metrics.money_db_transactions.clone()))?;
+        r.register(Box::new(metrics.settlement_batches.clone()))?;
+        r.register(Box::new(metrics.settlements.clone()))?;
         Ok(metrics)
     }
 

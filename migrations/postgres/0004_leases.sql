@@ -28,3 +28,11 @@ CREATE UNIQUE INDEX leases_one_per_pool ON leases(instance_id, user_id, COALESCE
 
 -- Bumped by every change to a user's budgets, so instances notice a new or changed budget.
 ALTER TABLE users ADD COLUMN budgets_version BIGINT NOT NULL DEFAULT 0;
+
+-- Instances keep API keys and spell versions in memory; a change bumps its epoch in the same
+-- transaction, and every instance polls the epochs (twice a second) and drops what changed.
+CREATE TABLE cache_epochs (
+    name  TEXT    PRIMARY KEY,
+    epoch BIGINT NOT NULL
+);
+INSERT INTO cache_epochs (name, epoch) VALUES ('keys', 0), ('spells', 0);

@@ -1,5 +1,5 @@
-//! Who is calling: users, API keys, and the verified-key cache that keeps argon2 off the hot
-//! path.
+//! Who is calling: users, API keys, and the caches that keep argon2 and the database off the
+//! hot path.
 
 pub mod keys;
 pub mod scopes;
@@ -17,8 +17,9 @@ pub use scopes::{AllowedSpells, KeyScope, KeyScopes, SpellPattern};
 
 use crate::store::{Db, is_unique_violation, now_ms};
 
-/// How long a successful verification is trusted without argon2. The key row is still read
-/// on every request, so a deleted key is refused at once; the cache only saves the hash.
+/// How long a successful verification is trusted without argon2. The key's row (kept in
+/// memory, dropped when the key is deleted in any process) is checked on every request, so a
+/// deleted key is refused at once here and within an epoch poll elsewhere.
 const VERIFIED_TTL: Duration = Duration::from_secs(300);
 /// Entries kept in the verified-key cache; past this it is cleared (cheap, and rare).
 const VERIFIED_CACHE_MAX: usize = 100_000;
@@ -30,6 +31,13 @@ const FAILED_TTL: Duration = Duration::from_secs(10);
 /// How stale a key's recorded last use may get before a request writes it again: listings
 /// show it to the minute, and a write per request would put the database on the hot path.
 const LAST_USED_RESOLUTION_MS: i64 = 60_000;
+/// How long a key's row is served from memory. Deletions in this process, and in others
+/// through the `keys` cache epoch, drop it at once; this only bounds what a missed epoch could
+/// leave stale.
+const KEY_ROW_TTL: Duration = Duration::from_secs(60);
+/// How long an unknown key id is remembered as unknown: a flood of well-formed made-up keys
+/// costs no database reads.
+const UNKNOWN_KEY_TTL: Duration = Duration::from_secs(10);
 
 /// Concurrent argon2 verifications. Each takes ~15 ms of CPU and 19 MiB: two keeps a burst of
 /// bad keys from starving the sandbox workers or the memory.
@@ -108,7 +116,7 @@ impl KeySpec {
     }
 }
 
-#[derive(sqlx::FromRow)]
+#[derive(Clone, sqlx::FromRow)]
 struct KeyRow {
     user_id: i64,
     secret_hash: String,
@@ -176,6 +184,11 @@ pub struct Authenticator {
     cache_key: [u8; 32],
     verified: Mutex<HashMap<[u8; 32], (String, Instant)>>,
     failed: Mutex<HashMap<[u8; 32], Instant>>,
+    /// Key rows by key id (`None`: no such key), with when they were read: the cast path
+    /// authenticates without the database.
+    rows: Mutex<HashMap<String, (Option<KeyRow>, Instant)>>,
+    /// The `keys` cache epoch the rows belong to.
+    epoch: std::sync::atomic::AtomicI64,
     argon2_slots: Semaphore,
 }
 
@@ -186,6 +199,8 @@ impl Authenticator {
             cache_key,
             verified: Mutex::new(HashMap::new()),
             failed: Mutex::new(HashMap::new()),
+            rows: Mutex::new(HashMap::new()),
+            epoch: std::sync::atomic::AtomicI64::new(i64::MIN),
             argon2_slots: Semaphore::new(ARGON2_CONCURRENCY),
         }
     }
@@ -197,14 +212,7 @@ impl Authenticator {
             .and_then(|h| h.strip_prefix("Bearer "))
             .ok_or(AuthError::Unauthorized)?;
         let key = ApiKey::parse(token.trim()).map_err(|_| AuthError::Unauthorized)?;
-        let row: Option<KeyRow> = sqlx::query_as(
-            "SELECT k.user_id, k.secret_hash, k.deleted_at_ms, u.handle, u.is_admin, k.scopes, \
-             k.allowed_spells, k.expires_at_ms, k.last_used_at_ms \
-             FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.id = $1",
-        )
-        .bind(key.id())
-        .fetch_optional(self.db.reader())
-        .await?;
+        let row = self.key_row(key.id()).await?;
         let now = self.db.now_ms();
         let Some(row) = row.filter(|row| {
             row.deleted_at_ms.is_none() && row.expires_at_ms.is_none_or(|at| now < at)
@@ -253,9 +261,57 @@ impl Authenticator {
         })
     }
 
+    /// A key's row, from memory when it was read recently.
+    async fn key_row(&self, key_id: &str) -> Result<Option<KeyRow>, AuthError> {
+        {
+            let rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((row, at)) = rows.get(key_id) {
+                let ttl = if row.is_some() {
+                    KEY_ROW_TTL
+                } else {
+                    UNKNOWN_KEY_TTL
+                };
+                if at.elapsed() < ttl {
+                    return Ok(row.clone());
+                }
+            }
+        }
+        let row: Option<KeyRow> = sqlx::query_as(
+            "SELECT k.user_id, k.secret_hash, k.deleted_at_ms, u.handle, u.is_admin, k.scopes, \
+             k.allowed_spells, k.expires_at_ms, k.last_used_at_ms \
+             FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.id = $1",
+        )
+        .bind(key_id)
+        .fetch_optional(self.db.reader())
+        .await?;
+        let mut rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
+        if rows.len() >= VERIFIED_CACHE_MAX {
+            rows.clear();
+        }
+        rows.insert(key_id.to_owned(), (row.clone(), Instant::now()));
+        Ok(row)
+    }
+
+    /// Drops the key rows kept in memory when the `keys` epoch moved (a key was deleted or
+    /// changed, in any process).
+    pub fn on_epoch(&self, epoch: i64) {
+        use std::sync::atomic::Ordering;
+        if self.epoch.swap(epoch, Ordering::Relaxed) != epoch {
+            self.rows.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        }
+    }
+
     /// Records a key's last use in the background: the request does not wait for the write,
     /// and a failed write only leaves the listing a little stale.
     fn record_use(&self, key_id: &str, now_ms: i64) {
+        if let Some((Some(row), _)) = self
+            .rows
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(key_id)
+        {
+            row.last_used_at_ms = Some(now_ms);
+        }
         let (db, key_id) = (self.db.clone(), key_id.to_owned());
         tokio::spawn(async move {
             let written = sqlx::query("UPDATE api_keys SET last_used_at_ms = $1 WHERE id = $2")
@@ -310,6 +366,10 @@ impl Authenticator {
     fn forget(&self, key_id: &str) {
         let mut cache = self.verified.lock().unwrap_or_else(|p| p.into_inner());
         cache.retain(|_, (id, _)| id != key_id);
+        self.rows
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key_id);
     }
 
     /// Creates a key for a user; the returned key is shown once and never stored.
@@ -355,6 +415,10 @@ impl Authenticator {
         .bind(spec.expires_at_ms)
         .execute(self.db.writer())
         .await?;
+        self.rows
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key.id());
         let info = KeyInfo {
             prefix: key.prefix(),
             name,
@@ -410,15 +474,21 @@ impl Authenticator {
         let Some(id) = keys::id_from_prefix(prefix) else {
             return Ok(false);
         };
+        let mut tx = self.db.begin().await?;
         let deleted = sqlx::query(
             "UPDATE api_keys SET deleted_at_ms = $1 WHERE id = $2 AND user_id = $3 AND deleted_at_ms IS NULL",
         )
         .bind(self.db.now_ms())
         .bind(id)
         .bind(user_id)
-        .execute(self.db.writer())
+        .execute(&mut *tx)
         .await?
         .rows_affected();
+        // Every instance drops its copy of the key's row within a poll of the epochs.
+        sqlx::query("UPDATE cache_epochs SET epoch = epoch + 1 WHERE name = 'keys'")
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         self.forget(id);
         Ok(deleted == 1)
     }

@@ -19,6 +19,15 @@ pub async fn metrics(State(app): State<App>) -> impl IntoResponse {
     let metrics = &app.metrics;
     Metrics::sync_counter(&metrics.module_cache_hits, app.sandbox.cache_hits());
     Metrics::sync_counter(&metrics.module_cache_misses, app.sandbox.cache_misses());
+    let money = app.money.store().counters();
+    for (counter, value) in [
+        (&metrics.money_db_statements, &money.statements),
+        (&metrics.money_db_transactions, &money.transactions),
+        (&metrics.settlement_batches, &money.batches),
+        (&metrics.settlements, &money.settlements),
+    ] {
+        Metrics::sync_counter(counter, value.load(std::sync::atomic::Ordering::Relaxed));
+    }
     metrics
         .queue_depth
         .set(i64::try_from(app.sandbox.queue_depth()).unwrap_or(i64::MAX));

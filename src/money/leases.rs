@@ -29,12 +29,11 @@ use super::store::{Arg, Conn, Row, Store};
 use super::{MicroUsd, MoneyError, Pricing};
 use crate::store::Db;
 
-/// How long a lease lives without renewal. Short enough that money leased by an instance that
-/// died comes back within a minute (this plus the sweep interval); long enough that renewals
-/// (at a third of it left) are rare.
-pub const LEASE_TTL_MS: i64 = 15_000;
-/// Renew a lease in use when less than this is left.
-const RENEW_BEFORE_MS: i64 = 10_000;
+/// How long a lease lives without renewal, by default (`SPELLHOST_LEASE_TTL_MS`). Short enough
+/// that money leased by an instance that died comes back within a minute (this plus the sweep
+/// interval, a third of it); long enough that renewals (once a third of it has passed) are
+/// rare. It must outlast the longest pause a live instance may have between upkeeps.
+pub const DEFAULT_LEASE_TTL_MS: i64 = 15_000;
 /// A user with no cast for this long gets their leases returned: money is not kept away from
 /// other instances by one that no longer needs it.
 const IDLE_RETURN: Duration = Duration::from_secs(2);
@@ -117,9 +116,9 @@ struct Slot {
     rate: Rate,
 }
 
-/// When a lease granted or renewed now should be renewed.
-fn renew_at(now: Instant) -> Instant {
-    now + Duration::from_millis(u64::try_from(LEASE_TTL_MS - RENEW_BEFORE_MS).unwrap_or(0))
+/// When a lease granted or renewed now should be renewed: once a third of its life has passed.
+fn renew_at(now: Instant, ttl_ms: i64) -> Instant {
+    now + Duration::from_millis(u64::try_from(ttl_ms / 3).unwrap_or(0))
 }
 
 impl Slot {
@@ -192,6 +191,7 @@ struct Inner {
     store: Store,
     instance_id: String,
     pricing: Pricing,
+    ttl_ms: i64,
     book: Mutex<Book>,
 }
 
@@ -513,6 +513,7 @@ struct BorrowArgs {
     own: HashMap<Pool, Own>,
     /// What a pool this instance has no slot on yet would like to have.
     default_desired: i64,
+    ttl_ms: i64,
 }
 
 async fn read_user(
@@ -601,7 +602,7 @@ async fn borrow_in(mut conn: Box<dyn Conn + '_>, args: BorrowArgs) -> Result<Bor
             });
         }
     };
-    let expires_at = now + LEASE_TTL_MS;
+    let expires_at = now + args.ttl_ms;
     let mut user_held = held;
     let mut granted = Vec::with_capacity(grants.len());
     for grant in grants {
@@ -744,6 +745,7 @@ struct Status {
 
 async fn upkeep_in(
     mut conn: Box<dyn Conn + '_>,
+    ttl_ms: i64,
     instance_id: String,
     users: Vec<i64>,
     work: Vec<Upkeep>,
@@ -801,14 +803,11 @@ async fn upkeep_in(
         } else if item.renew {
             conn.execute(
                 "UPDATE leases SET expires_at_ms = $1 WHERE id = $2",
-                vec![
-                    Arg::Int(now + LEASE_TTL_MS),
-                    Arg::from(item.lease_id.as_str()),
-                ],
+                vec![Arg::Int(now + ttl_ms), Arg::from(item.lease_id.as_str())],
             )
             .await?;
             if let Some(lease) = leases.get_mut(&item.lease_id) {
-                lease.expires_at_ms = now + LEASE_TTL_MS;
+                lease.expires_at_ms = now + ttl_ms;
             }
         }
     }
@@ -866,15 +865,20 @@ async fn reclaim_in(
 impl Money {
     /// The money path of this process, on `db` (its own connection for SQLite; the pool for
     /// PostgreSQL). Must be called inside a tokio runtime.
-    pub fn new(db: &Db, url: &str, pricing: Pricing) -> Result<Money, MoneyError> {
+    pub fn new(db: &Db, url: &str, pricing: Pricing, ttl_ms: i64) -> Result<Money, MoneyError> {
         Ok(Money {
             inner: Arc::new(Inner {
                 store: Store::open(db, url)?,
                 instance_id: format!("inst_{}", uuid::Uuid::now_v7().simple()),
                 pricing,
+                ttl_ms,
                 book: Mutex::new(Book::default()),
             }),
         })
+    }
+
+    pub fn lease_ttl_ms(&self) -> i64 {
+        self.inner.ttl_ms
     }
 
     pub fn instance_id(&self) -> &str {
@@ -986,6 +990,7 @@ impl Money {
             pricing: self.inner.pricing,
             own,
             default_desired: worst * WORST_CASES_MIN,
+            ttl_ms: self.inner.ttl_ms,
         };
         let borrowed = self
             .inner
@@ -1016,7 +1021,7 @@ impl Money {
                     pending: 0,
                     revoked: false,
                     expires_at_ms,
-                    renew_at: renew_at(now),
+                    renew_at: renew_at(now, self.inner.ttl_ms),
                     rate: Rate::new(now),
                 });
             if slot.lease_id != lease_id {
@@ -1028,7 +1033,7 @@ impl Money {
             slot.amount += grant.delta - grant.give_back;
             slot.revoked = false;
             slot.expires_at_ms = expires_at_ms;
-            slot.renew_at = renew_at(now);
+            slot.renew_at = renew_at(now, self.inner.ttl_ms);
         }
         let known: Vec<Pool> = std::iter::once(Pool::Balance)
             .chain(user.budgets.iter().map(|b| Pool::Budget(b.id.clone())))
@@ -1157,10 +1162,11 @@ impl Money {
             (users, work)
         };
         let (instance_id, sent) = (self.inner.instance_id.clone(), work.clone());
+        let ttl_ms = self.inner.ttl_ms;
         let status = self
             .inner
             .store
-            .transact(move |conn| upkeep_in(conn, instance_id, users, sent).boxed())
+            .transact(move |conn| upkeep_in(conn, ttl_ms, instance_id, users, sent).boxed())
             .await?;
         let mut book = self.inner.book.lock().unwrap_or_else(|p| p.into_inner());
         for item in work {
@@ -1179,7 +1185,7 @@ impl Money {
             {
                 slot.amount -= given;
                 if item.renew {
-                    slot.renew_at = renew_at(now);
+                    slot.renew_at = renew_at(now, self.inner.ttl_ms);
                 }
             }
         }

@@ -50,6 +50,9 @@ pub enum MoneyError {
     /// Stored money data that breaks an invariant: never expected, always logged.
     #[error("inconsistent money data: {0}")]
     Corrupt(String),
+    /// Every attempt to commit a settlement failed; nothing was charged.
+    #[error("the settlement could not be committed: {0}")]
+    SettlementFailed(String),
     /// The money writer (SQLite) or committer (PostgreSQL) is not running.
     #[error("the money writer is not running")]
     WriterGone,

@@ -465,7 +465,9 @@ impl SqliteWriter {
             }
             Err(error) => {
                 for job in jobs {
-                    let _ = job.reply.send(Err(MoneyError::Corrupt(error.to_string())));
+                    let _ = job
+                        .reply
+                        .send(Err(MoneyError::SettlementFailed(error.to_string())));
                 }
             }
         }
@@ -800,7 +802,9 @@ async fn settle_postgres(
     }
     let message = last.map_or_else(|| "unknown".to_owned(), |e| e.to_string());
     for job in jobs {
-        let _ = job.reply.send(Err(MoneyError::Corrupt(message.clone())));
+        let _ = job
+            .reply
+            .send(Err(MoneyError::SettlementFailed(message.clone())));
     }
 }
 

@@ -110,7 +110,17 @@ pub struct Registry {
     /// Each version's parsed manifest limits. Versions are immutable, so entries never go
     /// stale; this keeps TOML parsing and manifest text off the cast path.
     limits: std::sync::Mutex<HashMap<i64, ManifestLimits>>,
+    /// Each spell's versions, so that resolving a name costs no database read. Publishing here
+    /// drops the entry at once; elsewhere, the `spells` cache epoch does.
+    versions_cache: std::sync::Mutex<VersionsCache>,
+    epoch: std::sync::atomic::AtomicI64,
 }
+
+type VersionsCache = HashMap<(String, String), (Vec<(i64, String, String)>, std::time::Instant)>;
+
+/// How long a spell's versions are served from memory at most; the epoch poll makes changes
+/// visible sooner, this only bounds what a missed poll could leave stale.
+const VERSIONS_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Versions whose limits are kept parsed; past this the map is cleared (cheap to refill).
 const LIMITS_CACHE_MAX: usize = 10_000;
@@ -122,6 +132,8 @@ impl Registry {
             sandbox,
             loading: tokio::sync::Mutex::new(()),
             limits: std::sync::Mutex::new(HashMap::new()),
+            versions_cache: std::sync::Mutex::new(HashMap::new()),
+            epoch: std::sync::atomic::AtomicI64::new(i64::MIN),
         }
     }
 
@@ -241,7 +253,14 @@ impl Registry {
             }
             other => other?,
         };
+        sqlx::query("UPDATE cache_epochs SET epoch = epoch + 1 WHERE name = 'spells'")
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
+        self.versions_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(owner_handle.to_owned(), manifest.name.clone()));
         tracing::info!(spell.name = %spell, spell.version = %version, spell.digest = %module.digest(), "published");
         let digest = module.digest().to_string();
         // Compile now, in the background, so the first cast does not pay for it.
@@ -283,15 +302,16 @@ impl Registry {
 
     /// Finds the version to cast (the highest when none is named) and its compiled module.
     pub async fn resolve(&self, spell: &SpellRef) -> Result<Resolved, RegistryError> {
-        let rows: Vec<(i64, String, String)> = sqlx::query_as(
-            "SELECT v.id, v.version, v.digest FROM spell_versions v \
-             JOIN users u ON u.id = v.owner_id WHERE u.handle = $1 AND v.name = $2",
-        )
-        .bind(&spell.owner)
-        .bind(&spell.name)
-        .fetch_all(self.db.reader())
-        .await?;
         let name = format!("{}/{}", spell.owner, spell.name);
+        let mut rows = self.version_rows(&spell.owner, &spell.name, false).await?;
+        // A pinned version this instance has not seen yet (published elsewhere a moment ago).
+        if let Some(wanted) = &spell.version
+            && !rows
+                .iter()
+                .any(|(_, version, _)| version == &wanted.to_string())
+        {
+            rows = self.version_rows(&spell.owner, &spell.name, true).await?;
+        }
         let chosen = rows
             .into_iter()
             .filter_map(|(id, version, digest)| {
@@ -327,6 +347,58 @@ impl Registry {
             limits,
             compiled,
         })
+    }
+
+    /// A spell's versions `(id, version, digest)`, from memory unless `fresh` or unknown.
+    async fn version_rows(
+        &self,
+        owner: &str,
+        name: &str,
+        fresh: bool,
+    ) -> Result<Vec<(i64, String, String)>, RegistryError> {
+        let key = (owner.to_owned(), name.to_owned());
+        if !fresh
+            && let Some((rows, at)) = self
+                .versions_cache
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&key)
+            && at.elapsed() < VERSIONS_TTL
+        {
+            return Ok(rows.clone());
+        }
+        let rows: Vec<(i64, String, String)> = sqlx::query_as(
+            "SELECT v.id, v.version, v.digest FROM spell_versions v \
+             JOIN users u ON u.id = v.owner_id WHERE u.handle = $1 AND v.name = $2",
+        )
+        .bind(owner)
+        .bind(name)
+        .fetch_all(self.db.reader())
+        .await?;
+        // Unknown spells are not remembered: a cast of a spell published a moment ago works.
+        if !rows.is_empty() {
+            let mut cache = self
+                .versions_cache
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if cache.len() >= LIMITS_CACHE_MAX {
+                cache.clear();
+            }
+            cache.insert(key, (rows.clone(), std::time::Instant::now()));
+        }
+        Ok(rows)
+    }
+
+    /// Drops the versions kept in memory when the `spells` epoch moved (a version was
+    /// published or changed, in any process).
+    pub fn on_epoch(&self, epoch: i64) {
+        use std::sync::atomic::Ordering;
+        if self.epoch.swap(epoch, Ordering::Relaxed) != epoch {
+            self.versions_cache
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
+        }
     }
 
     /// A version's own manifest limits (verified at publish; parsed once per process).

@@ -5,6 +5,7 @@ mod billing;
 mod budgets;
 mod gate;
 mod helpers;
+mod leases;
 mod money;
 mod process;
 mod sandbox;

@@ -382,3 +382,199 @@ fn the_ledger_refuses_updates_and_deletes() {
         );
     });
 }
+
+/// Makes a user `bob` with `credit` µ$ and a key, and returns the key.
+fn caster(env: &Env, credit: i64) -> String {
+    env.admin(&[
+        "user",
+        "create",
+        "--handle",
+        "bob",
+        "--email",
+        "bob@example.com",
+        "--json",
+    ]);
+    let credit = credit.to_string();
+    env.admin(&[
+        "credits",
+        "grant",
+        "--user",
+        "bob",
+        "--amount-microusd",
+        &credit,
+        "--json",
+    ]);
+    let key = env.admin(&["key", "create", "--user", "bob", "--json"]);
+    key["key"].as_str().expect("key").to_owned()
+}
+
+/// The charge a client was told about: a 200 or 422 with a cast id and a cost.
+fn acknowledged(status: reqwest::StatusCode, body: &Value) -> Option<(String, i64)> {
+    let fields = if status == reqwest::StatusCode::OK {
+        body
+    } else {
+        &body["error"]
+    };
+    Some((
+        fields["cast_id"].as_str()?.to_owned(),
+        fields["cost_microusd"].as_i64()?,
+    ))
+}
+
+/// Every acknowledged cast is in the database exactly once, with the cost the client was told,
+/// and the chain and every balance verify.
+async fn assert_acknowledged_casts_recorded_once(env: &Env, acked: &[(String, i64)]) {
+    let db = spellhost::store::Db::connect(&env.vars[1].1, 2)
+        .await
+        .expect("db");
+    for (cast_id, cost) in acked {
+        let rows: Vec<(i64,)> = sqlx::query_as("SELECT cost_microusd FROM casts WHERE id = $1")
+            .bind(cast_id)
+            .fetch_all(db.reader())
+            .await
+            .expect("casts");
+        assert_eq!(
+            rows,
+            vec![(*cost,)],
+            "{cast_id}: recorded once, at the cost told"
+        );
+        let (entries,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM ledger WHERE reference = $1")
+            .bind(cast_id)
+            .fetch_one(db.reader())
+            .await
+            .expect("ledger");
+        assert_eq!(entries, 1, "{cast_id}: one ledger entry");
+    }
+    db.close().await;
+    let verified = env.admin(&["ledger", "verify", "--json"]);
+    assert_eq!(verified["intact"], true, "{verified}");
+}
+
+/// Waits (generously) until nothing of `key`'s user is held: every lease returned or swept.
+async fn wait_until_nothing_held(client: &reqwest::Client, address: &str, key: &str) -> Value {
+    let started = Instant::now();
+    loop {
+        let body = me(client, address, key).await;
+        if body["held_microusd"] == 0 {
+            return body;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "held money comes back within a minute: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+on_both_databases! {
+    async fn several_server_processes_on_one_database_never_overdraw(backend) {
+        // Several instances share the work on PostgreSQL; SQLite is one instance's database.
+        if matches!(backend, Backend::Sqlite) {
+            return;
+        }
+        for (instances, seed) in [(2usize, 3u64), (3, 7), (3, 11)] {
+            let work = tempfile::tempdir().expect("tempdir");
+            let env = Env::new(&backend, work.path()).await;
+            provision(&env, work.path());
+            // Enough for a few concurrent hellos (worst case 5 001 µ$ each), not all 64.
+            let credit = 20_000 + 3_000 * seed as i64;
+            let key = caster(&env, credit);
+            let servers: Vec<(Child, String)> = (0..instances).map(|_| env.serve()).collect();
+            let client = reqwest::Client::new();
+            let casts = (0..64).map(|i| {
+                let (client, key) = (client.clone(), key.clone());
+                let address = servers[i % instances].1.clone();
+                async move {
+                    let response = client.post(format!("{address}/v1/cast")).bearer_auth(&key)
+                        .json(&json!({"spell": "ada/hello", "input": {"name": "Bob"}})).send().await.expect("cast");
+                    let status = response.status();
+                    (status, response.json::<Value>().await.expect("json"))
+                }
+            });
+            let results = futures::future::join_all(casts).await;
+            let mut acked = Vec::new();
+            for (status, body) in &results {
+                match status.as_u16() {
+                    200 | 422 => acked.push(acknowledged(*status, body).expect("charge fields")),
+                    402 => assert!(body["error"].get("cost_microusd").is_none(), "refused before running"),
+                    other => panic!("{instances} instances: unexpected {other}: {body}"),
+                }
+            }
+            assert!(!acked.is_empty(), "some casts ran");
+            for (server, _) in &servers {
+                signal(server, "-TERM");
+            }
+            for (mut server, _) in servers {
+                assert!(server.wait().expect("stops").success());
+            }
+            let (mut server, address) = env.serve();
+            let after = wait_until_nothing_held(&client, &address, &key).await;
+            let balance = after["balance_microusd"].as_i64().expect("balance");
+            assert!(balance >= 0, "overdrawn: {after}");
+            let charged: i64 = acked.iter().map(|(_, cost)| cost).sum();
+            assert_eq!(credit - balance, charged, "{instances} instances: Σ charges = balance change");
+            assert_acknowledged_casts_recorded_once(&env, &acked).await;
+            eprintln!("{instances} instances: {} of 64 casts ran, {charged} µ$ charged", acked.len());
+            signal(&server, "-TERM");
+            assert!(server.wait().expect("stops").success());
+        }
+    }
+
+    async fn kill_9_under_load_loses_no_acknowledged_charge_and_doubles_none(backend) {
+        let work = tempfile::tempdir().expect("tempdir");
+        let mut env = Env::new(&backend, work.path()).await;
+        // Short leases, so that what the killed processes leased comes back quickly at the end.
+        env.vars.push(("SPELLHOST_LEASE_TTL_MS".into(), "2000".into()));
+        provision(&env, work.path());
+        let key = caster(&env, 5_000_000);
+        let client = reqwest::Client::new();
+        let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut random = crate::helpers::Seeded(0x5EED_1234_ABCD_0001);
+        for round in 0..20 {
+            let (mut server, address) = env.serve();
+            let casters: Vec<_> = (0..6).map(|_| {
+                let (client, key, address, acked) = (client.clone(), key.clone(), address.clone(), acked.clone());
+                tokio::spawn(async move {
+                    loop {
+                        let sent = client.post(format!("{address}/v1/cast")).bearer_auth(&key)
+                            .json(&json!({"spell": "ada/hello", "input": {"name": "Bob"}})).send().await;
+                        // The process died: whatever was in flight was never acknowledged.
+                        let Ok(response) = sent else { return };
+                        let status = response.status();
+                        let Ok(body) = response.json::<Value>().await else { return };
+                        if let Some(charge) = acknowledged(status, &body) {
+                            acked.lock().expect("lock").push(charge);
+                        }
+                    }
+                })
+            }).collect();
+            // Once casts flow, kill the process at an arbitrary moment.
+            let before = acked.lock().expect("lock").len();
+            let started = Instant::now();
+            while acked.lock().expect("lock").len() == before {
+                assert!(started.elapsed() < Duration::from_secs(60), "round {round}: no cast was answered");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(random.next(300))).await;
+            signal(&server, "-KILL");
+            server.wait().expect("killed");
+            for caster in casters {
+                caster.await.expect("caster");
+            }
+            eprintln!("round {round}: {} casts acknowledged so far", acked.lock().expect("lock").len());
+        }
+        let (mut server, address) = env.serve();
+        let after = wait_until_nothing_held(&client, &address, &key).await;
+        let acked = acked.lock().expect("lock").clone();
+        assert!(acked.len() >= 20, "the load ran: {}", acked.len());
+        let charged: i64 = acked.iter().map(|(_, cost)| cost).sum();
+        let balance = after["balance_microusd"].as_i64().expect("balance");
+        // Casts in flight when a process died may have been charged without the client hearing
+        // of it (it never got the answer): at least what was acknowledged, never more than
+        // the ledger says.
+        assert!(5_000_000 - balance >= charged, "an acknowledged charge was lost: {after}");
+        assert_acknowledged_casts_recorded_once(&env, &acked).await;
+        signal(&server, "-TERM");
+        assert!(server.wait().expect("stops").success());
+    }
+}

@@ -1,0 +1,230 @@
+//! Leases and group commit under failure: batches that fail and are retried, a lost
+//! acknowledgement, a settle after its lease expired, several instances on one database, and
+//! caches that follow changes made elsewhere.
+
+use std::sync::atomic::Ordering;
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use spellhost::money::leases::DEFAULT_LEASE_TTL_MS;
+use spellhost::money::{self, Caps, CastRecord, HoldFor, Money, Pricing, quote};
+
+use crate::app::{TestApp, TestUser, error_code, spawn_app};
+use crate::helpers::Seeded;
+use crate::on_both_databases;
+
+fn hello() -> serde_json::Value {
+    json!({"spell": "ada/hello", "input": {"name": "Ada"}})
+}
+
+fn plan(fuel_cap: u64) -> money::Plan {
+    let caps = Caps {
+        spell_fuel_max: fuel_cap,
+        caller_fuel_max: None,
+        caller_cost_max: None,
+    };
+    quote::plan(caps, &Pricing::default()).expect("plan")
+}
+
+fn record(fuel_used: u64) -> CastRecord<'static> {
+    CastRecord {
+        spell: "ada/x",
+        version: "1.0.0",
+        digest: "00",
+        outcome: "ok",
+        fuel_used,
+        duration_us: 1,
+    }
+}
+
+fn hold_for(user: &TestUser, cast_id: &str) -> HoldFor {
+    HoldFor {
+        user_id: user.id,
+        key_id: user.key[4..16].to_owned(),
+        spell: "ada/x".into(),
+        cast_id: cast_id.into(),
+    }
+}
+
+async fn cast_entries(app: &TestApp, user: &TestUser) -> i64 {
+    let (count,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM ledger WHERE user_id = $1 AND kind = 'cast'")
+            .bind(user.id)
+            .fetch_one(app.app.db.reader())
+            .await
+            .expect("count");
+    count
+}
+
+/// A second instance of the money path on the app's database, as another process would run.
+fn second_instance(app: &TestApp) -> Money {
+    Money::new(
+        &app.app.db,
+        &app.database_url(),
+        Pricing::default(),
+        DEFAULT_LEASE_TTL_MS,
+    )
+    .expect("second instance")
+}
+
+on_both_databases! {
+    async fn a_batch_that_fails_before_its_commit_is_retried_and_charges_once(backend) {
+        let app = spawn_app(&backend).await;
+        let ada = app.user("ada", 10_000_000).await;
+        app.publish_examples(&ada, &["hello"]).await;
+        app.app.money.store().failpoints().before_commit.store(2, Ordering::Relaxed);
+        let casts = (0..8).map(|_| app.cast(&ada, hello()));
+        let results = futures::future::join_all(casts).await;
+        let mut charged = 0;
+        for (status, body) in &results {
+            assert_eq!(*status, StatusCode::OK, "{body}");
+            charged += body["cost_microusd"].as_i64().expect("cost");
+        }
+        assert_eq!(app.app.money.store().failpoints().before_commit.load(Ordering::Relaxed), 0, "the failures happened");
+        assert_eq!(cast_entries(&app, &ada).await, 8, "each cast in the ledger once");
+        assert_eq!(app.me(&ada).await["balance_microusd"], 10_000_000 - charged);
+        app.assert_money_invariants(&ada).await;
+        app.shutdown().await;
+    }
+
+    async fn a_lost_acknowledgement_is_answered_from_the_record_not_charged_again(backend) {
+        let app = spawn_app(&backend).await;
+        let ada = app.user("ada", 10_000_000).await;
+        app.publish_examples(&ada, &["hello"]).await;
+        // The batch commits, then its acknowledgement is "lost": the retry finds the cast
+        // recorded and answers from the record.
+        app.app.money.store().failpoints().after_commit.store(1, Ordering::Relaxed);
+        let (status, body) = app.cast(&ada, hello()).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let cost = body["cost_microusd"].as_i64().expect("cost");
+        assert_eq!(body["balance_microusd"], 10_000_000 - cost);
+        assert_eq!(cast_entries(&app, &ada).await, 1);
+        assert_eq!(app.me(&ada).await["balance_microusd"], 10_000_000 - cost);
+        app.assert_money_invariants(&ada).await;
+        app.shutdown().await;
+    }
+
+    async fn a_settlement_that_keeps_failing_charges_nothing_and_blocks_nothing(backend) {
+        let app = spawn_app(&backend).await;
+        let ada = app.user("ada", 10_000_000).await;
+        app.publish_examples(&ada, &["hello"]).await;
+        let failpoints = app.app.money.store().failpoints();
+        failpoints.before_commit.store(1_000, Ordering::Relaxed);
+        let (status, body) = app.cast(&ada, hello()).await;
+        assert_eq!((status, error_code(&body)), (StatusCode::INTERNAL_SERVER_ERROR, "internal"));
+        failpoints.before_commit.store(0, Ordering::Relaxed);
+        assert_eq!(cast_entries(&app, &ada).await, 0, "nothing was charged");
+        // The money held for it was never lost: the next cast runs, and everything adds up.
+        let (status, body) = app.cast(&ada, hello()).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(cast_entries(&app, &ada).await, 1);
+        app.app.money.return_all().await.expect("return");
+        let me = app.me(&ada).await;
+        assert_eq!(me["held_microusd"], 0, "{me}");
+        app.assert_money_invariants(&ada).await;
+        app.shutdown().await;
+    }
+
+    async fn a_settle_after_its_lease_expired_is_charged_only_what_is_still_there(backend) {
+        let app = spawn_app(&backend).await;
+        let ada = app.user("ada", 1_000).await;
+        let pricing = Pricing::default();
+        let (a, b) = (second_instance(&app), second_instance(&app));
+        // A holds 501 µ$ for a cast, then loses its lease: it stalls past the expiry and the
+        // sweeper gives the lease back.
+        let late = a.hold(hold_for(&ada, "cast_late"), plan(5_000_000)).await.expect("hold");
+        app.app.db.clock().advance(a.lease_ttl_ms() + 1);
+        // (The app's own sweeper may get there first; either way the lease is gone.)
+        app.app.money.sweep().await.expect("sweep");
+        assert_eq!(money::balance(&app.app.db, ada.id).await.expect("balance").held.get(), 0);
+        // Meanwhile B's cast uses the money and settles.
+        let other = b.hold(hold_for(&ada, "cast_other"), plan(9_000_000)).await.expect("hold");
+        let settled = b.settle(other, &record(9_000_000)).await.expect("settle");
+        assert_eq!(settled.cost.get(), pricing.cost(9_000_000).get());
+        b.return_all().await.expect("return");
+        let left = 1_000 - settled.cost.get();
+        // A's settle comes late: it can only be charged what is left, never an overdraft.
+        let charged = a.settle(late, &record(5_000_000)).await.expect("late settle");
+        assert_eq!(charged.cost.get(), left, "capped by what was left");
+        assert_eq!(charged.balance_after.get(), 0);
+        // With the money still there, a late settle is charged in full.
+        spellhost::money::post(&app.app.db, ada.id, money::EntryKind::Grant, money::MicroUsd::new(10_000), "more").await.expect("grant");
+        let late = a.hold(hold_for(&ada, "cast_late_2"), plan(1_000_000)).await.expect("hold");
+        app.app.db.clock().advance(a.lease_ttl_ms() + 1);
+        app.app.money.sweep().await.expect("sweep");
+        let charged = a.settle(late, &record(1_000_000)).await.expect("late settle");
+        assert_eq!(charged.cost, pricing.cost(1_000_000));
+        a.return_all().await.expect("return");
+        app.assert_money_invariants(&ada).await;
+        app.shutdown().await;
+    }
+
+    async fn instances_sharing_a_database_never_overdraw_a_balance_or_a_budget(backend) {
+        let app = spawn_app(&backend).await;
+        let instances = [app.app.money.clone(), second_instance(&app), second_instance(&app)];
+        for seed in [5u64, 17, 333] {
+            let mut random = Seeded(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+            let credit = 2_000 + random.next(20_000) as i64;
+            let user = app.user(&format!("user-{seed}"), credit).await;
+            let budget_hard = 1_000 + random.next(20_000) as i64;
+            money::budgets::upsert(&app.app.db, user.id, &money::Scope::Account, money::Period::Month,
+                money::budgets::Limits::new(budget_hard, None).expect("limits"), app.app.db.now_ms()).await.expect("budget");
+            let casts = (0..64).map(|i| {
+                let money = instances[i % instances.len()].clone();
+                let fuel_cap = 1_000_000 + random.next(20_000_000);
+                let fuel_used = random.next(fuel_cap + 1);
+                let request = hold_for(&user, &format!("cast_{seed}_{i}"));
+                async move {
+                    match money.hold(request, plan(fuel_cap)).await {
+                        Ok(hold) => Some(money.settle(hold, &record(fuel_used)).await.expect("settle").cost.get()),
+                        Err(spellhost::money::MoneyError::Refused { .. }) => None,
+                        Err(other) => panic!("{other}"),
+                    }
+                }
+            });
+            let charged: i64 = futures::future::join_all(casts).await.into_iter().flatten().sum();
+            for money in &instances {
+                money.return_all().await.expect("return");
+            }
+            let balance = money::balance(&app.app.db, user.id).await.expect("balance");
+            assert!(balance.balance.get() >= 0, "seed {seed}: overdrawn: {balance:?}");
+            assert_eq!(credit - balance.balance.get(), charged, "seed {seed}: Σ charges = balance change");
+            assert_eq!(balance.held.get(), 0, "seed {seed}: every lease given back");
+            let budget = &money::budgets::list(&app.app.db, user.id, app.app.db.now_ms()).await.expect("budgets")[0];
+            assert!(budget.used.get() <= budget_hard, "seed {seed}: over the budget: {budget:?}");
+            assert_eq!(budget.used.get(), charged, "seed {seed}");
+            assert_eq!(budget.held.get(), 0);
+            app.assert_money_invariants(&user).await;
+        }
+        app.shutdown().await;
+    }
+
+    async fn deleted_keys_and_new_versions_take_effect_at_once(backend) {
+        let app = spawn_app(&backend).await;
+        let ada = app.user("ada", 10_000_000).await;
+        app.publish_examples(&ada, &["hello"]).await;
+        let ci = app.key_for(&ada, json!({"name": "ci"})).await;
+        assert_eq!(app.cast(&ci, hello()).await.0, StatusCode::OK, "cached now");
+        let (status, _) = app.delete(&format!("/v1/keys/{}", &ci.key[..16]), &ada.key).await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        let (status, body) = app.cast(&ci, hello()).await;
+        assert_eq!((status, error_code(&body)), (StatusCode::UNAUTHORIZED, "unauthorized"), "a deleted key is refused at once");
+        // A new version is cast as soon as it is published, though the old one was cached.
+        let (_, first) = app.cast(&ada, hello()).await;
+        assert_eq!(first["version"], "1.0.0");
+        let mut bundle = crate::helpers::example_bundle("hello");
+        bundle.manifest = bundle.manifest.replace("version = \"1.0.0\"", "version = \"1.1.0\"");
+        bundle.sbom = spellhost::supply_chain::sbom::generate(
+            &spellhost::supply_chain::Manifest::parse(&bundle.manifest).expect("manifest"),
+            &spellhost::supply_chain::ModuleDigest::of(&bundle.module),
+            None,
+        )
+        .expect("sbom");
+        let (status, body) = app.publish(&ada, &bundle).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let (_, second) = app.cast(&ada, hello()).await;
+        assert_eq!(second["version"], "1.1.0", "{second}");
+        app.shutdown().await;
+    }
+}
