@@ -125,6 +125,7 @@ pub async fn cast(
     // A settle that fails after the spell ran is an internal error, never a "402, nothing
     // ran": the hold stays until the sweeper voids it, and nothing is charged twice.
     let settlement = settled.map_err(CastError::Money)?;
+    app.recharger.settled(caller.user_id);
     observe(app, &report, settlement.cost);
     tracing::debug!(cast.id = %cast_id, spell.digest = %resolved.digest, cast.outcome = report.outcome.as_str(),
         cast.fuel_used = report.fuel_used, cast.cost_microusd = settlement.cost.get(), "cast settled");

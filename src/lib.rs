@@ -30,6 +30,9 @@ pub struct AppState {
     pub metrics: telemetry::Metrics,
     /// Stripe, when configured.
     pub billing: Option<billing::Billing>,
+    /// Told of every settlement, to recharge balances that fell below a threshold (inert
+    /// without billing). Never waits.
+    pub recharger: billing::Recharger,
     /// Casts in flight, so a graceful shutdown can wait for them to settle.
     pub casts_in_flight: tokio_util::task::TaskTracker,
 }
@@ -59,6 +62,10 @@ impl AppState {
         let auth = auth::Authenticator::new(db.clone(), config.derived_key("verified api keys"));
         let metrics = telemetry::Metrics::new().context("registering metrics")?;
         let billing = billing::Billing::from_config(&config)?;
+        let recharger = match &billing {
+            Some(_) => billing::Recharger::new(metrics.recharge_notices_dropped.clone()),
+            None => billing::Recharger::disabled(),
+        };
         Ok(Arc::new(AppState {
             config,
             db,
@@ -67,6 +74,7 @@ impl AppState {
             auth,
             metrics,
             billing,
+            recharger,
             casts_in_flight: tokio_util::task::TaskTracker::new(),
         }))
     }
@@ -78,7 +86,8 @@ impl AppState {
 const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Serves HTTP on `listener` until `shutdown` resolves, then stops accepting, lets requests in
-/// flight finish and waits for every cast in flight to settle. Also runs the hold sweeper.
+/// flight finish and waits for every cast in flight to settle. Also runs the hold sweeper and
+/// (with billing) the recharge worker.
 pub async fn serve(
     app: App,
     listener: tokio::net::TcpListener,
@@ -95,6 +104,7 @@ pub async fn serve(
             }
         })
     };
+    let recharger = billing::spawn_recharger(&app);
     axum::serve(listener, http::router(app.clone()))
         .with_graceful_shutdown(shutdown)
         .await
@@ -102,6 +112,9 @@ pub async fn serve(
     app.casts_in_flight.close();
     app.casts_in_flight.wait().await;
     sweeper.abort();
+    if let Some(recharger) = recharger {
+        recharger.abort();
+    }
     app.db.close().await;
     Ok(())
 }

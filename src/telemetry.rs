@@ -45,6 +45,13 @@ pub struct Metrics {
     pub holds_voided: IntCounter,
     /// Stripe webhook events by type and result.
     pub webhook_events: IntCounterVec,
+    /// Billing events that need an operator: `unparseable` and `api_version_unsupported`
+    /// (answered 5xx, retried by Stripe), `rejected` (recorded, not applied; replay after review).
+    pub billing_alerts: IntCounterVec,
+    /// Automatic recharge creations by what Stripe said: `created`, `failed`, `unknown`.
+    pub recharges: IntCounterVec,
+    /// Settlement notices dropped because the recharge queue was full (the scan catches up).
+    pub recharge_notices_dropped: IntCounter,
 }
 
 impl Metrics {
@@ -117,6 +124,24 @@ impl Metrics {
                 ),
                 &["type", "result"],
             )?,
+            billing_alerts: IntCounterVec::new(
+                Opts::new(
+                    "spellhost_billing_alerts_total",
+                    "Billing events that need an operator, by reason",
+                ),
+                &["reason"],
+            )?,
+            recharges: IntCounterVec::new(
+                Opts::new(
+                    "spellhost_recharges_total",
+                    "Automatic recharge creations by Stripe's answer",
+                ),
+                &["result"],
+            )?,
+            recharge_notices_dropped: IntCounter::new(
+                "spellhost_recharge_notices_dropped_total",
+                "Settlement notices dropped because the recharge queue was full",
+            )?,
             registry,
         };
         // Every outcome is exported from the start, at zero, so dashboards and alerts see the
@@ -133,6 +158,12 @@ impl Metrics {
         ] {
             metrics.casts.with_label_values(&[outcome]);
         }
+        for reason in ["unparseable", "api_version_unsupported", "rejected"] {
+            metrics.billing_alerts.with_label_values(&[reason]);
+        }
+        for result in ["created", "failed", "unknown"] {
+            metrics.recharges.with_label_values(&[result]);
+        }
         let r = &metrics.registry;
         r.register(Box::new(metrics.casts.clone()))?;
         r.register(Box::new(metrics.cast_duration.clone()))?;
@@ -146,6 +177,9 @@ impl Metrics {
         r.register(Box::new(metrics.queue_depth.clone()))?;
         r.register(Box::new(metrics.holds_voided.clone()))?;
         r.register(Box::new(metrics.webhook_events.clone()))?;
+        r.register(Box::new(metrics.billing_alerts.clone()))?;
+        r.register(Box::new(metrics.recharges.clone()))?;
+        r.register(Box::new(metrics.recharge_notices_dropped.clone()))?;
         Ok(metrics)
     }
 

@@ -1,6 +1,7 @@
 //! Command definitions (clap) and dispatch. Each group of commands lives in its own file.
 
 mod admin;
+mod billing;
 mod demo;
 mod spell;
 
@@ -46,6 +47,9 @@ enum Command {
     /// The ledger.
     #[command(subcommand)]
     Ledger(admin::LedgerCommand),
+    /// Stripe recovery: apply events that were never applied, or one again.
+    #[command(subcommand)]
+    Billing(billing::BillingCommand),
     /// Spell authoring: keys, SBOMs, signatures, local runs, publishing.
     #[command(subcommand)]
     Spell(spell::SpellCommand),
@@ -61,6 +65,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Credits(command) => admin::credits(config, command),
         Command::Signer(command) => admin::signer(config, command),
         Command::Ledger(command) => admin::ledger(config, command),
+        Command::Billing(command) => billing::run(config, command),
         Command::Spell(command) => spell::run(command, config),
     }
 }

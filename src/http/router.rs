@@ -2,7 +2,7 @@
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{MethodRouter, delete, get, post};
+use axum::routing::{MethodRouter, delete, get, post, put};
 
 use super::{billing, cast, keys, ledger, middleware, ops, signers, spells, users};
 use crate::App;
@@ -47,6 +47,9 @@ pub fn router(app: App) -> Router {
         )
         .route("/v1/ledger", get(ledger::list))
         .route("/v1/admin/ledger/verify", get(ops::verify_ledger))
+        .route("/v1/billing", get(billing::show))
+        .route("/v1/billing/auto-recharge", put(billing::auto_recharge))
+        .route("/v1/billing/payment-method", post(billing::payment_method))
         .route("/v1/billing/checkout", post(billing::checkout))
         .route("/v1/billing/portal", post(billing::portal))
         .route(
