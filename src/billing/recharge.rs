@@ -226,6 +226,8 @@ struct Candidate {
     balance_microusd: i64,
     held_microusd: i64,
     stripe_customer_id: Option<String>,
+    /// Recharges asked of Stripe whose outcome is not known yet (0 or 1).
+    in_flight: i64,
 }
 
 /// Whether to recharge now, and with what.
@@ -240,7 +242,7 @@ enum Decision {
     },
 }
 
-fn decide(candidate: &Candidate, in_flight: bool, today: i64) -> Decision {
+fn decide(candidate: &Candidate, today: i64) -> Decision {
     let settings = &candidate.settings;
     let (Some(customer), Some(payment_method)) =
         (&candidate.stripe_customer_id, &settings.payment_method_id)
@@ -259,7 +261,7 @@ fn decide(candidate: &Candidate, in_flight: bool, today: i64) -> Decision {
         Decision::Skip("disabled")
     } else if available >= settings.threshold_microusd {
         Decision::Skip("above the threshold")
-    } else if in_flight {
+    } else if candidate.in_flight > 0 {
         Decision::Skip("a recharge is in flight")
     } else if counted >= settings.max_per_day {
         Decision::Skip("the daily limit is reached")
@@ -272,37 +274,47 @@ fn decide(candidate: &Candidate, in_flight: bool, today: i64) -> Decision {
     }
 }
 
+/// One user's settings, balance and whether a recharge is in flight.
+macro_rules! candidate_sql {
+    () => {
+        "SELECT a.enabled, a.threshold_microusd, a.amount_cents, a.max_per_day, a.day, a.day_count, \
+         a.payment_method_id, a.disabled_reason, a.disabled_at_ms, \
+         u.balance_microusd, u.held_microusd, u.stripe_customer_id, \
+         (SELECT COUNT(*) FROM recharges r WHERE r.user_id = a.user_id AND r.state IN ('creating', 'pending')) AS in_flight \
+         FROM auto_recharge a JOIN users u ON u.id = a.user_id WHERE a.user_id = $1"
+    };
+}
+const CANDIDATE: &str = candidate_sql!();
+/// [`CANDIDATE`], locking the auto-recharge row (PostgreSQL; SQLite's writer is exclusive).
+const CANDIDATE_FOR_UPDATE: &str = concat!(candidate_sql!(), " FOR UPDATE OF a");
+
 /// Records a new attempt if the user needs one, in one transaction that holds the user's
 /// auto-recharge row: the in-flight check, the daily count and the insert cannot interleave
 /// with another worker's (the partial unique index `recharges_one_in_flight` is the net).
 async fn start(db: &Db, user_id: i64, now: i64) -> Result<Option<Attempt>, BillingError> {
+    let today = now / DAY_MS;
+    // Every settlement notifies: most users need nothing, and the answer is known from a read
+    // on the reader pool, without taking SQLite's single writer from the settlements.
+    let peek: Option<Candidate> = sqlx::query_as(CANDIDATE)
+        .bind(user_id)
+        .fetch_optional(db.reader())
+        .await?;
+    if !peek.is_some_and(|c| matches!(decide(&c, today), Decision::Recharge { .. })) {
+        return Ok(None);
+    }
     let mut tx = db.begin().await?;
-    let candidate: Option<Candidate> = sqlx::query_as(db.pick(
-        "SELECT a.enabled, a.threshold_microusd, a.amount_cents, a.max_per_day, a.day, a.day_count, a.payment_method_id, \
-         a.disabled_reason, a.disabled_at_ms, u.balance_microusd, u.held_microusd, u.stripe_customer_id \
-         FROM auto_recharge a JOIN users u ON u.id = a.user_id WHERE a.user_id = $1",
-        "SELECT a.enabled, a.threshold_microusd, a.amount_cents, a.max_per_day, a.day, a.day_count, a.payment_method_id, \
-         a.disabled_reason, a.disabled_at_ms, u.balance_microusd, u.held_microusd, u.stripe_customer_id \
-         FROM auto_recharge a JOIN users u ON u.id = a.user_id WHERE a.user_id = $1 FOR UPDATE OF a",
-    ))
-    .bind(user_id)
-    .fetch_optional(&mut *tx)
-    .await?;
+    let candidate: Option<Candidate> = sqlx::query_as(db.pick(CANDIDATE, CANDIDATE_FOR_UPDATE))
+        .bind(user_id)
+        .fetch_optional(&mut *tx)
+        .await?;
     let Some(candidate) = candidate else {
         return Ok(None);
     };
-    let (in_flight,): (i64,) = sqlx::query_as(
-        "SELECT COUNT(*) FROM recharges WHERE user_id = $1 AND state IN ('creating', 'pending')",
-    )
-    .bind(user_id)
-    .fetch_one(&mut *tx)
-    .await?;
-    let today = now / DAY_MS;
     let Decision::Recharge {
         customer,
         payment_method,
         day_count,
-    } = decide(&candidate, in_flight > 0, today)
+    } = decide(&candidate, today)
     else {
         return Ok(None);
     };
@@ -511,6 +523,7 @@ mod tests {
             balance_microusd: 900_000,
             held_microusd: 0,
             stripe_customer_id: Some("cus_1".into()),
+            in_flight: 0,
         }
     }
 
@@ -523,7 +536,7 @@ mod tests {
     #[test]
     fn a_balance_below_the_threshold_recharges_and_counts_the_day() {
         assert_eq!(
-            decide(&candidate(), false, 7),
+            decide(&candidate(), 7),
             Decision::Recharge {
                 customer: "cus_1".into(),
                 payment_method: "pm_1".into(),
@@ -539,44 +552,42 @@ mod tests {
             held_microusd: 600_000,
             ..candidate()
         };
-        assert!(matches!(
-            decide(&candidate, false, 7),
-            Decision::Recharge { .. }
-        ));
+        assert!(matches!(decide(&candidate, 7), Decision::Recharge { .. }));
     }
 
     #[test]
     fn the_daily_limit_resets_on_a_new_day() {
         let candidate = with(|s| s.day_count = 2);
         assert_eq!(
-            decide(&candidate, false, 7),
+            decide(&candidate, 7),
             Decision::Skip("the daily limit is reached")
         );
         assert!(matches!(
-            decide(&candidate, false, 8),
+            decide(&candidate, 8),
             Decision::Recharge { day_count: 1, .. }
         ));
     }
 
     #[test]
     fn nothing_happens_with_one_in_flight_above_the_threshold_or_disabled() {
+        let in_flight = Candidate {
+            in_flight: 1,
+            ..candidate()
+        };
         assert_eq!(
-            decide(&candidate(), true, 7),
+            decide(&in_flight, 7),
             Decision::Skip("a recharge is in flight")
         );
         let above = Candidate {
             balance_microusd: 1_000_000,
             ..candidate()
         };
-        assert_eq!(
-            decide(&above, false, 7),
-            Decision::Skip("above the threshold")
-        );
+        assert_eq!(decide(&above, 7), Decision::Skip("above the threshold"));
         let disabled = with(|s| s.enabled = 0);
-        assert_eq!(decide(&disabled, false, 7), Decision::Skip("disabled"));
+        assert_eq!(decide(&disabled, 7), Decision::Skip("disabled"));
         let no_card = with(|s| s.payment_method_id = None);
         assert_eq!(
-            decide(&no_card, false, 7),
+            decide(&no_card, 7),
             Decision::Skip("no saved payment method")
         );
     }
