@@ -97,6 +97,8 @@ async fn run(app: App, mut receiver: mpsc::Receiver<i64>) {
     // that crashed in the middle of it.
     scan(&app, billing, now_ms()).await;
     let mut interval = tokio::time::interval(billing.config.recharge_scan_interval);
+    // A scan slower than the interval is followed by the next one, not by a burst.
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     interval.tick().await;
     loop {
         tokio::select! {
