@@ -147,6 +147,7 @@ pub async fn cast(
     // error, never a "402, nothing ran": nothing was charged, and the money held for it stays
     // leased until the lease is given back.
     let settlement = settled.map_err(CastError::Money)?;
+    app.recharger.settled(caller.user_id);
     observe(app, &report, settlement.cost);
     app.metrics
         .budget_soft_limit_crossings

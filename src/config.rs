@@ -56,7 +56,21 @@ pub struct BillingConfig {
     /// Several secrets (comma-separated) so one can be rotated without downtime.
     pub webhook_secrets: Vec<SecretString>,
     pub api_base: Option<String>,
+    /// The Stripe API versions events are accepted in (`SPELLHOST_STRIPE_API_VERSION`, comma-
+    /// separated for the window of an upgrade): the webhook endpoint's pinned version. Money
+    /// events rendered in another version are answered 5xx, unrecorded, so Stripe retries them.
+    pub api_versions: Vec<String>,
+    /// The largest amount one Stripe event may move (`SPELLHOST_STRIPE_EVENT_AMOUNT_MAX_CENTS`);
+    /// an event above it is recorded as rejected for the operator to review.
+    pub event_amount_max_cents: i64,
+    /// How often the recharge worker scans for users below their threshold whose notice was
+    /// dropped and for creations of unknown outcome (`SPELLHOST_RECHARGE_SCAN_INTERVAL_SECONDS`).
+    pub recharge_scan_interval: std::time::Duration,
 }
+
+/// The largest accepted `SPELLHOST_STRIPE_EVENT_AMOUNT_MAX_CENTS`: $10 000 000 000, far above any
+/// real payment and far below what would overflow micro-dollars (10¹⁰ cents = 10¹⁴ µ$).
+const EVENT_AMOUNT_MAX_CENTS_LIMIT: i64 = 1_000_000_000_000;
 
 impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -230,7 +244,7 @@ impl Config {
             secret,
             public_url,
             log_json,
-            billing: billing_config(&source)?,
+            billing: billing_config(&source, topup_max_cents)?,
             topup_min_cents,
             topup_max_cents,
             lease_ttl_ms: lease_ttl_ms(&source)?,
@@ -345,7 +359,46 @@ fn sandbox_config(source: &Source) -> Result<SandboxConfig, ConfigError> {
     })
 }
 
-fn billing_config(source: &Source) -> Result<Option<BillingConfig>, ConfigError> {
+/// Each configured API version must be one the SDK knows (so that requests and the version
+/// the endpoint renders agree on names); the account's own default version cannot be read
+/// offline, which is why events carry theirs and are checked one by one.
+fn api_versions(source: &Source) -> Result<Vec<String>, ConfigError> {
+    use std::str::FromStr as _;
+    const NAME: &str = "SPELLHOST_STRIPE_API_VERSION";
+    let sdk = stripe_shared::version::VERSION;
+    let Some(text) = source.text(NAME) else {
+        return Ok(vec![sdk.as_str().to_owned()]);
+    };
+    let versions: Vec<String> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if versions.is_empty() {
+        return Err(error(NAME, "no version given"));
+    }
+    for version in &versions {
+        if let Ok(stripe_shared::ApiVersion::Unknown(_)) | Err(_) =
+            stripe_shared::ApiVersion::from_str(version)
+        {
+            return Err(error(
+                NAME,
+                format!(
+                    "{version:?} is not a Stripe API version this build's SDK knows (it is pinned to {}); \
+                     set the webhook endpoint to a known version",
+                    sdk.as_str()
+                ),
+            ));
+        }
+    }
+    Ok(versions)
+}
+
+fn billing_config(
+    source: &Source,
+    topup_max_cents: i64,
+) -> Result<Option<BillingConfig>, ConfigError> {
     let key = source.text("SPELLHOST_STRIPE_SECRET_KEY");
     let secrets = source.text("SPELLHOST_STRIPE_WEBHOOK_SECRET");
     let api_base = source.text("SPELLHOST_STRIPE_API_BASE").map(str::to_owned);
@@ -394,10 +447,28 @@ fn billing_config(source: &Source) -> Result<Option<BillingConfig>, ConfigError>
     if webhook_secrets.is_empty() {
         return Err(error("SPELLHOST_STRIPE_WEBHOOK_SECRET", "no secret given"));
     }
+    let event_amount_max_cents =
+        source.parse("SPELLHOST_STRIPE_EVENT_AMOUNT_MAX_CENTS", topup_max_cents)?;
+    if !(1..=EVENT_AMOUNT_MAX_CENTS_LIMIT).contains(&event_amount_max_cents) {
+        return Err(error(
+            "SPELLHOST_STRIPE_EVENT_AMOUNT_MAX_CENTS",
+            format!("must be between 1 and {EVENT_AMOUNT_MAX_CENTS_LIMIT}"),
+        ));
+    }
+    let scan_seconds: u64 = source.parse("SPELLHOST_RECHARGE_SCAN_INTERVAL_SECONDS", 60)?;
+    if !(1..=3600).contains(&scan_seconds) {
+        return Err(error(
+            "SPELLHOST_RECHARGE_SCAN_INTERVAL_SECONDS",
+            "must be between 1 and 3600",
+        ));
+    }
     Ok(Some(BillingConfig {
         stripe_secret_key: SecretString::from(key.to_owned()),
         webhook_secrets,
         api_base,
+        api_versions: api_versions(source)?,
+        event_amount_max_cents,
+        recharge_scan_interval: std::time::Duration::from_secs(scan_seconds),
     }))
 }
 
@@ -433,6 +504,44 @@ mod tests {
             let error = Config::from_vars(&[(name, value)]).expect_err(name);
             assert_eq!(error.variable, name, "{error}");
         }
+        let stripe = [
+            ("SPELLHOST_STRIPE_SECRET_KEY", "sk_test_x"),
+            ("SPELLHOST_STRIPE_WEBHOOK_SECRET", "whsec_x"),
+        ];
+        for (name, value) in [
+            ("SPELLHOST_STRIPE_API_VERSION", "2099-01-01.future"),
+            ("SPELLHOST_STRIPE_API_VERSION", " , "),
+            ("SPELLHOST_STRIPE_EVENT_AMOUNT_MAX_CENTS", "0"),
+            (
+                "SPELLHOST_STRIPE_EVENT_AMOUNT_MAX_CENTS",
+                "9223372036854775807",
+            ),
+            ("SPELLHOST_RECHARGE_SCAN_INTERVAL_SECONDS", "0"),
+        ] {
+            let mut vars = stripe.to_vec();
+            vars.push((name, value));
+            let error = Config::from_vars(&vars).expect_err(name);
+            assert_eq!(error.variable, name, "{error}");
+        }
+    }
+
+    #[test]
+    fn billing_defaults_pin_the_sdk_version_and_the_topup_maximum() {
+        let config = Config::from_vars(&[
+            ("SPELLHOST_STRIPE_SECRET_KEY", "sk_test_x"),
+            ("SPELLHOST_STRIPE_WEBHOOK_SECRET", "whsec_x"),
+            (
+                "SPELLHOST_STRIPE_API_VERSION",
+                "2026-09-30.endive, 2026-08-26.dahlia",
+            ),
+        ])
+        .expect("valid");
+        let billing = config.billing.expect("billing");
+        assert_eq!(
+            billing.api_versions,
+            ["2026-09-30.endive", "2026-08-26.dahlia"]
+        );
+        assert_eq!(billing.event_amount_max_cents, config.topup_max_cents);
     }
 
     #[test]

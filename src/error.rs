@@ -53,6 +53,12 @@ pub enum Code {
     NoBillingAccount,
     SignatureInvalid,
     PaymentProviderError,
+    NoPaymentMethod,
+    InvalidAutoRecharge,
+    /// A signed Stripe event that cannot be read: 5xx so Stripe retries it.
+    EventUnparseable,
+    /// A signed Stripe money event in an API version the endpoint is not pinned to.
+    EventApiVersionUnsupported,
     /// The supply-chain gate's own codes (`sbom_invalid`, …).
     Gate(&'static str),
     Internal,
@@ -89,6 +95,10 @@ impl Code {
             Code::NoBillingAccount => "no_billing_account",
             Code::SignatureInvalid => "signature_invalid",
             Code::PaymentProviderError => "payment_provider_error",
+            Code::NoPaymentMethod => "no_payment_method",
+            Code::InvalidAutoRecharge => "invalid_auto_recharge",
+            Code::EventUnparseable => "event_unparseable",
+            Code::EventApiVersionUnsupported => "event_api_version_unsupported",
             Code::Gate(code) => code,
             Code::Internal => "internal",
         }
@@ -105,9 +115,11 @@ impl Code {
             Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Code::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Code::VersionExists | Code::SignerExists | Code::NoBillingAccount | Code::Conflict => {
-                StatusCode::CONFLICT
-            }
+            Code::VersionExists
+            | Code::SignerExists
+            | Code::NoBillingAccount
+            | Code::NoPaymentMethod
+            | Code::Conflict => StatusCode::CONFLICT,
             Code::BudgetExhausted | Code::SpendLimitReached => StatusCode::PAYMENT_REQUIRED,
             Code::SpellFailed
             | Code::SpellTrapped
@@ -117,11 +129,14 @@ impl Code {
             | Code::FuelExhausted
             | Code::AmountOutOfRange
             | Code::InvalidBudget
+            | Code::InvalidAutoRecharge
             | Code::Gate(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Code::Overloaded | Code::BillingDisabled => StatusCode::SERVICE_UNAVAILABLE,
             Code::SignatureInvalid => StatusCode::BAD_REQUEST,
             Code::PaymentProviderError => StatusCode::BAD_GATEWAY,
-            Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Code::Internal | Code::EventUnparseable | Code::EventApiVersionUnsupported => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 
@@ -270,6 +285,12 @@ impl From<crate::billing::BillingError> for ApiError {
             BillingError::NoBillingAccount => {
                 ApiError::new(Code::NoBillingAccount, error.to_string())
             }
+            BillingError::NoPaymentMethod => {
+                ApiError::new(Code::NoPaymentMethod, error.to_string())
+            }
+            BillingError::InvalidAutoRecharge(message) => {
+                ApiError::new(Code::InvalidAutoRecharge, message)
+            }
             BillingError::Stripe(message) => {
                 tracing::warn!(trace_id = %trace_id(), error = %message, "Stripe request failed");
                 ApiError::new(
@@ -279,6 +300,17 @@ impl From<crate::billing::BillingError> for ApiError {
             }
             other => ApiError::internal(other),
         }
+    }
+}
+
+impl From<crate::billing::Unreadable> for ApiError {
+    fn from(error: crate::billing::Unreadable) -> Self {
+        use crate::billing::Unreadable;
+        let code = match error {
+            Unreadable::ApiVersion { .. } => Code::EventApiVersionUnsupported,
+            _ => Code::EventUnparseable,
+        };
+        ApiError::new(code, error.to_string())
     }
 }
 

@@ -32,6 +32,9 @@ pub struct AppState {
     pub metrics: telemetry::Metrics,
     /// Stripe, when configured.
     pub billing: Option<billing::Billing>,
+    /// Told of every settlement, to recharge balances that fell below a threshold (inert
+    /// without billing). Never waits.
+    pub recharger: billing::Recharger,
     /// Casts in flight, so a graceful shutdown can wait for them to settle.
     pub casts_in_flight: tokio_util::task::TaskTracker,
 }
@@ -68,6 +71,10 @@ impl AppState {
         let auth = auth::Authenticator::new(db.clone(), config.derived_key("verified api keys"));
         let metrics = telemetry::Metrics::new().context("registering metrics")?;
         let billing = billing::Billing::from_config(&config)?;
+        let recharger = match &billing {
+            Some(_) => billing::Recharger::new(metrics.recharge_notices_dropped.clone()),
+            None => billing::Recharger::disabled(),
+        };
         Ok(Arc::new(AppState {
             config,
             db,
@@ -77,6 +84,7 @@ impl AppState {
             auth,
             metrics,
             billing,
+            recharger,
             casts_in_flight: tokio_util::task::TaskTracker::new(),
         }))
     }
@@ -88,7 +96,8 @@ const LEASE_TICK: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Serves HTTP on `listener` until `shutdown` resolves, then stops accepting, lets requests in
 /// flight finish, waits for every cast in flight to settle and gives back this instance's
-/// leases. Also runs the lease upkeep and the sweeper of expired leases.
+/// leases. Also runs the lease upkeep, the sweeper of expired leases and (with billing) the
+/// recharge worker.
 pub async fn serve(
     app: App,
     listener: tokio::net::TcpListener,
@@ -116,6 +125,7 @@ pub async fn serve(
             }
         })
     };
+    let recharger = billing::spawn_recharger(&app);
     axum::serve(listener, http::router(app.clone()))
         .with_graceful_shutdown(shutdown)
         .await
@@ -123,6 +133,9 @@ pub async fn serve(
     app.casts_in_flight.close();
     app.casts_in_flight.wait().await;
     background.abort();
+    if let Some(recharger) = recharger {
+        recharger.abort();
+    }
     if let Err(error) = app.money.return_all().await {
         tracing::warn!(error = %error, "giving back leases at shutdown failed; they expire");
     }

@@ -56,6 +56,13 @@ pub struct Metrics {
     /// the mean batch size).
     pub settlement_batches: IntCounter,
     pub settlements: IntCounter,
+    /// Billing events that need an operator: `unparseable` and `api_version_unsupported`
+    /// (answered 5xx, retried by Stripe), `rejected` (recorded, not applied; replay after review).
+    pub billing_alerts: IntCounterVec,
+    /// Automatic recharge creations by what Stripe said: `created`, `failed`, `unknown`.
+    pub recharges: IntCounterVec,
+    /// Settlement notices dropped because the recharge queue was full (the scan catches up).
+    pub recharge_notices_dropped: IntCounter,
 }
 
 impl Metrics {
@@ -148,6 +155,24 @@ impl Metrics {
                 "spellhost_settlements_total",
                 "Cast settlements committed",
             )?,
+            billing_alerts: IntCounterVec::new(
+                Opts::new(
+                    "spellhost_billing_alerts_total",
+                    "Billing events that need an operator, by reason",
+                ),
+                &["reason"],
+            )?,
+            recharges: IntCounterVec::new(
+                Opts::new(
+                    "spellhost_recharges_total",
+                    "Automatic recharge creations by Stripe's answer",
+                ),
+                &["result"],
+            )?,
+            recharge_notices_dropped: IntCounter::new(
+                "spellhost_recharge_notices_dropped_total",
+                "Settlement notices dropped because the recharge queue was full",
+            )?,
             registry,
         };
         // Every outcome is exported from the start, at zero, so dashboards and alerts see the
@@ -164,6 +189,12 @@ impl Metrics {
             "spend_limit_reached",
         ] {
             metrics.casts.with_label_values(&[outcome]);
+        }
+        for reason in ["unparseable", "api_version_unsupported", "rejected"] {
+            metrics.billing_alerts.with_label_values(&[reason]);
+        }
+        for result in ["created", "failed", "unknown"] {
+            metrics.recharges.with_label_values(&[result]);
         }
         let r = &metrics.registry;
         r.register(Box::new(metrics.casts.clone()))?;
@@ -183,6 +214,9 @@ impl Metrics {
         r.register(Box::new(metrics.money_db_transactions.clone()))?;
         r.register(Box::new(metrics.settlement_batches.clone()))?;
         r.register(Box::new(metrics.settlements.clone()))?;
+        r.register(Box::new(metrics.billing_alerts.clone()))?;
+        r.register(Box::new(metrics.recharges.clone()))?;
+        r.register(Box::new(metrics.recharge_notices_dropped.clone()))?;
         Ok(metrics)
     }
 

@@ -1,34 +1,52 @@
-//! Stripe billing: Checkout top-ups, the billing portal, and signed webhooks applied exactly
-//! once to the ledger.
+//! Stripe billing: Checkout top-ups and card saving, the billing portal, signed webhooks
+//! applied exactly once to the ledger, automatic recharge, and recovery (reconcile, replay).
 //!
-//! Events are tied to a user only through what spellhost itself set or recorded: the Checkout
-//! Session it created (and its `client_reference_id`/metadata), the Stripe customer it created,
-//! and the payment intent recorded when that user's checkout completed.
+//! Events are tied to a user only through what spellhost itself created: its Checkout
+//! Sessions, its recharge payment intents, and its Stripe customers (see `apply`).
 
-mod events;
+mod account;
+mod apply;
+mod event;
+mod recharge;
+mod reconcile;
+mod stripe_api;
 mod webhook;
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use secrecy::ExposeSecret;
 use stripe_billing::billing_portal_session::CreateBillingPortalSession;
 use stripe_checkout::CheckoutSessionMode;
 use stripe_checkout::checkout_session::{
-    CreateCheckoutSession, CreateCheckoutSessionLineItems, CreateCheckoutSessionLineItemsPriceData,
-    ProductData,
+    CreateCheckoutSession, CreateCheckoutSessionAdaptivePricing, CreateCheckoutSessionLineItems,
+    CreateCheckoutSessionLineItemsPriceData, CreateCheckoutSessionPaymentIntentData,
+    CreateCheckoutSessionPaymentIntentDataSetupFutureUsage, ProductData,
 };
 use stripe_core::customer::CreateCustomer;
 use stripe_types::Currency;
 
-pub use events::{EventOutcome, apply_event};
-pub use webhook::{SignatureError, Verified, verify_signature};
+pub use account::{AutoRecharge, BillingView, set_auto_recharge, view};
+pub use apply::{EventOutcome, ReceiveError, Received, Rules, receive};
+pub use event::Unreadable;
+pub use recharge::{Recharger, recharge_now, spawn as spawn_recharger};
+pub use reconcile::{ReconcileReport, ReconciledEvent};
+pub use webhook::{SignatureError, verify_signature};
 
 use crate::auth::{self, User};
 use crate::config::{BillingConfig, Config};
 use crate::store::{Db, now_ms};
 
-/// The metadata key naming the spellhost user on Stripe objects we create.
+/// The metadata key naming the spellhost user on Stripe objects we create (for people
+/// reading the Dashboard; never trusted to tie an event to a user).
 pub const USER_METADATA_KEY: &str = "spellhost_user_id";
+
+/// The metadata key carrying a recharge's random id on its payment intent.
+pub const RECHARGE_METADATA_KEY: &str = "spellhost_recharge_id";
+
+/// How long one request to Stripe may take. Bounded so a hung connection cannot stall the
+/// recharge worker or a checkout for long; Stripe answers in well under a second.
+const STRIPE_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[derive(Debug, thiserror::Error)]
 pub enum BillingError {
@@ -36,6 +54,15 @@ pub enum BillingError {
     AmountOutOfRange { min: i64, max: i64 },
     #[error("no billing account yet: complete a checkout first")]
     NoBillingAccount,
+    #[error("no saved payment method: save a card first (POST /v1/billing/payment-method)")]
+    NoPaymentMethod,
+    #[error("{0}")]
+    InvalidAutoRecharge(String),
+    #[error("{0:?} is not a Stripe event id")]
+    InvalidEventId(String),
+    /// The event is recorded but not applied: the reason is kept for the operator.
+    #[error("rejected: {0}")]
+    Rejected(String),
     #[error("Stripe: {0}")]
     Stripe(String),
     #[error(transparent)]
@@ -83,6 +110,7 @@ impl Billing {
             builder = builder.url(format!("{}/", base.trim_end_matches('/')));
         }
         let client = builder
+            .timeout(STRIPE_TIMEOUT)
             .build()
             .map_err(|e| anyhow::anyhow!("SPELLHOST_STRIPE_API_BASE: {e}"))?;
         Ok(Some(Billing {
@@ -92,6 +120,18 @@ impl Billing {
             topup_min_cents: config.topup_min_cents,
             topup_max_cents: config.topup_max_cents,
         }))
+    }
+
+    /// What the configuration allows an event to do.
+    pub fn rules(&self) -> Rules {
+        Rules {
+            accepted_versions: self.config.api_versions.clone(),
+            amount_max_cents: self.config.event_amount_max_cents,
+        }
+    }
+
+    pub fn topup_cents(&self) -> std::ops::RangeInclusive<i64> {
+        self.topup_min_cents..=self.topup_max_cents
     }
 
     pub fn webhook_secrets(&self) -> impl Iterator<Item = &str> {
@@ -133,14 +173,17 @@ impl Billing {
         Ok(stored.unwrap_or(id))
     }
 
-    /// A Checkout Session in payment mode for `amount_cents` of credit.
+    /// A Checkout Session in payment mode for `amount_cents` of credit; with
+    /// `save_payment_method` the card is kept for automatic recharges
+    /// (`setup_future_usage=off_session`).
     pub async fn checkout(
         &self,
         db: &Db,
         user: &User,
         amount_cents: i64,
+        save_payment_method: bool,
     ) -> Result<Checkout, BillingError> {
-        if !(self.topup_min_cents..=self.topup_max_cents).contains(&amount_cents) {
+        if !self.topup_cents().contains(&amount_cents) {
             return Err(BillingError::AmountOutOfRange {
                 min: self.topup_min_cents,
                 max: self.topup_max_cents,
@@ -153,8 +196,58 @@ impl Billing {
         let mut item = CreateCheckoutSessionLineItems::new();
         item.price_data = Some(price);
         item.quantity = Some(1);
-        let session = CreateCheckoutSession::new()
-            .mode(CheckoutSessionMode::Payment)
+        // Adaptive Pricing would present another currency: the credit is what was paid in USD.
+        let mut adaptive_pricing = CreateCheckoutSessionAdaptivePricing::new();
+        adaptive_pricing.enabled = Some(false);
+        let mut request = self
+            .session_request(CheckoutSessionMode::Payment, user, customer)
+            .adaptive_pricing(adaptive_pricing)
+            .line_items(vec![item]);
+        if save_payment_method {
+            let mut intent = CreateCheckoutSessionPaymentIntentData::new();
+            intent.setup_future_usage =
+                Some(CreateCheckoutSessionPaymentIntentDataSetupFutureUsage::OffSession);
+            request = request.payment_intent_data(intent);
+        }
+        let session = request.send(&self.client).await.map_err(stripe_error)?;
+        let checkout = checkout_of(session.id.as_str(), session.url)?;
+        sqlx::query(
+            "INSERT INTO checkout_sessions (id, user_id, amount_cents, created_at_ms) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&checkout.session_id)
+        .bind(user.id)
+        .bind(amount_cents)
+        .bind(now_ms())
+        .execute(db.writer())
+        .await?;
+        Ok(checkout)
+    }
+
+    /// A Checkout Session in setup mode: saves a card for automatic recharges, charging
+    /// nothing. The card is saved when its `setup_intent.succeeded` arrives.
+    pub async fn save_payment_method(
+        &self,
+        db: &Db,
+        user: &User,
+    ) -> Result<Checkout, BillingError> {
+        let customer = self.customer_for(db, user).await?;
+        let session = self
+            .session_request(CheckoutSessionMode::Setup, user, customer)
+            .currency(Currency::USD)
+            .send(&self.client)
+            .await
+            .map_err(stripe_error)?;
+        checkout_of(session.id.as_str(), session.url)
+    }
+
+    fn session_request(
+        &self,
+        mode: CheckoutSessionMode,
+        user: &User,
+        customer: String,
+    ) -> CreateCheckoutSession {
+        CreateCheckoutSession::new()
+            .mode(mode)
             .customer(customer)
             .client_reference_id(user.id.to_string())
             .metadata(HashMap::from([(
@@ -166,27 +259,6 @@ impl Billing {
                 self.public_url
             ))
             .cancel_url(format!("{}/billing/cancel", self.public_url))
-            .line_items(vec![item])
-            .send(&self.client)
-            .await
-            .map_err(stripe_error)?;
-        let url = session
-            .url
-            .ok_or_else(|| BillingError::Stripe("the Checkout Session has no URL".into()))?;
-        let id = session.id.as_str().to_owned();
-        sqlx::query(
-            "INSERT INTO checkout_sessions (id, user_id, amount_cents, created_at_ms) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(&id)
-        .bind(user.id)
-        .bind(amount_cents)
-        .bind(now_ms())
-        .execute(db.writer())
-        .await?;
-        Ok(Checkout {
-            checkout_url: url,
-            session_id: id,
-        })
     }
 
     /// A billing portal session for the user's customer.
@@ -203,4 +275,12 @@ impl Billing {
             .map_err(stripe_error)?;
         Ok(session.url)
     }
+}
+
+fn checkout_of(session_id: &str, url: Option<String>) -> Result<Checkout, BillingError> {
+    let url = url.ok_or_else(|| BillingError::Stripe("the Checkout Session has no URL".into()))?;
+    Ok(Checkout {
+        checkout_url: url,
+        session_id: session_id.to_owned(),
+    })
 }

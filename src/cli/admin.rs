@@ -85,8 +85,18 @@ pub enum SignerCommand {
 
 #[derive(Subcommand)]
 pub enum LedgerCommand {
-    /// Recompute the hash chain: exit 0 with the entry count when intact.
+    /// Recompute the hash chain, the running totals and every balance: exit 0 with the entry
+    /// count when intact.
     Verify {
+        /// Also prove the chain still passes through this head, exported earlier with `ledger
+        /// head` and kept outside the database: no entry up to it was rewritten or removed.
+        #[arg(long, value_name = "HASH@SEQ")]
+        expect_head: Option<money::ledger::Anchor>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the head of the chain (`HASH@SEQ`), to keep outside the database.
+    Head {
         #[arg(long)]
         json: bool,
     },
@@ -302,26 +312,45 @@ pub fn publish(
 
 pub fn ledger(config_path: Option<&Path>, command: LedgerCommand) -> anyhow::Result<ExitCode> {
     let config = load_config(config_path)?;
-    let LedgerCommand::Verify { json } = command;
     runtime()?.block_on(async move {
         let db = database(&config).await?;
-        match money::verify_chain(&db).await? {
-            ChainCheck::Intact { entries } => {
+        match command {
+            LedgerCommand::Head { json } => {
+                let head = money::ledger::head(&db).await?;
                 if json {
-                    print_json(&json!({"intact": true, "entries": entries}));
+                    print_json(
+                        &json!({"seq": head.seq, "hash": head.hash, "anchor": head.to_string()}),
+                    );
                 } else {
-                    println!("ledger intact: {entries} entries");
+                    println!("{head}");
                 }
                 Ok(ExitCode::SUCCESS)
             }
-            ChainCheck::Broken { seq, reason } => {
-                if json {
-                    print_json(&json!({"intact": false, "first_bad_seq": seq, "reason": reason}));
-                } else {
-                    println!("ledger broken at seq {seq}: {reason}");
-                }
-                Ok(ExitCode::FAILURE)
+            LedgerCommand::Verify { expect_head, json } => {
+                let check = money::ledger::verify_chain_anchored(&db, expect_head.as_ref()).await?;
+                Ok(report_check(check, json))
             }
         }
     })
+}
+
+fn report_check(check: ChainCheck, json: bool) -> ExitCode {
+    match check {
+        ChainCheck::Intact { entries } => {
+            if json {
+                print_json(&json!({"intact": true, "entries": entries}));
+            } else {
+                println!("ledger intact: {entries} entries");
+            }
+            ExitCode::SUCCESS
+        }
+        ChainCheck::Broken { seq, reason } => {
+            if json {
+                print_json(&json!({"intact": false, "first_bad_seq": seq, "reason": reason}));
+            } else {
+                println!("ledger broken at seq {seq}: {reason}");
+            }
+            ExitCode::FAILURE
+        }
+    }
 }

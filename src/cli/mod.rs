@@ -1,6 +1,7 @@
 //! Command definitions (clap) and dispatch. Each group of commands lives in its own file.
 
 mod admin;
+mod billing;
 mod budget;
 mod demo;
 mod spell;
@@ -52,6 +53,9 @@ enum Command {
     Budget(budget::BudgetCommand),
     /// A user's spend over a time range.
     Usage(budget::UsageArgs),
+    /// Stripe recovery: apply events that were never applied, or one again.
+    #[command(subcommand)]
+    Billing(billing::BillingCommand),
     /// Spell authoring: keys, SBOMs, signatures, local runs, publishing.
     #[command(subcommand)]
     Spell(spell::SpellCommand),
@@ -69,6 +73,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ledger(command) => admin::ledger(config, command),
         Command::Budget(command) => budget::budget(config, command),
         Command::Usage(args) => budget::usage(config, args),
+        Command::Billing(command) => billing::run(config, command),
         Command::Spell(command) => spell::run(command, config),
     }
 }

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use super::extract::Json;
 use crate::App;
 use crate::auth::{self, Caller, User};
-use crate::billing::{self, Billing};
+use crate::billing::{self, AutoRecharge, Billing, ReceiveError};
 use crate::error::{ApiError, Code};
 
 fn enabled(app: &App) -> Result<&Billing, ApiError> {
@@ -29,9 +29,13 @@ async fn current_user(app: &App, caller: &Caller) -> Result<User, ApiError> {
 #[derive(Deserialize)]
 pub struct TopUp {
     amount_usd_cents: i64,
+    /// Keep the card for automatic recharges.
+    #[serde(default)]
+    save_payment_method: bool,
 }
 
-/// `POST /v1/billing/checkout {"amount_usd_cents":500}` → 201 `{"checkout_url","session_id"}`.
+/// `POST /v1/billing/checkout {"amount_usd_cents":500,"save_payment_method":false}` → 201
+/// `{"checkout_url","session_id"}`.
 pub async fn checkout(
     State(app): State<App>,
     caller: Caller,
@@ -40,8 +44,25 @@ pub async fn checkout(
     let billing = enabled(&app)?;
     let user = current_user(&app, &caller).await?;
     let checkout = billing
-        .checkout(&app.db, &user, body.amount_usd_cents)
+        .checkout(
+            &app.db,
+            &user,
+            body.amount_usd_cents,
+            body.save_payment_method,
+        )
         .await?;
+    Ok((StatusCode::CREATED, axum::Json(json!(checkout))))
+}
+
+/// `POST /v1/billing/payment-method` → 201 `{"checkout_url","session_id"}`: a Checkout in setup
+/// mode that saves a card for automatic recharges.
+pub async fn payment_method(
+    State(app): State<App>,
+    caller: Caller,
+) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
+    let billing = enabled(&app)?;
+    let user = current_user(&app, &caller).await?;
+    let checkout = billing.save_payment_method(&app.db, &user).await?;
     Ok((StatusCode::CREATED, axum::Json(json!(checkout))))
 }
 
@@ -56,8 +77,46 @@ pub async fn portal(
     Ok((StatusCode::CREATED, axum::Json(json!({ "url": url }))))
 }
 
+/// `GET /v1/billing`: balance, auto-recharge settings and state, the saved card, last top-ups.
+pub async fn show(State(app): State<App>, caller: Caller) -> Result<axum::Json<Value>, ApiError> {
+    enabled(&app)?;
+    let view = billing::view(&app.db, caller.user_id).await?;
+    Ok(axum::Json(json!(view)))
+}
+
+#[derive(Deserialize)]
+pub struct AutoRechargeBody {
+    enabled: bool,
+    threshold_microusd: Option<i64>,
+    amount_usd_cents: Option<i64>,
+    max_per_day: Option<i64>,
+}
+
+/// `PUT /v1/billing/auto-recharge {"enabled","threshold_microusd","amount_usd_cents",
+/// "max_per_day"}` → 200 with the same view as `GET /v1/billing`.
+pub async fn auto_recharge(
+    State(app): State<App>,
+    caller: Caller,
+    Json(body): Json<AutoRechargeBody>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let billing = enabled(&app)?;
+    let settings = AutoRecharge::parse(
+        body.enabled,
+        body.threshold_microusd,
+        body.amount_usd_cents,
+        body.max_per_day,
+        billing.topup_cents(),
+    )?;
+    billing::set_auto_recharge(&app.db, caller.user_id, &settings).await?;
+    // The balance may already be below the new threshold.
+    app.recharger.settled(caller.user_id);
+    let view = billing::view(&app.db, caller.user_id).await?;
+    Ok(axum::Json(json!(view)))
+}
+
 /// `POST /webhooks/stripe`: the signature is checked over the raw body before anything is
-/// parsed; the event id is recorded, then the event is applied exactly once.
+/// parsed; the event id is recorded, then the event is applied exactly once. A money event that
+/// cannot be read is not recorded and answers 5xx, so Stripe retries it.
 pub async fn webhook(
     State(app): State<App>,
     headers: HeaderMap,
@@ -67,7 +126,7 @@ pub async fn webhook(
     let header = headers
         .get("stripe-signature")
         .and_then(|v| v.to_str().ok());
-    let verified =
+    let payload =
         billing::verify_signature(&body, header, billing.webhook_secrets()).map_err(|error| {
             app.metrics
                 .webhook_events
@@ -75,18 +134,42 @@ pub async fn webhook(
                 .inc();
             ApiError::new(Code::SignatureInvalid, error.to_string())
         })?;
-    let type_ = match &verified {
-        billing::Verified::Event(event) => event.type_.as_str().to_owned(),
-        billing::Verified::Untyped { type_, .. } => type_.clone(),
-    };
-    let payload = String::from_utf8_lossy(&body);
-    let outcome = billing::apply_event(&app.db, verified, &payload).await?;
+    let received = billing::receive(&app.db, &billing.rules(), payload)
+        .await
+        .map_err(|error| refused(&app, error))?;
+    observe(&app, &received);
+    Ok(axum::Json(
+        json!({ "received": true, "result": received.outcome.as_str() }),
+    ))
+}
+
+fn observe(app: &App, received: &billing::Received) {
+    let outcome = received.outcome.as_str();
     app.metrics
         .webhook_events
-        .with_label_values(&[type_.as_str(), outcome.as_str()])
+        .with_label_values(&[received.type_.as_str(), outcome])
         .inc();
-    tracing::info!(stripe.event_type = %type_, stripe.result = outcome.as_str(), "stripe webhook");
-    Ok(axum::Json(
-        json!({ "received": true, "result": outcome.as_str() }),
-    ))
+    app.metrics
+        .billing_alerts
+        .with_label_values(&["rejected"])
+        .inc_by(u64::from(received.rejected));
+    tracing::info!(stripe.event = %received.id, stripe.event_type = %received.type_, stripe.result = outcome, "stripe webhook");
+}
+
+fn refused(app: &App, error: ReceiveError) -> ApiError {
+    match error {
+        ReceiveError::Unreadable(error) => {
+            app.metrics
+                .billing_alerts
+                .with_label_values(&[error.label()])
+                .inc();
+            app.metrics
+                .webhook_events
+                .with_label_values(&["unknown", error.label()])
+                .inc();
+            tracing::error!(error = %error, "a signed stripe event was refused; Stripe will retry it");
+            error.into()
+        }
+        ReceiveError::Billing(error) => error.into(),
+    }
 }

@@ -11,8 +11,8 @@ use super::extract::Json;
 use crate::App;
 use crate::auth::Caller;
 use crate::error::{ApiError, Code};
-use crate::money::MoneyError;
 use crate::money::budgets::{self, Condition, GroupBy, Limits, Period, Scope, Usage};
+use crate::money::{Budget, MoneyError};
 use crate::registry::SpellRef;
 use crate::store::parse_rfc3339;
 
@@ -23,6 +23,12 @@ fn invalid(field: &str, message: impl Into<String>) -> ApiError {
 
 fn not_found() -> ApiError {
     ApiError::new(Code::NotFound, "no such budget")
+}
+
+/// A budget as the client sees it (held = what casts in flight hold).
+async fn shown(app: &App, budget: &Budget) -> Result<Value, ApiError> {
+    let in_flight = app.money.in_flight(&app.db, budget.user_id).await?;
+    Ok(in_flight.show(budget).to_json())
 }
 
 fn money_error(error: MoneyError) -> ApiError {
@@ -113,9 +119,10 @@ fn limits(body: &Value) -> Result<Limits, ApiError> {
 /// `GET /v1/budgets`
 pub async fn list(State(app): State<App>, caller: Caller) -> Result<axum::Json<Value>, ApiError> {
     let budgets = budgets::list(&app.db, caller.user_id, app.db.now_ms()).await?;
+    let in_flight = app.money.in_flight(&app.db, caller.user_id).await?;
     let budgets: Vec<Value> = budgets
         .iter()
-        .map(|b| app.money.shown(b).to_json())
+        .map(|b| in_flight.show(b).to_json())
         .collect();
     Ok(axum::Json(json!({ "budgets": budgets })))
 }
@@ -146,7 +153,7 @@ pub async fn create(
     } else {
         StatusCode::OK
     };
-    Ok((status, axum::Json(app.money.shown(&budget).to_json())))
+    Ok((status, axum::Json(shown(&app, &budget).await?)))
 }
 
 /// `PUT /v1/budgets/{id}`: replaces the limits.
@@ -168,7 +175,7 @@ pub async fn update(
     .map_err(money_error)?
     .ok_or_else(not_found)?;
     app.money.invalidate(caller.user_id);
-    Ok(axum::Json(app.money.shown(&budget).to_json()))
+    Ok(axum::Json(shown(&app, &budget).await?))
 }
 
 /// `PUT /v1/budgets` with `scope` and `period` in the body: replaces that budget's limits.
@@ -186,7 +193,7 @@ pub async fn update_by_scope(
         .map_err(money_error)?
         .ok_or_else(not_found)?;
     app.money.invalidate(caller.user_id);
-    Ok(axum::Json(app.money.shown(&budget).to_json()))
+    Ok(axum::Json(shown(&app, &budget).await?))
 }
 
 /// `DELETE /v1/budgets/{id}`

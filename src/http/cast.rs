@@ -9,7 +9,7 @@ use crate::App;
 use crate::auth::Caller;
 use crate::cast::{self, CastError, CastRequest, CastResult};
 use crate::error::{ApiError, Code};
-use crate::money::{Binding, Budget, MicroUsd, Refusal, Scope};
+use crate::money::{Binding, Budget, InFlight, MicroUsd, Refusal, Scope};
 use crate::registry::SpellRef;
 use crate::sandbox::Outcome;
 use crate::store::rfc3339;
@@ -36,6 +36,7 @@ pub async fn cast(
     let request = parse(body)?;
     // The cast runs to its settlement even if the client goes away: it is tracked so that a
     // graceful shutdown waits for it, and nothing that ran goes uncharged.
+    let caller_id = caller.user_id;
     let task = {
         let app = app.clone();
         app.casts_in_flight
@@ -49,7 +50,12 @@ pub async fn cast(
             (respond(result), budgets)
         }
         Err(CastError::Refused { refusal, budgets }) => {
-            (refused(&app, &refusal).into_response(), budgets)
+            let in_flight = app
+                .money
+                .in_flight(&app.db, caller_id)
+                .await
+                .unwrap_or_default();
+            (refused(&app, &refusal, &in_flight).into_response(), budgets)
         }
         Err(error) => return Err(cast_error(error)),
     };
@@ -178,7 +184,7 @@ fn respond(result: CastResult) -> Response {
 }
 
 /// The 402 quote: what had to be held, what binds and what the client can do about it.
-fn refused(app: &App, refusal: &Refusal) -> ApiError {
+fn refused(app: &App, refusal: &Refusal, in_flight: &InFlight) -> ApiError {
     let error = match &refusal.binding {
         Binding::Balance => ApiError::new(
             Code::BudgetExhausted,
@@ -187,7 +193,7 @@ fn refused(app: &App, refusal: &Refusal) -> ApiError {
         .with("binding", json!({"type": "balance"}))
         .with("topup", topup(app, refusal)),
         Binding::Budget(budget) => {
-            let budget = &app.money.shown(budget);
+            let budget = &in_flight.show(budget);
             let resets_at = budget.resets_at_ms().map(rfc3339);
             ApiError::new(
                 Code::SpendLimitReached,

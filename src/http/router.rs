@@ -95,6 +95,15 @@ pub fn router(app: App) -> Router {
             "/v1/billing/portal",
             scoped(post(billing::portal), a, Manage),
         )
+        .route("/v1/billing", scoped(get(billing::show), a, Manage))
+        .route(
+            "/v1/billing/auto-recharge",
+            scoped(put(billing::auto_recharge), a, Manage),
+        )
+        .route(
+            "/v1/billing/payment-method",
+            scoped(post(billing::payment_method), a, Manage),
+        )
         .route(
             "/webhooks/stripe",
             limited(post(billing::webhook), WEBHOOK_BYTES_MAX),

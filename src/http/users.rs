@@ -11,9 +11,13 @@ pub async fn me(State(app): State<App>, caller: Caller) -> Result<axum::Json<Val
         .await
         .map_err(ApiError::internal)?
         .ok_or_else(ApiError::unauthorized)?;
-    // The database counts this instance's leases as held; only what casts in flight hold
-    // (here, or leased by other instances) is shown as held.
-    let held = user.held_microusd - app.money.leased_free(caller.user_id).get();
+    // What casts in flight hold, not the unused part of this instance's leases.
+    let held = app
+        .money
+        .in_flight(&app.db, caller.user_id)
+        .await?
+        .balance
+        .get();
     Ok(axum::Json(json!({
         "handle": user.handle,
         "email": user.email,

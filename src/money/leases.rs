@@ -1095,29 +1095,32 @@ impl Money {
         })
     }
 
-    /// What this instance could still hold for the user's casts from its balance lease, in µ$
-    /// (money the database counts as held that is not held for any cast).
-    pub fn leased_free(&self, user_id: i64) -> MicroUsd {
-        self.unheld(user_id, &Pool::Balance)
-    }
-
-    fn unheld(&self, user_id: i64, pool: &Pool) -> MicroUsd {
-        let book = self.inner.book.lock().unwrap_or_else(|p| p.into_inner());
-        MicroUsd::new(
-            book.users
-                .get(&user_id)
-                .and_then(|u| u.slots.get(pool))
-                .map_or(0, |s| (s.amount - s.held).max(0)),
+    /// What casts in flight hold of a user's money, as a client should see it: this instance's
+    /// casts (exact, from memory) and what other instances lease (from the database: their
+    /// casts in flight, or money they give back once idle). The unused part of this instance's
+    /// own leases is not shown as held: it is the user's to spend.
+    pub async fn in_flight(&self, db: &Db, user_id: i64) -> Result<InFlight, MoneyError> {
+        let elsewhere: Vec<(Option<String>, i64)> = sqlx::query_as(
+            "SELECT budget_id, CAST(SUM(amount_microusd) AS BIGINT) FROM leases \
+             WHERE user_id = $1 AND instance_id <> $2 GROUP BY budget_id",
         )
-    }
-
-    /// A budget as a client should see it: `held` is what casts in flight hold (here, or
-    /// leased by other instances), not the unused part of this instance's lease.
-    pub fn shown(&self, budget: &Budget) -> Budget {
-        let mut shown = budget.clone();
-        let unheld = self.unheld(budget.user_id, &Pool::Budget(budget.id.clone()));
-        shown.held = MicroUsd::new((budget.held.get() - unheld.get()).max(0));
-        shown
+        .bind(user_id)
+        .bind(&self.inner.instance_id)
+        .fetch_all(db.reader())
+        .await?;
+        let mut view = InFlight::default();
+        {
+            let book = self.inner.book.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(user) = book.users.get(&user_id) {
+                for (pool, slot) in &user.slots {
+                    view.add(pool.budget_id(), slot.held);
+                }
+            }
+        }
+        for (budget_id, amount) in elsewhere {
+            view.add(budget_id, amount);
+        }
+        Ok(view)
     }
 
     /// The next hold of this user borrows again, re-reading their budgets (after a change made
@@ -1225,5 +1228,29 @@ impl Money {
             .store
             .transact(|conn| sweep_in(conn).boxed())
             .await
+    }
+}
+
+/// What casts in flight hold of a user's balance and budgets (see [`Money::in_flight`]).
+#[derive(Debug, Clone, Default)]
+pub struct InFlight {
+    pub balance: MicroUsd,
+    budgets: HashMap<String, MicroUsd>,
+}
+
+impl InFlight {
+    fn add(&mut self, budget_id: Option<String>, amount: i64) {
+        let slot = match budget_id {
+            None => &mut self.balance,
+            Some(id) => self.budgets.entry(id).or_default(),
+        };
+        *slot = MicroUsd::new(slot.get().saturating_add(amount));
+    }
+
+    /// The budget with `held` as casts in flight hold it.
+    pub fn show(&self, budget: &Budget) -> Budget {
+        let mut shown = budget.clone();
+        shown.held = self.budgets.get(&budget.id).copied().unwrap_or_default();
+        shown
     }
 }

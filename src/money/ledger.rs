@@ -151,10 +151,76 @@ pub enum ChainCheck {
 /// Page size when walking the ledger: bounds memory on large ledgers.
 const VERIFY_PAGE: i64 = 10_000;
 
+/// The hash before the first entry.
+const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// A point of the chain, `HASH@SEQ`: the hash of entry `seq` (seq 0: the genesis hash). An
+/// operator who keeps one outside the database can later prove that no entry up to `seq` was
+/// rewritten or removed, since each hash chains every entry before it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Anchor {
+    pub seq: i64,
+    pub hash: String,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("expected HASH@SEQ: 64 lowercase hex characters, @, a sequence number ≥ 0")]
+pub struct AnchorError;
+
+impl std::str::FromStr for Anchor {
+    type Err = AnchorError;
+
+    fn from_str(text: &str) -> Result<Self, AnchorError> {
+        let (hash, seq) = text.trim().split_once('@').ok_or(AnchorError)?;
+        let hex = hash.len() == 64 && hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        let seq: i64 = seq.parse().map_err(|_| AnchorError)?;
+        if !hex || seq < 0 {
+            return Err(AnchorError);
+        }
+        Ok(Anchor {
+            seq,
+            hash: hash.to_owned(),
+        })
+    }
+}
+
+impl std::fmt::Display for Anchor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", self.hash, self.seq)
+    }
+}
+
+/// The head of the chain: the last entry's seq and hash (read-only).
+pub async fn head(db: &Db) -> Result<Anchor, MoneyError> {
+    let (seq, hash): (i64, String) =
+        sqlx::query_as("SELECT seq, hash FROM ledger_head WHERE id = 1")
+            .fetch_one(db.reader())
+            .await?;
+    Ok(Anchor { seq, hash })
+}
+
 /// Recomputes the whole chain: gapless seq from 1, each `prev_hash` equal to the previous
-/// hash, each hash recomputed, each user's running balance, the head, and every user's
-/// balance equal to the sum of their entries.
+/// hash, each hash recomputed, each user's running balance (which must not overflow), the
+/// head, and every user's balance equal to the sum of their entries.
 pub async fn verify_chain(db: &Db) -> Result<ChainCheck, MoneyError> {
+    verify_chain_anchored(db, None).await
+}
+
+/// [`verify_chain`], and the chain still passes through `anchor` (exported earlier with
+/// `spellhost ledger head`): no entry up to it was rewritten or removed.
+pub async fn verify_chain_anchored(
+    db: &Db,
+    anchor: Option<&Anchor>,
+) -> Result<ChainCheck, MoneyError> {
+    if let Some(anchor) = anchor
+        && anchor.seq == 0
+        && anchor.hash != GENESIS_HASH
+    {
+        return Ok(ChainCheck::Broken {
+            seq: 0,
+            reason: "an anchor at seq 0 must carry the genesis hash".into(),
+        });
+    }
     // One snapshot for the whole walk, so appends made meanwhile by a running service are not
     // mistaken for breaks.
     let mut snapshot = db
@@ -162,7 +228,7 @@ pub async fn verify_chain(db: &Db) -> Result<ChainCheck, MoneyError> {
         .begin_with(db.pick("BEGIN", "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"))
         .await?;
     let mut expected_seq = 1i64;
-    let mut prev_hash = "0".repeat(64);
+    let mut prev_hash = GENESIS_HASH.to_owned();
     let mut running: std::collections::HashMap<i64, i64> = Default::default();
     loop {
         let page: Vec<LedgerEntry> = sqlx::query_as(
@@ -183,11 +249,33 @@ pub async fn verify_chain(db: &Db) -> Result<ChainCheck, MoneyError> {
                     reason,
                 });
             }
+            if let Some(anchor) = anchor
+                && anchor.seq == entry.seq
+                && anchor.hash != entry.hash
+            {
+                return Ok(ChainCheck::Broken {
+                    seq: entry.seq,
+                    reason: format!(
+                        "the hash differs from the anchor {anchor}: an entry up to seq {} was rewritten",
+                        entry.seq
+                    ),
+                });
+            }
             prev_hash = entry.hash;
             expected_seq += 1;
         }
     }
     let entries = expected_seq - 1;
+    if let Some(anchor) = anchor
+        && anchor.seq > entries
+    {
+        return Ok(ChainCheck::Broken {
+            seq: entries + 1,
+            reason: format!(
+                "the ledger ends at seq {entries}, before the anchor {anchor}: entries were removed"
+            ),
+        });
+    }
     let (head_seq, head_hash): (i64, String) =
         sqlx::query_as("SELECT seq, hash FROM ledger_head WHERE id = 1")
             .fetch_one(&mut *snapshot)
@@ -231,7 +319,13 @@ fn check_entry(
         return Some("hash does not match the entry".into());
     }
     let balance = running.entry(entry.user_id).or_insert(0);
-    *balance += entry.amount_microusd;
+    let Some(sum) = balance.checked_add(entry.amount_microusd) else {
+        return Some(format!(
+            "the running total of user {} overflows a 64-bit micro-dollar amount",
+            entry.user_id
+        ));
+    };
+    *balance = sum;
     if *balance != entry.balance_after_microusd {
         return Some(format!(
             "balance_after is {}, the running sum is {}",
@@ -239,4 +333,46 @@ fn check_entry(
         ));
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn anchors_parse_from_hash_at_seq_and_print_back() {
+        let text = format!("{}@42", "ab".repeat(32));
+        let anchor: Anchor = text.parse().expect("valid");
+        assert_eq!(anchor.seq, 42);
+        assert_eq!(anchor.to_string(), text);
+        for bad in [
+            "",
+            "@1",
+            &format!("{}@-1", "ab".repeat(32)),
+            &format!("{}@1", "AB".repeat(32)),
+            &format!("{}@1", "ab".repeat(31)),
+            &format!("{}@x", "ab".repeat(32)),
+        ] {
+            assert_eq!(bad.parse::<Anchor>(), Err(AnchorError), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_running_total_that_overflows_breaks_the_chain() {
+        let mut running = std::collections::HashMap::from([(1, i64::MAX)]);
+        let mut entry = LedgerEntry {
+            seq: 2,
+            user_id: 1,
+            kind: "grant".into(),
+            amount_microusd: 1,
+            balance_after_microusd: i64::MIN,
+            reference: "x".into(),
+            created_at_ms: 0,
+            prev_hash: GENESIS_HASH.into(),
+            hash: String::new(),
+        };
+        entry.hash = entry.expected_hash();
+        let reason = check_entry(&entry, 2, GENESIS_HASH, &mut running).expect("broken");
+        assert!(reason.contains("overflows"), "{reason}");
+    }
 }

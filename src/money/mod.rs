@@ -18,7 +18,7 @@ pub mod store;
 mod units;
 
 pub use budgets::{Budget, Period, Scope};
-pub use leases::{CastRecord, HoldFor, LeaseHold, Money, Settlement};
+pub use leases::{CastRecord, HoldFor, InFlight, LeaseHold, Money, Settlement};
 pub use ledger::{ChainCheck, EntryKind, LedgerEntry, append_entry, verify_chain};
 pub use pricing::Pricing;
 pub use quote::{Binding, Caps, FuelBound, Plan, Refusal};
@@ -149,6 +149,15 @@ pub async fn post_in(
         .bind(user_id)
         .execute(&mut **tx)
         .await?;
+    if amount.get() < 0 {
+        // A debit (refund, dispute) may leave less than instances have leased: they must stop
+        // admitting casts on those leases and give back what they do not hold (at their next
+        // upkeep, within half a second).
+        sqlx::query("UPDATE leases SET revoked = 1 WHERE user_id = $1 AND budget_id IS NULL")
+            .bind(user_id)
+            .execute(&mut **tx)
+            .await?;
+    }
     let entry = append_entry(
         tx,
         user_id,

@@ -1,4 +1,5 @@
-//! Stripe billing against a fake Stripe API on loopback and signed webhook deliveries.
+//! Stripe billing against a fake Stripe API on loopback and signed webhook deliveries: top-ups,
+//! refunds and disputes in both directions, in every order, duplicated and concurrent.
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -6,13 +7,36 @@ use serde_json::{Value, json};
 use crate::app::{Backend, TestApp, TestUser, error_code, spawn_app, spawn_app_with};
 use crate::on_both_databases;
 use crate::stripe_fake::{
-    FakeStripe, completed_session, dispute, event, now, refunded_charge, signature_header, v1,
+    FakeStripe, completed_session, dispute, event, now, refund, refunded_charge, signature_header,
+    v1,
 };
 
-const SECRET_KEY: &str = "sk_test_fake_key_0123456789";
+pub const SECRET_KEY: &str = "sk_test_fake_key_0123456789";
 const OLD_SECRET: &str = "whsec_old_0123456789";
 const NEW_SECRET: &str = "whsec_new_0123456789";
-const PUBLIC_URL: &str = "https://spellhost.example";
+pub const PUBLIC_URL: &str = "https://spellhost.example";
+
+/// The server's Stripe settings, pointing at `base` (the fake).
+pub fn stripe_vars(base: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("SPELLHOST_STRIPE_SECRET_KEY", SECRET_KEY.to_owned()),
+        (
+            "SPELLHOST_STRIPE_WEBHOOK_SECRET",
+            format!("{OLD_SECRET},{NEW_SECRET}"),
+        ),
+        ("SPELLHOST_STRIPE_API_BASE", base.to_owned()),
+        ("SPELLHOST_PUBLIC_URL", PUBLIC_URL.to_owned()),
+    ]
+}
+
+/// The app with Stripe pointed at a fresh fake, and `extra` settings.
+pub async fn billing_app_with(backend: &Backend, extra: &[(&str, &str)]) -> (TestApp, FakeStripe) {
+    let (fake, base) = FakeStripe::start().await;
+    let stripe = stripe_vars(&base);
+    let mut vars: Vec<(&str, &str)> = stripe.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    vars.extend_from_slice(extra);
+    (spawn_app_with(backend, &vars).await, fake)
+}
 
 async fn billing_app(backend: &Backend, trailing_slash: bool) -> (TestApp, FakeStripe) {
     let (fake, base) = FakeStripe::start().await;
@@ -21,18 +45,9 @@ async fn billing_app(backend: &Backend, trailing_slash: bool) -> (TestApp, FakeS
     } else {
         base
     };
-    let secrets = format!("{OLD_SECRET},{NEW_SECRET}");
-    let app = spawn_app_with(
-        backend,
-        &[
-            ("SPELLHOST_STRIPE_SECRET_KEY", SECRET_KEY),
-            ("SPELLHOST_STRIPE_WEBHOOK_SECRET", secrets.as_str()),
-            ("SPELLHOST_STRIPE_API_BASE", base.as_str()),
-            ("SPELLHOST_PUBLIC_URL", PUBLIC_URL),
-        ],
-    )
-    .await;
-    (app, fake)
+    let stripe = stripe_vars(&base);
+    let vars: Vec<(&str, &str)> = stripe.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    (spawn_app_with(backend, &vars).await, fake)
 }
 
 async fn deliver(app: &TestApp, payload: &str, header: Option<String>) -> (StatusCode, Value) {
@@ -48,7 +63,7 @@ async fn deliver(app: &TestApp, payload: &str, header: Option<String>) -> (Statu
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
-async fn deliver_signed(app: &TestApp, payload: &str) -> (StatusCode, Value) {
+pub async fn deliver_signed(app: &TestApp, payload: &str) -> (StatusCode, Value) {
     deliver(
         app,
         payload,
@@ -57,31 +72,110 @@ async fn deliver_signed(app: &TestApp, payload: &str) -> (StatusCode, Value) {
     .await
 }
 
+/// Delivers and expects a 200 with `result`.
+pub async fn delivered(app: &TestApp, payload: &str, result: &str) {
+    let (status, body) = deliver_signed(app, payload).await;
+    assert_eq!(
+        (status, body["result"].as_str()),
+        (StatusCode::OK, Some(result)),
+        "{body}"
+    );
+}
+
 /// A user who started a $5 checkout; returns (user, session id, customer id).
-async fn checked_out(app: &TestApp, handle: &str) -> (TestUser, String, String) {
+pub async fn checked_out(app: &TestApp, handle: &str) -> (TestUser, String, String) {
     let user = app.user(handle, 0).await;
+    let (session, customer) = checkout(app, &user, 500).await;
+    (user, session, customer)
+}
+
+/// A checkout of `cents` by `user`; returns (session id, customer id).
+pub async fn checkout(app: &TestApp, user: &TestUser, cents: i64) -> (String, String) {
     let (status, body) = app
         .post(
             "/v1/billing/checkout",
             Some(&user.key),
-            json!({"amount_usd_cents": 500}),
+            json!({"amount_usd_cents": cents}),
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let session = body["session_id"].as_str().expect("session").to_owned();
-    let customer = spellhost::auth::user_by_id(&app.app.db, user.id)
+    (session, customer_of(app, user).await)
+}
+
+pub async fn customer_of(app: &TestApp, user: &TestUser) -> String {
+    spellhost::auth::user_by_id(&app.app.db, user.id)
         .await
         .expect("user")
         .expect("exists")
         .stripe_customer_id
-        .expect("customer recorded");
-    (user, session, customer)
+        .expect("customer recorded")
 }
 
-async fn balance(app: &TestApp, user: &TestUser) -> i64 {
+pub async fn balance(app: &TestApp, user: &TestUser) -> i64 {
     app.me(user).await["balance_microusd"]
         .as_i64()
         .expect("balance")
+}
+
+/// The recorded status and reason of an event, if it was recorded.
+pub async fn recorded(app: &TestApp, id: &str) -> Option<(String, Option<String>)> {
+    sqlx::query_as("SELECT status, reason FROM stripe_events WHERE id = $1")
+        .bind(id)
+        .fetch_optional(app.app.db.reader())
+        .await
+        .expect("query")
+}
+
+/// The value of one exported metric series, e.g. `spellhost_billing_alerts_total{reason="rejected"}`.
+pub async fn metric(app: &TestApp, series: &str) -> f64 {
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Waits until `condition` holds, polling; panics with `what` after a generous minute (a
+/// bound for a broken test, not a figure any passing run depends on).
+pub async fn eventually<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !condition().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Every permutation of `0..n` (Heap's algorithm).
+pub fn orders(n: usize) -> Vec<Vec<usize>> {
+    fn heap(k: usize, items: &mut Vec<usize>, out: &mut Vec<Vec<usize>>) {
+        if k <= 1 {
+            out.push(items.clone());
+            return;
+        }
+        for i in 0..k {
+            heap(k - 1, items, out);
+            let j = if k.is_multiple_of(2) { i } else { 0 };
+            items.swap(j, k - 1);
+        }
+    }
+    let mut out = Vec::new();
+    heap(n, &mut (0..n).collect(), &mut out);
+    out
 }
 
 on_both_databases! {
@@ -103,22 +197,27 @@ on_both_databases! {
         assert_eq!(sessions.len(), 1);
         let session = &sessions[0];
         assert_eq!(session.authorization, format!("Bearer {SECRET_KEY}"));
+        assert_eq!(session.stripe_version.as_deref(), Some(crate::stripe_fake::API_VERSION));
         assert_eq!(session.field("mode"), Some("payment"));
         assert_eq!(session.field("customer"), Some("cus_fake1"));
-        assert_eq!(session.field("client_reference_id"), Some(user.id.to_string().as_str()));
-        assert_eq!(session.field("metadata[spellhost_user_id]"), Some(user.id.to_string().as_str()));
         assert_eq!(session.field("line_items[0][price_data][currency]"), Some("usd"));
         assert_eq!(session.field("line_items[0][price_data][unit_amount]"), Some("500"));
         assert_eq!(session.field("line_items[0][quantity]"), Some("1"));
+        // What was paid is what is credited: never presented in another currency.
+        assert_eq!(session.field("adaptive_pricing[enabled]"), Some("false"));
+        assert_eq!(session.field("payment_intent_data[setup_future_usage]"), None);
         assert!(session.field("success_url").is_some_and(|u| u.starts_with(PUBLIC_URL)));
         assert!(session.field("cancel_url").is_some_and(|u| u.starts_with(PUBLIC_URL)));
         assert!(session_id.starts_with("cs_test_"));
 
-        // The customer is created once; the second checkout reuses it.
-        let (status, _) = app.post("/v1/billing/checkout", Some(&user.key), json!({"amount_usd_cents": 1000})).await;
+        // The customer is created once; the second checkout reuses it and may keep the card.
+        let (status, _) = app.post("/v1/billing/checkout", Some(&user.key),
+            json!({"amount_usd_cents": 1000, "save_payment_method": true})).await;
         assert_eq!(status, StatusCode::CREATED);
         assert_eq!(fake.requests_to("/v1/customers").len(), 1);
-        assert_eq!(fake.requests_to("/v1/checkout/sessions")[1].field("customer"), Some("cus_fake1"));
+        let second = &fake.requests_to("/v1/checkout/sessions")[1];
+        assert_eq!(second.field("customer"), Some("cus_fake1"));
+        assert_eq!(second.field("payment_intent_data[setup_future_usage]"), Some("off_session"));
 
         for cents in [0, 49, 1_000_000_000] {
             let (status, body) = app.post("/v1/billing/checkout", Some(&user.key), json!({"amount_usd_cents": cents})).await;
@@ -146,10 +245,12 @@ on_both_databases! {
     async fn without_stripe_keys_billing_is_disabled(backend) {
         let app = spawn_app(&backend).await;
         let user = app.user("ada", 0).await;
-        for path in ["/v1/billing/checkout", "/v1/billing/portal"] {
+        for path in ["/v1/billing/checkout", "/v1/billing/portal", "/v1/billing/payment-method"] {
             let (status, body) = app.post(path, Some(&user.key), json!({"amount_usd_cents": 500})).await;
             assert_eq!((status, error_code(&body)), (StatusCode::SERVICE_UNAVAILABLE, "billing_disabled"), "{path}");
         }
+        let (status, body) = app.get("/v1/billing", Some(&user.key)).await;
+        assert_eq!((status, error_code(&body)), (StatusCode::SERVICE_UNAVAILABLE, "billing_disabled"));
         let (status, _) = deliver(&app, "{}", Some("t=1,v1=00".into())).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         app.shutdown().await;
@@ -186,8 +287,7 @@ on_both_databases! {
         assert_eq!(response["result"], "applied");
         assert_eq!(balance(&app, &user).await, 5_000_000);
         // The same event again (signed with the new secret): no effect.
-        let (status, response) = deliver_signed(&app, &payload).await;
-        assert_eq!((status, response["result"].as_str()), (StatusCode::OK, Some("duplicate")));
+        delivered(&app, &payload, "duplicate").await;
         assert_eq!(balance(&app, &user).await, 5_000_000);
         app.assert_money_invariants(&user).await;
         app.shutdown().await;
@@ -209,15 +309,14 @@ on_both_databases! {
 
     async fn completion_refund_and_dispute_end_at_the_same_balance_in_every_order(backend) {
         let (app, _fake) = billing_app(&backend, false).await;
-        let orders: [[usize; 3]; 6] = [[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]];
-        for (n, order) in orders.iter().enumerate() {
+        for (n, order) in orders(3).iter().enumerate() {
             let (user, session, customer) = checked_out(&app, &format!("user{n}")).await;
             let pi = format!("pi_order{n}");
             let charge = format!("ch_order{n}");
             let events = [
                 event(&format!("evt_c{n}"), "checkout.session.completed", completed_session(&session, user.id, &customer, &pi, 500, "usd")),
                 event(&format!("evt_r{n}"), "charge.refunded", refunded_charge(&charge, &pi, 200)),
-                event(&format!("evt_d{n}"), "charge.dispute.created", dispute(&format!("dp_order{n}"), &charge, &pi, 100)),
+                event(&format!("evt_d{n}"), "charge.dispute.created", dispute(&format!("dp_order{n}"), &charge, &pi, 100, "needs_response", &[-100])),
             ];
             for index in order {
                 let (status, body) = deliver_signed(&app, &events[*index]).await;
@@ -240,11 +339,9 @@ on_both_databases! {
         let (app, _fake) = billing_app(&backend, false).await;
         let (user, session, customer) = checked_out(&app, "ada").await;
         let euros = event("evt_eur", "checkout.session.completed", completed_session(&session, user.id, &customer, "pi_eur", 500, "eur"));
-        let (status, body) = deliver_signed(&app, &euros).await;
-        assert_eq!((status, body["result"].as_str()), (StatusCode::OK, Some("not_credited")));
+        delivered(&app, &euros, "not_credited").await;
         let unknown = event("evt_unknown", "invoice.created", json!({"id": "in_1", "object": "invoice"}));
-        let (status, body) = deliver_signed(&app, &unknown).await;
-        assert_eq!((status, body["result"].as_str()), (StatusCode::OK, Some("ignored")));
+        delivered(&app, &unknown, "ignored").await;
         let (recorded,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM stripe_events").fetch_one(app.app.db.reader()).await.expect("count");
         assert_eq!(recorded, 2);
         assert_eq!(balance(&app, &user).await, 0);
@@ -261,6 +358,144 @@ on_both_databases! {
         assert_eq!(body["error"]["topup"]["method"], "POST");
         assert_eq!(body["error"]["topup"]["url"], format!("{PUBLIC_URL}/v1/billing/checkout"));
         assert_eq!(body["error"]["topup"]["body"]["amount_usd_cents"], 500, "{body}");
+        app.shutdown().await;
+    }
+
+    async fn only_sessions_spellhost_created_are_credited(backend) {
+        let (app, _fake) = billing_app(&backend, false).await;
+        let (user, session, customer) = checked_out(&app, "ada").await;
+        // A Payment Link (or any other product on the account) can name the user in
+        // client_reference_id and metadata and use the user's customer: not a top-up.
+        let foreign = event("evt_link", "checkout.session.completed",
+            completed_session("cs_live_payment_link", user.id, &customer, "pi_link", 90_000, "usd"));
+        delivered(&app, &foreign, "ignored").await;
+        let async_foreign = event("evt_link_async", "checkout.session.async_payment_succeeded",
+            completed_session("cs_live_payment_link", user.id, &customer, "pi_link", 90_000, "usd"));
+        delivered(&app, &async_foreign, "ignored").await;
+        assert_eq!(balance(&app, &user).await, 0);
+        // Its refund is recorded and moves nothing.
+        let foreign_refund = event("evt_link_refund", "charge.refunded", refunded_charge("ch_link", "pi_link", 90_000));
+        delivered(&app, &foreign_refund, "pending").await;
+        // spellhost's own session: unpaid first (an async payment method), then paid, credited once.
+        let mut unpaid = completed_session(&session, user.id, &customer, "pi_own", 500, "usd");
+        unpaid["payment_status"] = json!("unpaid");
+        delivered(&app, &event("evt_own_unpaid", "checkout.session.completed", unpaid), "not_credited").await;
+        let paid = completed_session(&session, user.id, &customer, "pi_own", 500, "usd");
+        delivered(&app, &event("evt_own_paid", "checkout.session.async_payment_succeeded", paid.clone()), "applied").await;
+        delivered(&app, &event("evt_own_again", "checkout.session.completed", paid), "ignored").await;
+        assert_eq!(balance(&app, &user).await, 5_000_000);
+        assert_eq!(recorded(&app, "evt_link_refund").await.map(|(s, _)| s).as_deref(), Some("pending"));
+        // A session of another amount than asked for is not credited blindly.
+        let (other, _) = checkout(&app, &user, 1000).await;
+        let tampered = event("evt_tampered", "checkout.session.completed",
+            completed_session(&other, user.id, &customer, "pi_tampered", 100_000, "usd"));
+        delivered(&app, &tampered, "rejected").await;
+        assert_eq!(balance(&app, &user).await, 5_000_000);
+        app.assert_money_invariants(&user).await;
+        app.shutdown().await;
+    }
+
+    async fn disputes_move_money_when_funds_move_in_every_order(backend) {
+        let (app, _fake) = billing_app(&backend, false).await;
+        // Won: withdrawn, then reinstated. Every order of its four events, each sent twice,
+        // and the completion they depend on at every position.
+        for (n, order) in orders(4).iter().enumerate() {
+            let (user, session, customer) = checked_out(&app, &format!("won{n}")).await;
+            let (pi, charge, dp) = (format!("pi_won{n}"), format!("ch_won{n}"), format!("dp_won{n}"));
+            let events = [
+                event(&format!("evt_won_created{n}"), "charge.dispute.created", dispute(&dp, &charge, &pi, 300, "needs_response", &[-300])),
+                event(&format!("evt_won_withdrawn{n}"), "charge.dispute.funds_withdrawn", dispute(&dp, &charge, &pi, 300, "needs_response", &[-300])),
+                event(&format!("evt_won_reinstated{n}"), "charge.dispute.funds_reinstated", dispute(&dp, &charge, &pi, 300, "won", &[-300, 300])),
+                event(&format!("evt_won_closed{n}"), "charge.dispute.closed", dispute(&dp, &charge, &pi, 300, "won", &[-300, 300])),
+            ];
+            let completion = event(&format!("evt_won_c{n}"), "checkout.session.completed", completed_session(&session, user.id, &customer, &pi, 500, "usd"));
+            let mut sequence: Vec<&String> = order.iter().map(|i| &events[*i]).collect();
+            sequence.insert(n % 5, &completion);
+            for payload in sequence.iter().chain(sequence.iter()) {
+                let (status, body) = deliver_signed(&app, payload).await;
+                assert_eq!(status, StatusCode::OK, "{order:?}: {body}");
+            }
+            assert_eq!(balance(&app, &user).await, 5_000_000, "won, order {order:?}");
+            app.assert_money_invariants(&user).await;
+        }
+        // Lost: withdrawn and never returned, in every order.
+        for (n, order) in orders(3).iter().enumerate() {
+            let (user, session, customer) = checked_out(&app, &format!("lost{n}")).await;
+            let (pi, charge, dp) = (format!("pi_lost{n}"), format!("ch_lost{n}"), format!("dp_lost{n}"));
+            let events = [
+                event(&format!("evt_lost_created{n}"), "charge.dispute.created", dispute(&dp, &charge, &pi, 200, "needs_response", &[-200])),
+                event(&format!("evt_lost_withdrawn{n}"), "charge.dispute.funds_withdrawn", dispute(&dp, &charge, &pi, 200, "needs_response", &[-200])),
+                event(&format!("evt_lost_closed{n}"), "charge.dispute.closed", dispute(&dp, &charge, &pi, 200, "lost", &[-200])),
+            ];
+            delivered(&app, &event(&format!("evt_lost_c{n}"), "checkout.session.completed", completed_session(&session, user.id, &customer, &pi, 500, "usd")), "applied").await;
+            for index in order {
+                assert_eq!(deliver_signed(&app, &events[*index]).await.0, StatusCode::OK);
+            }
+            assert_eq!(balance(&app, &user).await, 3_000_000, "lost, order {order:?}");
+        }
+        // An inquiry withdraws nothing and moves nothing.
+        let (user, session, customer) = checked_out(&app, "inquiry").await;
+        delivered(&app, &event("evt_inq_c", "checkout.session.completed", completed_session(&session, user.id, &customer, "pi_inq", 500, "usd")), "applied").await;
+        delivered(&app, &event("evt_inq_created", "charge.dispute.created", dispute("dp_inq", "ch_inq", "pi_inq", 500, "warning_needs_response", &[])), "ignored").await;
+        delivered(&app, &event("evt_inq_closed", "charge.dispute.closed", dispute("dp_inq", "ch_inq", "pi_inq", 500, "warning_closed", &[])), "ignored").await;
+        assert_eq!(balance(&app, &user).await, 5_000_000);
+        app.assert_money_invariants(&user).await;
+        let references: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT reference, amount_microusd FROM ledger WHERE reference LIKE 'stripe:dp_won0:%' ORDER BY seq")
+            .fetch_all(app.app.db.reader()).await.expect("entries");
+        assert_eq!(references, [("stripe:dp_won0:withdrawn".to_owned(), -3_000_000), ("stripe:dp_won0:reinstated".to_owned(), 3_000_000)]);
+        app.shutdown().await;
+    }
+
+    async fn a_refund_that_fails_after_its_debit_is_credited_back_in_every_order(backend) {
+        let (app, _fake) = billing_app(&backend, false).await;
+        for (n, order) in orders(3).iter().enumerate() {
+            let (user, session, customer) = checked_out(&app, &format!("user{n}")).await;
+            let (pi, charge) = (format!("pi_rf{n}"), format!("ch_rf{n}"));
+            let events = [
+                event(&format!("evt_rf_c{n}"), "checkout.session.completed", completed_session(&session, user.id, &customer, &pi, 500, "usd")),
+                event(&format!("evt_rf_r{n}"), "charge.refunded", refunded_charge(&charge, &pi, 200)),
+                event(&format!("evt_rf_failed{n}"), "charge.refund.updated", refund(&format!("re_rf{n}"), &charge, &pi, 200, "failed")),
+            ];
+            for index in order {
+                assert_eq!(deliver_signed(&app, &events[*index]).await.0, StatusCode::OK, "{order:?}");
+            }
+            for payload in &events {
+                delivered(&app, payload, "duplicate").await;
+            }
+            assert_eq!(balance(&app, &user).await, 5_000_000, "order {order:?}");
+            // A second refund, of $1.00, that succeeds: the charge's total counts both.
+            delivered(&app, &event(&format!("evt_rf_ok{n}"), "charge.refund.updated", refund(&format!("re_ok{n}"), &charge, &pi, 100, "succeeded")), "ignored").await;
+            delivered(&app, &event(&format!("evt_rf_r2{n}"), "charge.refunded", refunded_charge(&charge, &pi, 300)), "applied").await;
+            assert_eq!(balance(&app, &user).await, 4_000_000, "order {order:?}");
+            // A canceled refund is credited back like a failed one.
+            delivered(&app, &event(&format!("evt_rf_canceled{n}"), "charge.refund.updated", refund(&format!("re_ok{n}"), &charge, &pi, 100, "canceled")), "applied").await;
+            assert_eq!(balance(&app, &user).await, 5_000_000, "order {order:?}");
+            app.assert_money_invariants(&user).await;
+        }
+        app.shutdown().await;
+    }
+
+    async fn every_event_at_once_ends_at_the_same_balance(backend) {
+        let (app, _fake) = billing_app(&backend, false).await;
+        let (user, session, customer) = checked_out(&app, "ada").await;
+        let (pi, charge) = ("pi_storm", "ch_storm");
+        let events = [
+            event("evt_s_c", "checkout.session.completed", completed_session(&session, user.id, &customer, pi, 500, "usd")),
+            event("evt_s_async", "checkout.session.async_payment_succeeded", completed_session(&session, user.id, &customer, pi, 500, "usd")),
+            event("evt_s_r1", "charge.refunded", refunded_charge(charge, pi, 100)),
+            event("evt_s_r2", "charge.refunded", refunded_charge(charge, pi, 150)),
+            event("evt_s_failed", "charge.refund.updated", refund("re_storm", charge, pi, 50, "failed")),
+            event("evt_s_dc", "charge.dispute.created", dispute("dp_storm", charge, pi, 100, "needs_response", &[-100])),
+            event("evt_s_dw", "charge.dispute.funds_withdrawn", dispute("dp_storm", charge, pi, 100, "needs_response", &[-100])),
+        ];
+        // Each event five times, all at once.
+        let deliveries = events.iter().cycle().take(events.len() * 5).map(|payload| deliver_signed(&app, payload));
+        let results = futures::future::join_all(deliveries).await;
+        assert!(results.iter().all(|(status, _)| *status == StatusCode::OK), "{results:?}");
+        // $5.00 − ($1.50 refunded − $0.50 failed) − $1.00 disputed.
+        assert_eq!(balance(&app, &user).await, 3_000_000);
+        app.assert_money_invariants(&user).await;
         app.shutdown().await;
     }
 }

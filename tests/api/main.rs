@@ -2,6 +2,8 @@
 
 mod app;
 mod billing;
+mod billing_recharge;
+mod billing_recovery;
 mod budgets;
 mod gate;
 mod helpers;

@@ -574,3 +574,16 @@ async fn assert_matches_model(db: &Db, user_id: i64, step: usize, model: &Model)
         }
     }
 }
+
+on_both_databases! {
+    // Found by the model: a refund must stop the lease from admitting what the balance no
+    // longer has (the lease kept admitting casts on money the refund took away).
+    async fn a_refund_revokes_what_leases_hold_back(backend) {
+        check_against_model(&backend, vec![
+            Operation::Grant(2580), Operation::Grant(3756), Operation::Refund(1),
+            Operation::Hold { spell_fuel_max: 23_800_001, caller_fuel_max: None, key: 1, spell: 1 },
+            Operation::Refund(2112),
+            Operation::Hold { spell_fuel_max: 78_210_700, caller_fuel_max: Some(18_402_861), key: 0, spell: 1 },
+        ]).await;
+    }
+}
