@@ -14,6 +14,9 @@ use crate::sandbox::{HostLimits, SandboxConfig};
 /// The smallest accepted server secret, in bytes: HMAC-SHA256 keys derive from it.
 const SECRET_BYTES_MIN: usize = 32;
 const SECRET_FILE: &str = "secret.key";
+/// The ledger self-check runs every 15 s: a broken chain is noticed well within one alert
+/// evaluation, and one pass over the newest entries costs milliseconds.
+const DEFAULT_SELF_CHECK_INTERVAL_MS: u64 = 15_000;
 
 #[derive(Debug, thiserror::Error)]
 #[error("{variable}: {message}")]
@@ -47,6 +50,8 @@ pub struct Config {
     pub topup_max_cents: i64,
     /// How long a lease lives without renewal (`SPELLHOST_LEASE_TTL_MS`).
     pub lease_ttl_ms: i64,
+    /// How often the server re-verifies the newest ledger entries (`SPELLHOST_SELF_CHECK_INTERVAL_MS`).
+    pub self_check_interval: std::time::Duration,
 }
 
 /// Stripe settings; present only when both the secret key and a webhook secret are set.
@@ -234,6 +239,16 @@ impl Config {
                 "needs 50 ≤ min ≤ SPELLHOST_TOPUP_MAX_CENTS (Stripe's minimum charge is 50 cents)",
             ));
         }
+        let self_check_interval_ms: u64 = source.parse(
+            "SPELLHOST_SELF_CHECK_INTERVAL_MS",
+            DEFAULT_SELF_CHECK_INTERVAL_MS,
+        )?;
+        if !(10..=3_600_000).contains(&self_check_interval_ms) {
+            return Err(error(
+                "SPELLHOST_SELF_CHECK_INTERVAL_MS",
+                "must be between 10 and 3600000 (an hour)",
+            ));
+        }
         Ok(Config {
             listen,
             data_dir,
@@ -248,6 +263,7 @@ impl Config {
             topup_min_cents,
             topup_max_cents,
             lease_ttl_ms: lease_ttl_ms(&source)?,
+            self_check_interval: std::time::Duration::from_millis(self_check_interval_ms),
         })
     }
 
@@ -258,8 +274,7 @@ impl Config {
             return Ok(());
         }
         use anyhow::Context as _;
-        std::fs::create_dir_all(&self.data_dir)
-            .with_context(|| format!("creating {}", self.data_dir.display()))?;
+        crate::ops::files::private_dir(&self.data_dir)?;
         let path = self.data_dir.join(SECRET_FILE);
         if !path.exists() {
             use rand::Rng as _;
@@ -273,7 +288,8 @@ impl Config {
                 .mode(0o600)
                 .open(&path)
                 .with_context(|| format!("creating {}", path.display()))?;
-            file.write_all(hex::encode(bytes).as_bytes())?;
+            file.write_all(hex::encode(bytes).as_bytes())
+                .with_context(|| format!("writing {}", path.display()))?;
         }
         let secret = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
@@ -500,6 +516,7 @@ mod tests {
             ("SPELLHOST_QUEUE_WAIT_MS_MAX", "0"),
             ("SPELLHOST_LEASE_TTL_MS", "100"),
             ("SPELLHOST_STRIPE_API_BASE", "ftp://x"),
+            ("SPELLHOST_SELF_CHECK_INTERVAL_MS", "0"),
         ] {
             let error = Config::from_vars(&[(name, value)]).expect_err(name);
             assert_eq!(error.variable, name, "{error}");

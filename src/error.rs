@@ -59,6 +59,8 @@ pub enum Code {
     EventUnparseable,
     /// A signed Stripe money event in an API version the endpoint is not pinned to.
     EventApiVersionUnsupported,
+    /// `GET /readyz`: a dependency (database, sandbox capacity) is not ready.
+    NotReady,
     /// The supply-chain gate's own codes (`sbom_invalid`, …).
     Gate(&'static str),
     Internal,
@@ -90,6 +92,7 @@ impl Code {
             Code::OutputTooLarge => "output_too_large",
             Code::FuelExhausted => "fuel_exhausted",
             Code::Overloaded => "overloaded",
+            Code::NotReady => "not_ready",
             Code::BillingDisabled => "billing_disabled",
             Code::AmountOutOfRange => "amount_out_of_range",
             Code::NoBillingAccount => "no_billing_account",
@@ -131,7 +134,9 @@ impl Code {
             | Code::InvalidBudget
             | Code::InvalidAutoRecharge
             | Code::Gate(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Code::Overloaded | Code::BillingDisabled => StatusCode::SERVICE_UNAVAILABLE,
+            Code::Overloaded | Code::BillingDisabled | Code::NotReady => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Code::SignatureInvalid => StatusCode::BAD_REQUEST,
             Code::PaymentProviderError => StatusCode::BAD_GATEWAY,
             Code::Internal | Code::EventUnparseable | Code::EventApiVersionUnsupported => {

@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod money;
+pub mod ops;
 pub mod registry;
 pub mod sandbox;
 pub mod store;
@@ -37,6 +38,8 @@ pub struct AppState {
     pub recharger: billing::Recharger,
     /// Casts in flight, so a graceful shutdown can wait for them to settle.
     pub casts_in_flight: tokio_util::task::TaskTracker,
+    /// What `GET /readyz` compares against (the database file that was opened).
+    pub readiness: ops::Readiness,
 }
 
 pub type App = Arc<AppState>;
@@ -55,6 +58,8 @@ impl AppState {
             config.data_dir.join("artifacts"),
             config.derived_key("precompiled artifacts"),
         ));
+        // The data directory 0700, the SQLite files 0600; errors name their paths.
+        ops::files::prepare(&config)?;
         let db = store::Db::connect(&config.database_url, config.database_max_connections).await?;
         db.migrate().await?;
         let money = money::Money::new(
@@ -64,6 +69,7 @@ impl AppState {
             config.lease_ttl_ms,
         )
         .context("starting the money path")?;
+        let readiness = ops::Readiness::new(&config)?;
         let sandbox = Arc::new(
             sandbox::Sandbox::new(config.sandbox.clone()).context("starting the sandbox")?,
         );
@@ -86,6 +92,7 @@ impl AppState {
             billing,
             recharger,
             casts_in_flight: tokio_util::task::TaskTracker::new(),
+            readiness,
         }))
     }
 }
@@ -126,6 +133,7 @@ pub async fn serve(
         })
     };
     let recharger = billing::spawn_recharger(&app);
+    let self_check = ops::selfcheck::spawn(app.clone());
     axum::serve(listener, http::router(app.clone()))
         .with_graceful_shutdown(shutdown)
         .await
@@ -139,6 +147,7 @@ pub async fn serve(
     if let Err(error) = app.money.return_all().await {
         tracing::warn!(error = %error, "giving back leases at shutdown failed; they expire");
     }
+    self_check.abort();
     app.db.close().await;
     Ok(())
 }
@@ -168,6 +177,9 @@ async fn sweep_once(app: &AppState) {
     match app.money.sweep().await {
         Ok(0) => {}
         Ok(swept) => app.metrics.holds_voided.inc_by(swept),
-        Err(error) => tracing::warn!(error = %error, "sweeping expired leases failed"),
+        Err(error) => {
+            app.metrics.hold_sweep_failures.inc();
+            tracing::warn!(error = %error, "sweeping expired leases failed");
+        }
     }
 }

@@ -63,6 +63,26 @@ pub struct Metrics {
     pub recharges: IntCounterVec,
     /// Settlement notices dropped because the recharge queue was full (the scan catches up).
     pub recharge_notices_dropped: IntCounter,
+    /// How many runs the sandbox queue holds before refusing new ones (503): the denominator
+    /// of queue saturation. Set from the configuration when `/metrics` is scraped.
+    pub queue_capacity: IntGauge,
+    /// Time a run waited in the sandbox queue before a worker picked it up, seconds. Declared
+    /// here so that dashboards and alerts have one name; observed by the sandbox's submit
+    /// path (not wired yet: that code belongs to the sandbox).
+    pub queue_wait: Histogram,
+    /// The highest ledger `seq` up to which the in-server self-check has verified the hash
+    /// chain (links, hashes, running balances) without a break. Lags the head by at most one
+    /// check interval while the chain is intact; stops moving at the first break.
+    pub ledger_verified_seq: IntGauge,
+    /// The ledger head's `seq` as the self-check last read it, to measure its lag.
+    pub ledger_head_seq: IntGauge,
+    /// Self-check passes that found the ledger chain broken. Any increase is an incident.
+    pub ledger_verify_failures: IntCounter,
+    /// Holds still in the database more than a minute past their expiry: the sweeper is not
+    /// keeping up or is failing, and that money is stuck. Read by the self-check.
+    pub holds_expired: IntGauge,
+    /// Sweeper passes that failed (database errors); expired holds stay until one succeeds.
+    pub hold_sweep_failures: IntCounter,
 }
 
 impl Metrics {
@@ -173,6 +193,39 @@ impl Metrics {
                 "spellhost_recharge_notices_dropped_total",
                 "Settlement notices dropped because the recharge queue was full",
             )?,
+            queue_capacity: IntGauge::new(
+                "spellhost_sandbox_queue_capacity",
+                "Runs the sandbox queue holds before refusing new ones",
+            )?,
+            queue_wait: Histogram::with_opts(
+                HistogramOpts::new(
+                    "spellhost_sandbox_queue_wait_seconds",
+                    "Time runs waited for a sandbox worker",
+                )
+                .buckets(vec![
+                    0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0,
+                ]),
+            )?,
+            ledger_verified_seq: IntGauge::new(
+                "spellhost_ledger_verified_seq",
+                "Highest ledger seq verified intact by the in-server self-check",
+            )?,
+            ledger_head_seq: IntGauge::new(
+                "spellhost_ledger_head_seq",
+                "Ledger head seq as last read by the self-check",
+            )?,
+            ledger_verify_failures: IntCounter::new(
+                "spellhost_ledger_verify_failures_total",
+                "Self-check passes that found the ledger chain broken",
+            )?,
+            holds_expired: IntGauge::new(
+                "spellhost_holds_expired",
+                "Holds more than a minute past their expiry, not yet voided",
+            )?,
+            hold_sweep_failures: IntCounter::new(
+                "spellhost_hold_sweep_failures_total",
+                "Hold sweeper passes that failed",
+            )?,
             registry,
         };
         // Every outcome is exported from the start, at zero, so dashboards and alerts see the
@@ -196,6 +249,9 @@ impl Metrics {
         for result in ["created", "failed", "unknown"] {
             metrics.recharges.with_label_values(&[result]);
         }
+        metrics
+            .webhook_events
+            .with_label_values(&["unknown", "signature_invalid"]);
         let r = &metrics.registry;
         r.register(Box::new(metrics.casts.clone()))?;
         r.register(Box::new(metrics.cast_duration.clone()))?;
@@ -217,6 +273,13 @@ impl Metrics {
         r.register(Box::new(metrics.billing_alerts.clone()))?;
         r.register(Box::new(metrics.recharges.clone()))?;
         r.register(Box::new(metrics.recharge_notices_dropped.clone()))?;
+        r.register(Box::new(metrics.queue_capacity.clone()))?;
+        r.register(Box::new(metrics.queue_wait.clone()))?;
+        r.register(Box::new(metrics.ledger_verified_seq.clone()))?;
+        r.register(Box::new(metrics.ledger_head_seq.clone()))?;
+        r.register(Box::new(metrics.ledger_verify_failures.clone()))?;
+        r.register(Box::new(metrics.holds_expired.clone()))?;
+        r.register(Box::new(metrics.hold_sweep_failures.clone()))?;
         Ok(metrics)
     }
 

@@ -4,6 +4,7 @@ mod admin;
 mod billing;
 mod budget;
 mod demo;
+mod ops;
 mod spell;
 
 use std::process::ExitCode;
@@ -56,6 +57,14 @@ enum Command {
     /// Stripe recovery: apply events that were never applied, or one again.
     #[command(subcommand)]
     Billing(billing::BillingCommand),
+    /// Copy the SQLite database to a new file while the server runs (consistent snapshot).
+    Backup(ops::BackupArgs),
+    /// Replace the SQLite database with a backup (refused while the database is in use).
+    Restore(ops::RestoreArgs),
+    /// Migrate PostgreSQL before a deploy (fly.toml's release_command); SQLite: nothing.
+    Release(ops::ReleaseArgs),
+    /// Exit 0 when the local server answers 200 on /readyz (Docker HEALTHCHECK).
+    Healthcheck(ops::HealthcheckArgs),
     /// Spell authoring: keys, SBOMs, signatures, local runs, publishing.
     #[command(subcommand)]
     Spell(spell::SpellCommand),
@@ -74,6 +83,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Budget(command) => budget::budget(config, command),
         Command::Usage(args) => budget::usage(config, args),
         Command::Billing(command) => billing::run(config, command),
+        Command::Backup(args) => ops::backup(config, args),
+        Command::Restore(args) => ops::restore(config, args),
+        Command::Release(args) => ops::release(config, args),
+        Command::Healthcheck(args) => ops::healthcheck(config, args),
         Command::Spell(command) => spell::run(command, config),
     }
 }

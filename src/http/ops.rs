@@ -1,8 +1,8 @@
-//! Operator endpoints: health, metrics, ledger verification.
+//! Operator endpoints: liveness, readiness, metrics, ledger verification.
 
 use axum::extract::State;
 use axum::http::header;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::App;
@@ -13,6 +13,25 @@ use crate::telemetry::Metrics;
 
 pub async fn healthz() -> impl IntoResponse {
     axum::Json(json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
+}
+
+/// `GET /readyz`: 200 when this instance should get traffic; 503 in the one error shape,
+/// naming what is not ready (`not_ready`) beside every check's detail (`checks`).
+pub async fn readyz(State(app): State<App>) -> Response {
+    let report = crate::ops::readiness::check(&app).await;
+    if report.is_ready() {
+        return axum::Json(json!({"status": "ready", "checks": report.checks_json()}))
+            .into_response();
+    }
+    let not_ready = report.not_ready();
+    ApiError::new(
+        Code::NotReady,
+        format!("not ready: {}", not_ready.join(", ")),
+    )
+    .with("not_ready", not_ready)
+    .with("checks", report.checks_json())
+    .retry_after(5)
+    .into_response()
 }
 
 pub async fn metrics(State(app): State<App>) -> impl IntoResponse {
@@ -31,6 +50,9 @@ pub async fn metrics(State(app): State<App>) -> impl IntoResponse {
     metrics
         .queue_depth
         .set(i64::try_from(app.sandbox.queue_depth()).unwrap_or(i64::MAX));
+    metrics
+        .queue_capacity
+        .set(i64::try_from(app.config.sandbox.queue_depth).unwrap_or(i64::MAX));
     (
         [(
             header::CONTENT_TYPE,

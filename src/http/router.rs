@@ -43,6 +43,7 @@ pub fn router(app: App) -> Router {
     let a = &app;
     Router::new()
         .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .route("/v1/users/me", scoped(get(users::me), a, Read))
         .route(

@@ -178,7 +178,7 @@ async fn sqlite_pool(url: &str, max_connections: u32) -> anyhow::Result<AnyPool>
         })
         .connect_with(options)
         .await
-        .context("opening the SQLite database")
+        .with_context(|| format!("opening the SQLite database {url}"))
 }
 
 /// Milliseconds since the Unix epoch.

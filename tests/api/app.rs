@@ -217,6 +217,18 @@ pub struct TestUser {
 }
 
 impl TestApp {
+    /// The Prometheus text of `/metrics`.
+    pub async fn exposition(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    }
+
     /// The app's database URL (for a second instance on the same database).
     pub fn database_url(&self) -> String {
         self._database.url.clone()

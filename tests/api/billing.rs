@@ -129,15 +129,7 @@ pub async fn recorded(app: &TestApp, id: &str) -> Option<(String, Option<String>
 
 /// The value of one exported metric series, e.g. `spellhost_billing_alerts_total{reason="rejected"}`.
 pub async fn metric(app: &TestApp, series: &str) -> f64 {
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = app.exposition().await;
     text.lines()
         .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
         .unwrap_or(0.0)

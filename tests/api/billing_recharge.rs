@@ -380,11 +380,17 @@ on_both_databases! {
         assert_eq!(billing(&app, &user).await["auto_recharge"]["recharges_today"], 1);
         // Allowed two a day: the second comes.
         enable(&app, &user, 2_500_000, 500, 2).await;
-        eventually("the second recharge", || async { recharges(&app, &user).await.len() == 2 }).await;
+        // The recharge row is written before its payment intent is asked for: wait for both.
+        let intent_keys = || -> std::collections::BTreeSet<_> {
+            fake.requests_to("/v1/payment_intents").into_iter().map(|r| r.idempotency_key).collect()
+        };
+        eventually("the second recharge", || async {
+            recharges(&app, &user).await.len() == 2 && intent_keys().len() >= 2
+        }).await;
         // Two payment intents asked for (a creation retried on a busy machine repeats its
         // idempotency key: the same intent, not a third).
-        let keys: std::collections::BTreeSet<_> = fake.requests_to("/v1/payment_intents")
-            .into_iter().map(|r| r.idempotency_key).collect();
+        assert_eq!(recharges(&app, &user).await.len(), 2);
+        let keys = intent_keys();
         assert_eq!(keys.len(), 2, "{keys:?}");
         app.assert_money_invariants(&user).await;
         app.shutdown().await;

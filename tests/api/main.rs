@@ -9,6 +9,7 @@ mod gate;
 mod helpers;
 mod leases;
 mod money;
+mod ops;
 mod process;
 mod sandbox;
 mod service;
