@@ -67,7 +67,7 @@ static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
             .publish(user.id, "demo", bundle)
             .await
             .expect("publish");
-        let (key, _) = app.auth.create_key(user.id, "fuzz").await.expect("key");
+        let (key, _) = app.auth.create_key(user.id, &spellhost::auth::KeySpec::unrestricted("fuzz")).await.expect("key");
         (spellhost::http::router(app), key.expose().to_owned())
     });
     Fixture {
