@@ -135,22 +135,7 @@ pub async fn metric(app: &TestApp, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Waits until `condition` holds, polling; panics with `what` after a generous minute (a
-/// bound for a broken test, not a figure any passing run depends on).
-pub async fn eventually<F, Fut>(what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !condition().await {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-}
+pub use crate::helpers::eventually;
 
 /// Every permutation of `0..n` (Heap's algorithm).
 pub fn orders(n: usize) -> Vec<Vec<usize>> {

@@ -103,3 +103,21 @@ impl Seeded {
         self.0 % below
     }
 }
+
+/// Waits until `condition` holds, polling; panics with `what` after five generous
+/// minutes (a bound for a broken test, not a figure any passing run depends on: how fast
+/// things happen is measured in benches/).
+pub async fn eventually<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while !condition().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
