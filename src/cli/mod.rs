@@ -5,6 +5,7 @@ mod billing;
 mod budget;
 mod demo;
 mod ops;
+mod sigstore;
 mod spell;
 
 use std::process::ExitCode;
@@ -68,6 +69,9 @@ enum Command {
     /// Spell authoring: keys, SBOMs, signatures, local runs, publishing.
     #[command(subcommand)]
     Spell(spell::SpellCommand),
+    /// Sigstore bundles: verify one offline (the sigstore-conformance client protocol).
+    #[command(subcommand)]
+    Sigstore(sigstore::SigstoreCommand),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -88,6 +92,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Release(args) => ops::release(config, args),
         Command::Healthcheck(args) => ops::healthcheck(config, args),
         Command::Spell(command) => spell::run(command, config),
+        Command::Sigstore(command) => sigstore::run(command),
     }
 }
 

@@ -5,6 +5,7 @@
 //! knows every check below has passed for the exact bytes it carries. This module depends on
 //! nothing else of ours: imports are checked with a wasm parser, not with the sandbox.
 
+pub mod bundle;
 mod digest;
 pub mod manifest;
 pub mod sbom;

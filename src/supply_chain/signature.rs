@@ -4,8 +4,8 @@
 //! SPKI PEM (public) and PKCS#8 PEM (private).
 
 use base64::Engine as _;
-use sigstore::crypto::signing_key::SigStoreKeyPair;
-use sigstore::crypto::{CosignVerificationKey, Signature, SigningScheme};
+use sigstore_verify::crypto::{KeyPair, SigningScheme, VerificationKey};
+use sigstore_verify::types::{DerPublicKey, SignatureBytes};
 
 use super::GateError;
 
@@ -16,7 +16,7 @@ const SIGNATURE_BYTES_MAX: usize = 4096;
 /// A public key a publisher registered to sign their spells.
 #[derive(Clone)]
 pub struct SignerKey {
-    key: CosignVerificationKey,
+    key: std::sync::Arc<VerificationKey>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -29,24 +29,54 @@ pub enum KeyError {
     Crypto(String),
 }
 
+/// The one PEM block of `text` with tag `tag`; anything else around it (a second block, other
+/// text) is refused rather than ignored.
+fn single_pem_block(text: &str, tag: &str) -> Result<Vec<u8>, KeyError> {
+    let blocks = pem::parse_many(text).map_err(|e| KeyError::Unparseable(e.to_string()))?;
+    let [block] = blocks.as_slice() else {
+        return Err(KeyError::Unparseable(format!(
+            "expected exactly one {tag} PEM block, found {}",
+            blocks.len()
+        )));
+    };
+    if block.tag() != tag {
+        return Err(KeyError::Unparseable(format!(
+            "expected a {tag} PEM block, got {}",
+            block.tag()
+        )));
+    }
+    let end = format!("-----END {tag}-----");
+    let trailing = text.split_once(end.as_str()).map_or("", |(_, rest)| rest);
+    if !trailing.trim().is_empty() {
+        return Err(KeyError::Unparseable(format!("text after the {tag} block")));
+    }
+    Ok(block.contents().to_vec())
+}
+
 impl SignerKey {
     /// Parses an SPKI PEM public key; only ECDSA P-256 is accepted.
     pub fn from_pem(pem: &str) -> Result<Self, KeyError> {
-        let key = CosignVerificationKey::try_from_pem(pem.as_bytes())
-            .map_err(|e| KeyError::Unparseable(e.to_string()))?;
-        match key {
-            CosignVerificationKey::ECDSA_P256_SHA256_ASN1(_) => Ok(SignerKey { key }),
-            _ => Err(KeyError::UnsupportedAlgorithm),
+        let der = DerPublicKey::new(single_pem_block(pem, "PUBLIC KEY")?);
+        let key =
+            VerificationKey::from_spki(&der).map_err(|e| KeyError::Unparseable(e.to_string()))?;
+        if key.scheme() != SigningScheme::EcdsaP256Sha256 {
+            return Err(KeyError::UnsupportedAlgorithm);
         }
+        Ok(SignerKey {
+            key: std::sync::Arc::new(key),
+        })
     }
 
     /// Whether `signature` (base64 DER, surrounding whitespace allowed) is this key's
     /// signature over `message`.
     pub fn verifies(&self, message: &[u8], signature: &[u8]) -> bool {
-        let trimmed = signature.trim_ascii();
-        self.key
-            .verify_signature(Signature::Base64Encoded(trimmed), message)
-            .is_ok()
+        let Ok(text) = std::str::from_utf8(signature.trim_ascii()) else {
+            return false;
+        };
+        let Ok(der) = base64::engine::general_purpose::STANDARD.decode(text) else {
+            return false;
+        };
+        self.key.verify(message, &SignatureBytes::new(der)).is_ok()
     }
 }
 
@@ -73,27 +103,29 @@ pub fn verify_any(keys: &[SignerKey], message: &[u8], signature: &[u8]) -> Resul
 
 /// A new P-256 key pair as (PKCS#8 private PEM, SPKI public PEM).
 pub fn generate_key_pair() -> Result<(String, String), KeyError> {
-    let crypto = |e: sigstore::errors::SigstoreError| KeyError::Crypto(e.to_string());
-    let signer = SigningScheme::ECDSA_P256_SHA256_ASN1
-        .create_signer()
-        .map_err(crypto)?;
-    let pair = signer.to_sigstore_keypair().map_err(crypto)?;
-    let private_pem = pair.private_key_to_pem().map_err(crypto)?.to_string();
-    let public_pem = pair.public_key_to_pem().map_err(crypto)?;
-    Ok((private_pem, public_pem))
+    let crypto = |e: sigstore_verify::crypto::Error| KeyError::Crypto(e.to_string());
+    let pkcs8 = aws_lc_rs::signature::EcdsaKeyPair::generate_pkcs8(
+        &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+        &aws_lc_rs::rand::SystemRandom::new(),
+    )
+    .map_err(|e| KeyError::Crypto(e.to_string()))?;
+    let pair = KeyPair::from_pkcs8_der(pkcs8.as_ref()).map_err(crypto)?;
+    let public = pair.public_key_der().map_err(crypto)?;
+    let private_pem = pem::encode(&pem::Pem::new("PRIVATE KEY", pkcs8.as_ref()));
+    Ok((private_pem, public.to_pem()))
 }
 
 /// Signs `message` with a PKCS#8 PEM P-256 private key; returns the base64 DER signature.
 pub fn sign(private_key_pem: &str, message: &[u8]) -> Result<String, KeyError> {
-    let pair = SigStoreKeyPair::from_pem(private_key_pem.as_bytes())
-        .map_err(|e| KeyError::Unparseable(e.to_string()))?;
-    let signer = pair
-        .to_sigstore_signer(&SigningScheme::ECDSA_P256_SHA256_ASN1)
-        .map_err(|_| KeyError::UnsupportedAlgorithm)?;
-    let der = signer
+    let der = single_pem_block(private_key_pem, "PRIVATE KEY")?;
+    let pair = KeyPair::from_pkcs8_der(&der).map_err(|e| KeyError::Unparseable(e.to_string()))?;
+    if pair.default_scheme() != SigningScheme::EcdsaP256Sha256 {
+        return Err(KeyError::UnsupportedAlgorithm);
+    }
+    let signature = pair
         .sign(message)
         .map_err(|e| KeyError::Crypto(e.to_string()))?;
-    Ok(base64::engine::general_purpose::STANDARD.encode(der))
+    Ok(base64::engine::general_purpose::STANDARD.encode(signature.as_bytes()))
 }
 
 #[cfg(test)]
@@ -129,6 +161,9 @@ mod tests {
     #[test]
     fn non_p256_and_malformed_keys_are_refused() {
         assert!(SignerKey::from_pem("not a key").is_err());
+        let (_, public_pem) = generate_key_pair().expect("keygen");
+        assert!(SignerKey::from_pem(&format!("{public_pem}trailing junk")).is_err());
+        assert!(SignerKey::from_pem(&format!("{public_pem}{public_pem}")).is_err());
         // An Ed25519 SPKI public key.
         let ed25519 = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n-----END PUBLIC KEY-----\n";
         assert!(matches!(
