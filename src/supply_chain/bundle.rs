@@ -52,6 +52,7 @@ pub enum BundleError {
 impl BundleError {
     /// A stable name for the reason, for tests, logs and error bodies.
     pub fn reason(&self) -> &'static str {
+        use sigstore_verify::bundle::Error as B;
         use sigstore_verify::{CertificateError as C, Error as E, TransparencyLogError as T};
         match self {
             BundleError::TooLarge | BundleError::Malformed(_) => "bundle_malformed",
@@ -73,7 +74,10 @@ impl BundleError {
                 E::Certificate(C::ChainInvalid(_)) => "certificate_chain_invalid",
                 E::Certificate(_) => "certificate_invalid",
                 E::Timestamp(_) => "timestamp_invalid",
-                E::InvalidBundle(_) => "bundle_malformed",
+                E::Bundle(B::CheckpointRootMismatch) => "checkpoint_root_mismatch",
+                E::Bundle(B::MissingCheckpoint) => "checkpoint_missing",
+                E::Bundle(B::MissingInclusionProof(_)) => "inclusion_proof_missing",
+                E::Bundle(_) | E::InvalidBundle(_) | E::UnsupportedBundle(_) => "bundle_invalid",
                 E::InvalidTrustRoot(_) => "trusted_root_invalid",
                 _ => "verification_failed",
             },
@@ -119,4 +123,164 @@ pub fn verify(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The identity and issuer the conformance suite's keyless bundles were signed with.
+    const IDENTITY: &str = "https://github.com/sigstore-conformance/extremely-dangerous-public-oidc-beacon/.github/workflows/extremely-dangerous-oidc-beacon.yml@refs/heads/main";
+    const ISSUER: &str = "https://token.actions.githubusercontent.com";
+    const KEYLESS: Signer<'static> = Signer::Identity {
+        identity: IDENTITY,
+        issuer: ISSUER,
+    };
+
+    fn fixture(path: &str) -> Vec<u8> {
+        let full = format!(
+            "{}/tests/fixtures/sigstore/{path}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        std::fs::read(&full).unwrap_or_else(|e| panic!("{full}: {e}"))
+    }
+
+    fn text(path: &str) -> String {
+        String::from_utf8(fixture(path)).expect("UTF-8 fixture")
+    }
+
+    /// The case's bundle over `a.txt` (or the case's own artifact), against the case's trusted
+    /// root or the embedded public-good one.
+    fn verify_case(case: &str, signer: &Signer<'_>) -> Result<(), BundleError> {
+        let dir = format!(
+            "{}/tests/fixtures/sigstore/{case}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let artifact =
+            std::fs::read(format!("{dir}/artifact")).unwrap_or_else(|_| fixture("a.txt"));
+        let root = std::fs::read_to_string(format!("{dir}/trusted_root.json"))
+            .unwrap_or_else(|_| production_trusted_root().to_owned());
+        let bundle = fixture(&format!("{case}/bundle.sigstore.json"));
+        verify(&bundle, Subject::Bytes(&artifact), signer, &root)
+    }
+
+    fn reason(case: &str) -> &'static str {
+        verify_case(case, &KEYLESS)
+            .expect_err(&format!("{case} must be refused"))
+            .reason()
+    }
+
+    #[test]
+    fn genuine_bundles_verify_over_the_bytes_and_over_the_digest() {
+        for case in ["happy-path-v0.1", "rekor2-checkpoint-cosigned"] {
+            verify_case(case, &KEYLESS).unwrap_or_else(|e| panic!("{case}: {e}"));
+        }
+        let digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(fixture("a.txt")).into();
+        let bundle = fixture("happy-path-v0.1/bundle.sigstore.json");
+        verify(
+            &bundle,
+            Subject::Sha256(digest),
+            &KEYLESS,
+            production_trusted_root(),
+        )
+        .expect("verifies over the digest");
+        let key = text("managed-key-and-trusted-root/key.pub");
+        let signer = Signer::Key {
+            public_key_pem: &key,
+        };
+        verify_case("managed-key-and-trusted-root", &signer).expect("managed key verifies");
+    }
+
+    #[test]
+    fn forged_transparency_evidence_is_refused_for_its_own_reason() {
+        assert_eq!(
+            reason("checkpoint-wrong-roothash_fail"),
+            "checkpoint_root_mismatch"
+        );
+        assert_eq!(reason("checkpoint-bad-keyhint_fail"), "checkpoint_invalid");
+        assert_eq!(
+            reason("rekor2-checkpoint-no-matching-signature_fail"),
+            "checkpoint_invalid"
+        );
+        assert_eq!(reason("set-invalid-signature_fail"), "set_invalid");
+        // A bundle logged by another Sigstore instance: no log key of this root signed its SET.
+        assert_eq!(reason("bundle-from-wrong-instance_fail"), "set_invalid");
+        // The suite's corrupted v0.1 inclusion proof carries no checkpoint to prove it against;
+        // refused for that before the corruption is reached (the next test corrupts a proof that
+        // has one).
+        assert_eq!(reason("invalid-inclusion-proof_fail"), "checkpoint_missing");
+    }
+
+    #[test]
+    fn a_corrupted_inclusion_proof_is_refused_as_such() {
+        let mut bundle: serde_json::Value =
+            serde_json::from_slice(&fixture("rekor2-checkpoint-cosigned/bundle.sigstore.json"))
+                .expect("JSON");
+        let hashes =
+            &mut bundle["verificationMaterial"]["tlogEntries"][0]["inclusionProof"]["hashes"];
+        // Another sibling hash on the path (a valid base64 SHA-256, just the wrong one).
+        hashes[0] = serde_json::Value::String(base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            [7u8; 32],
+        ));
+        let root = text("rekor2-checkpoint-cosigned/trusted_root.json");
+        let error = verify(
+            &serde_json::to_vec(&bundle).expect("JSON"),
+            Subject::Bytes(&fixture("a.txt")),
+            &KEYLESS,
+            &root,
+        )
+        .expect_err("a corrupted proof must be refused");
+        assert_eq!(error.reason(), "inclusion_proof_invalid", "{error}");
+    }
+
+    #[test]
+    fn certificates_identities_and_artifacts_are_each_checked() {
+        assert_eq!(
+            reason("intoto-set-outside-signing-cert-validity_fail"),
+            "certificate_chain_invalid"
+        );
+        assert_eq!(reason("message-digest-mismatch_fail"), "artifact_mismatch");
+        let wrong_identity = Signer::Identity {
+            identity: "https://github.com/someone-else/repo/.github/workflows/release.yml@refs/heads/main",
+            issuer: ISSUER,
+        };
+        let error = verify_case("happy-path-v0.1", &wrong_identity).expect_err("wrong identity");
+        assert_eq!(error.reason(), "identity_mismatch");
+        let wrong_issuer = Signer::Identity {
+            identity: IDENTITY,
+            issuer: "https://accounts.google.com",
+        };
+        let error = verify_case("happy-path-v0.1", &wrong_issuer).expect_err("wrong issuer");
+        assert_eq!(error.reason(), "issuer_mismatch");
+        let bundle = fixture("happy-path-v0.1/bundle.sigstore.json");
+        let error = verify(
+            &bundle,
+            Subject::Bytes(b"another artifact"),
+            &KEYLESS,
+            production_trusted_root(),
+        )
+        .expect_err("another artifact");
+        assert_eq!(error.reason(), "artifact_mismatch");
+    }
+
+    #[test]
+    fn malformed_input_is_refused_without_panicking() {
+        for junk in [&b""[..], b"{}", b"[]", b"\xff\xfe", b"{\"mediaType\": 7}"] {
+            let error = verify(
+                junk,
+                Subject::Bytes(b"a"),
+                &KEYLESS,
+                production_trusted_root(),
+            )
+            .expect_err("junk");
+            assert_eq!(error.reason(), "bundle_malformed");
+        }
+        let bundle = fixture("happy-path-v0.1/bundle.sigstore.json");
+        let error =
+            verify(&bundle, Subject::Bytes(b"a"), &KEYLESS, "{not a root").expect_err("bad root");
+        assert_eq!(error.reason(), "trusted_root_invalid");
+        assert_eq!(Subject::parse_digest("sha256:00"), None);
+        assert!(Subject::parse_digest(&format!("sha256:{}", "ab".repeat(32))).is_some());
+    }
 }
