@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sha2::Digest as _;
+use spellhost::supply_chain::ModuleDigest;
 use spellhost::supply_chain::bundle::{Signer, Subject, production_trusted_root, verify};
 
 const ARTIFACT: &[u8] = include_bytes!("../../tests/fixtures/sigstore/a.txt");
@@ -17,7 +17,7 @@ const SIGNER: Signer<'static> = Signer::Identity {
 fuzz_target!(|bundle: &[u8]| {
     let root = production_trusted_root();
     if verify(bundle, Subject::Bytes(ARTIFACT), &SIGNER, root).is_ok() {
-        let digest: [u8; 32] = sha2::Sha256::digest(ARTIFACT).into();
+        let digest = ModuleDigest::of(ARTIFACT);
         assert!(
             verify(bundle, Subject::Sha256(digest), &SIGNER, root).is_ok(),
             "verified over the bytes but not over their digest"

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 
+use spellhost::supply_chain::ModuleDigest;
 use spellhost::supply_chain::bundle::{self, Signer, Subject};
 
 #[derive(Subcommand)]
@@ -54,15 +55,15 @@ fn verify_bundle(args: VerifyBundleArgs) -> anyhow::Result<ExitCode> {
         None => bundle::production_trusted_root().to_owned(),
     };
     let artifact_bytes;
-    let subject = match Subject::parse_digest(&args.artifact) {
-        Some(digest) => Subject::Sha256(digest),
-        None if args.artifact.starts_with("sha256:") => {
-            anyhow::bail!("{} is not sha256:<64 hex digits>", args.artifact)
-        }
-        None => {
-            artifact_bytes = read(&PathBuf::from(&args.artifact))?;
-            Subject::Bytes(&artifact_bytes)
-        }
+    let subject = if args.artifact.starts_with("sha256:") {
+        let digest: ModuleDigest = args
+            .artifact
+            .parse()
+            .with_context(|| format!("artifact {}", args.artifact))?;
+        Subject::Sha256(digest)
+    } else {
+        artifact_bytes = read(&PathBuf::from(&args.artifact))?;
+        Subject::Bytes(&artifact_bytes)
     };
     let key_pem;
     let signer = match (

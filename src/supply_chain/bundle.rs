@@ -8,6 +8,9 @@ use sigstore_verify::trust_root::{SIGSTORE_PRODUCTION_TRUSTED_ROOT, TrustedRoot}
 use sigstore_verify::types::{Artifact, ArtifactDigest, Bundle, DerPublicKey, Sha256Hash};
 use sigstore_verify::{PublicKeyVerificationPolicy, VerificationPolicy, Verifier};
 
+use super::ModuleDigest;
+use super::signature::single_pem_block;
+
 /// The largest bundle accepted, in bytes (real bundles are a few KiB).
 pub const BUNDLE_BYTES_MAX: usize = 1 << 20;
 
@@ -22,16 +25,7 @@ pub enum Signer<'a> {
 /// What is signed: the artifact's bytes, or only its SHA-256 digest.
 pub enum Subject<'a> {
     Bytes(&'a [u8]),
-    Sha256([u8; 32]),
-}
-
-impl Subject<'_> {
-    /// Parses `sha256:<64 hex digits>`.
-    pub fn parse_digest(text: &str) -> Option<[u8; 32]> {
-        let hex_digits = text.strip_prefix("sha256:")?;
-        let bytes = hex::decode(hex_digits).ok()?;
-        bytes.try_into().ok()
-    }
+    Sha256(ModuleDigest),
 }
 
 /// Why a bundle was refused; `reason()` is a stable word for each kind of failure.
@@ -108,7 +102,9 @@ pub fn verify(
     let verifier = Verifier::new(&root)?;
     let artifact: Artifact<'_> = match subject {
         Subject::Bytes(bytes) => Artifact::Blob(bytes),
-        Subject::Sha256(digest) => Artifact::Digest(ArtifactDigest::from(Sha256Hash::new(digest))),
+        Subject::Sha256(digest) => {
+            Artifact::Digest(ArtifactDigest::from(Sha256Hash::new(*digest.as_bytes())))
+        }
     };
     match signer {
         Signer::Identity { identity, issuer } => {
@@ -116,8 +112,10 @@ pub fn verify(
             verifier.verify(artifact, &bundle, &policy)?;
         }
         Signer::Key { public_key_pem } => {
-            let key = DerPublicKey::from_pem(public_key_pem)
+            // The same strict PEM reading as registered signer keys (one block, nothing after).
+            let key = single_pem_block(public_key_pem, "PUBLIC KEY")
                 .map_err(|e| BundleError::Key(e.to_string()))?;
+            let key = DerPublicKey::new(key);
             let policy = PublicKeyVerificationPolicy::new(key);
             verifier.verify(artifact, &bundle, &policy)?;
         }
@@ -137,11 +135,15 @@ mod tests {
         issuer: ISSUER,
     };
 
-    fn fixture(path: &str) -> Vec<u8> {
-        let full = format!(
+    fn fixture_path(path: &str) -> String {
+        format!(
             "{}/tests/fixtures/sigstore/{path}",
             env!("CARGO_MANIFEST_DIR")
-        );
+        )
+    }
+
+    fn fixture(path: &str) -> Vec<u8> {
+        let full = fixture_path(path);
         std::fs::read(&full).unwrap_or_else(|e| panic!("{full}: {e}"))
     }
 
@@ -152,10 +154,7 @@ mod tests {
     /// The case's bundle over `a.txt` (or the case's own artifact), against the case's trusted
     /// root or the embedded public-good one.
     fn verify_case(case: &str, signer: &Signer<'_>) -> Result<(), BundleError> {
-        let dir = format!(
-            "{}/tests/fixtures/sigstore/{case}",
-            env!("CARGO_MANIFEST_DIR")
-        );
+        let dir = fixture_path(case);
         let artifact =
             std::fs::read(format!("{dir}/artifact")).unwrap_or_else(|_| fixture("a.txt"));
         let root = std::fs::read_to_string(format!("{dir}/trusted_root.json"))
@@ -175,7 +174,7 @@ mod tests {
         for case in ["happy-path-v0.1", "rekor2-checkpoint-cosigned"] {
             verify_case(case, &KEYLESS).unwrap_or_else(|e| panic!("{case}: {e}"));
         }
-        let digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(fixture("a.txt")).into();
+        let digest = ModuleDigest::of(&fixture("a.txt"));
         let bundle = fixture("happy-path-v0.1/bundle.sigstore.json");
         verify(
             &bundle,
@@ -280,7 +279,5 @@ mod tests {
         let error =
             verify(&bundle, Subject::Bytes(b"a"), &KEYLESS, "{not a root").expect_err("bad root");
         assert_eq!(error.reason(), "trusted_root_invalid");
-        assert_eq!(Subject::parse_digest("sha256:00"), None);
-        assert!(Subject::parse_digest(&format!("sha256:{}", "ab".repeat(32))).is_some());
     }
 }

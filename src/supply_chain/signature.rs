@@ -31,7 +31,7 @@ pub enum KeyError {
 
 /// The one PEM block of `text` with tag `tag`; anything else around it (a second block, other
 /// text) is refused rather than ignored.
-fn single_pem_block(text: &str, tag: &str) -> Result<Vec<u8>, KeyError> {
+pub(crate) fn single_pem_block(text: &str, tag: &str) -> Result<Vec<u8>, KeyError> {
     let blocks = pem::parse_many(text).map_err(|e| KeyError::Unparseable(e.to_string()))?;
     let [block] = blocks.as_slice() else {
         return Err(KeyError::Unparseable(format!(
