@@ -125,7 +125,11 @@ async fn cast(app: &TestApp, user: &TestUser) {
 
 /// A `payment_intent.succeeded` event for the fake's `n`th payment intent.
 fn succeeded(fake: &FakeStripe, n: usize, event_id: &str) -> String {
-    let mut intent = fake.payment_intents()[n].clone();
+    let intents = fake.payment_intents();
+    let Some(intent) = intents.get(n) else {
+        panic!("payment intent {n} was never created at the fake ({} were)", intents.len());
+    };
+    let mut intent = intent.clone();
     intent["status"] = json!("succeeded");
     intent["amount_received"] = intent["amount"].clone();
     event(event_id, "payment_intent.succeeded", intent)
@@ -369,7 +373,11 @@ on_both_databases! {
         let user = with_card(&app, &fake, "bob", 3_000_000).await;
         enable(&app, &user, 2_500_000, 500, 1).await;
         cast(&app, &user).await;
-        eventually("the first recharge", || async { recharges(&app, &user).await.len() == 1 }).await;
+        // The recharge row is written before its payment intent is asked for: wait until the
+        // intent is recorded (pending), or the fake may not have created it yet.
+        eventually("the first recharge", || async {
+            recharges(&app, &user).await.first().is_some_and(|(state, _)| state == "pending")
+        }).await;
         delivered(&app, &succeeded(&fake, 0, "evt_first"), "applied").await;
         // Spend it: below the threshold again, and today's one recharge is used.
         while balance(&app, &user).await >= 2_500_000 {
