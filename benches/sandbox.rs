@@ -11,14 +11,20 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use spellhost::sandbox::{Outcome, Sandbox, SandboxConfig};
-use spellhost::supply_chain::{SignaturePolicy, SignerKey, SpellBundle, Verifier};
+use spellhost::supply_chain::{
+    SignaturePolicy, Signer, SignerKey, SpellBundle, TrustedRoots, Verifier,
+};
 
 fn example(name: &str) -> spellhost::supply_chain::VerifiedModule {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let key = std::fs::read_to_string(root.join("spells/demo-key/spell.pub")).expect("demo key");
-    let key = SignerKey::from_pem(&key).expect("key");
+    let key = Signer::Key(SignerKey::from_pem(&key).expect("key"));
     let bundle = SpellBundle::read_dir(&root.join("spells").join(name)).expect("spell");
-    Verifier::verify(&bundle, SignaturePolicy::AnyOf(&[key])).expect("verifies")
+    Verifier::verify(
+        &bundle,
+        SignaturePolicy::AnyOf(&[key], TrustedRoots::public_good()),
+    )
+    .expect("verifies")
 }
 
 fn single_thread_runtime() -> tokio::runtime::Runtime {

@@ -52,6 +52,10 @@ pub struct Config {
     pub lease_ttl_ms: i64,
     /// How often the server re-verifies the newest ledger entries (`SPELLHOST_SELF_CHECK_INTERVAL_MS`).
     pub self_check_interval: std::time::Duration,
+    /// Trusted roots of private Sigstore deployments whose bundles publishing accepts besides
+    /// the public-good instance's (`SPELLHOST_SIGSTORE_TRUSTED_ROOTS`: comma-separated paths to
+    /// `trusted_root.json` files, read and validated at start-up).
+    pub sigstore_trusted_roots: Vec<PathBuf>,
 }
 
 /// Stripe settings; present only when both the secret key and a webhook secret are set.
@@ -264,6 +268,14 @@ impl Config {
             topup_max_cents,
             lease_ttl_ms: lease_ttl_ms(&source)?,
             self_check_interval: std::time::Duration::from_millis(self_check_interval_ms),
+            sigstore_trusted_roots: source
+                .text("SPELLHOST_SIGSTORE_TRUSTED_ROOTS")
+                .into_iter()
+                .flat_map(|list| list.split(','))
+                .map(str::trim)
+                .filter(|path| !path.is_empty())
+                .map(PathBuf::from)
+                .collect(),
         })
     }
 

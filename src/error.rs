@@ -35,6 +35,7 @@ pub enum Code {
     SpellNotFound,
     VersionExists,
     SignerExists,
+    InvalidSigner,
     BudgetExhausted,
     SpendLimitReached,
     InsufficientScope,
@@ -79,6 +80,7 @@ impl Code {
             Code::SpellNotFound => "spell_not_found",
             Code::VersionExists => "version_exists",
             Code::SignerExists => "signer_exists",
+            Code::InvalidSigner => "invalid_signer",
             Code::BudgetExhausted => "budget_exhausted",
             Code::SpendLimitReached => "spend_limit_reached",
             Code::InsufficientScope => "insufficient_scope",
@@ -132,6 +134,7 @@ impl Code {
             | Code::FuelExhausted
             | Code::AmountOutOfRange
             | Code::InvalidBudget
+            | Code::InvalidSigner
             | Code::InvalidAutoRecharge
             | Code::Gate(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Code::Overloaded | Code::BillingDisabled | Code::NotReady => {
@@ -271,6 +274,9 @@ impl From<crate::registry::RegistryError> for ApiError {
                 format!("{what} is already published; versions are immutable"),
             ),
             RegistryError::SignerExists(_) => ApiError::new(Code::SignerExists, error.to_string()),
+            RegistryError::InvalidSigner(_) => {
+                ApiError::new(Code::InvalidSigner, error.to_string())
+            }
             RegistryError::Gate(error) => error.into(),
             RegistryError::Invalid { .. } => ApiError::bad_request(error.to_string()),
             other => ApiError::internal(other),

@@ -73,7 +73,13 @@ impl AppState {
         let sandbox = Arc::new(
             sandbox::Sandbox::new(config.sandbox.clone()).context("starting the sandbox")?,
         );
-        let registry = registry::Registry::new(db.clone(), sandbox.clone());
+        // Every pinned Sigstore root is read and checked now, not at the first publish.
+        let trusted_roots = supply_chain::TrustedRoots::public_good_and(
+            &config.sigstore_trusted_roots,
+        )
+        .map_err(|message| anyhow::anyhow!("SPELLHOST_SIGSTORE_TRUSTED_ROOTS: {message}"))?;
+        let registry =
+            registry::Registry::new(db.clone(), sandbox.clone(), Arc::new(trusted_roots));
         let auth = auth::Authenticator::new(db.clone(), config.derived_key("verified api keys"));
         let metrics = telemetry::Metrics::new().context("registering metrics")?;
         let billing = billing::Billing::from_config(&config)?;

@@ -11,6 +11,7 @@ use serde_json::json;
 use spellhost::auth::{self, Authenticator};
 use spellhost::config::Config;
 use spellhost::money::{self, ChainCheck, EntryKind, MicroUsd};
+use spellhost::registry::NewSigner;
 use spellhost::store::Db;
 use spellhost::supply_chain::SpellBundle;
 use spellhost::{AppState, telemetry};
@@ -70,12 +71,19 @@ pub enum CreditsCommand {
 
 #[derive(Subcommand)]
 pub enum SignerCommand {
-    /// Register a public key that may sign a user's spells.
+    /// Register who may sign a user's spells: a public key, or a keyless identity (the OIDC
+    /// issuer, and the certificate identity exactly or by an anchored pattern).
     Add {
         #[arg(long)]
         user: String,
+        #[arg(long, required_unless_present = "issuer", conflicts_with = "issuer")]
+        public_key: Option<PathBuf>,
+        #[arg(long, requires = "issuer", conflicts_with = "identity_regex")]
+        identity: Option<String>,
+        #[arg(long, requires = "issuer")]
+        identity_regex: Option<String>,
         #[arg(long)]
-        public_key: PathBuf,
+        issuer: Option<String>,
         #[arg(long, default_value = "default")]
         name: String,
         #[arg(long)]
@@ -253,15 +261,28 @@ pub fn signer(config_path: Option<&Path>, command: SignerCommand) -> anyhow::Res
     let SignerCommand::Add {
         user,
         public_key,
+        identity,
+        identity_regex,
+        issuer,
         name,
         json,
     } = command;
-    let pem = std::fs::read_to_string(&public_key)
-        .with_context(|| format!("reading {}", public_key.display()))?;
+    let new_signer = match (public_key, issuer) {
+        (Some(path), _) => NewSigner::Key {
+            public_key_pem: std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?,
+        },
+        (None, Some(issuer)) => NewSigner::Identity {
+            identity,
+            identity_regex,
+            issuer,
+        },
+        (None, None) => anyhow::bail!("give --public-key, or --issuer with --identity"),
+    };
     runtime()?.block_on(async move {
         let app = AppState::build(config).await?;
         let user_id = user_id(&app.db, &user).await?;
-        let signer = app.registry.add_signer(user_id, &name, &pem).await?;
+        let signer = app.registry.add_signer(user_id, &name, new_signer).await?;
         if json {
             print_json(&json!({"id": signer.id, "name": signer.name}));
         } else {

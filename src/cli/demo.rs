@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use spellhost::AppState;
 use spellhost::auth;
 use spellhost::money::{self, EntryKind, MicroUsd};
-use spellhost::registry::RegistryError;
-use spellhost::supply_chain::SpellBundle;
+use spellhost::registry::{NewSigner, RegistryError};
+use spellhost::supply_chain::{Signature, SpellBundle};
 
 const DEMO_HANDLE: &str = "demo";
 const DEMO_CREDIT: MicroUsd = MicroUsd::new(1_000_000);
@@ -23,7 +23,9 @@ macro_rules! example {
             module: include_bytes!(concat!("../../spells/", $name, "/module.wasm")).to_vec(),
             manifest: include_str!(concat!("../../spells/", $name, "/spell.toml")).to_owned(),
             sbom: include_bytes!(concat!("../../spells/", $name, "/sbom.cdx.json")).to_vec(),
-            signature: include_bytes!(concat!("../../spells/", $name, "/module.wasm.sig")).to_vec(),
+            signature: Some(Signature::Detached(
+                include_bytes!(concat!("../../spells/", $name, "/module.wasm.sig")).to_vec(),
+            )),
         }
     };
 }
@@ -46,7 +48,13 @@ pub async fn setup(app: &AppState, address: SocketAddr) -> anyhow::Result<()> {
     };
     if app.registry.signers(user.id).await?.is_empty() {
         app.registry
-            .add_signer(user.id, "demo", DEMO_PUBLIC_KEY)
+            .add_signer(
+                user.id,
+                "demo",
+                NewSigner::Key {
+                    public_key_pem: DEMO_PUBLIC_KEY.to_owned(),
+                },
+            )
             .await?;
     }
     for bundle in [example!("hello"), example!("wordfreq"), example!("primes")] {

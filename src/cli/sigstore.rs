@@ -82,7 +82,7 @@ fn verify_bundle(args: VerifyBundleArgs) -> anyhow::Result<ExitCode> {
         _ => anyhow::bail!("give --certificate-identity with --certificate-oidc-issuer, or --key"),
     };
     match bundle::verify(&bundle_json, subject, &signer, &trusted_root) {
-        Ok(()) => {
+        Ok(_) => {
             println!("OK");
             Ok(ExitCode::SUCCESS)
         }

@@ -10,7 +10,8 @@ use serde_json::json;
 
 use spellhost::sandbox::{Outcome, RunReport, Sandbox, SandboxConfig};
 use spellhost::supply_chain::{
-    self, GateError, Manifest, ModuleDigest, SignaturePolicy, SignerKey, SpellBundle, Verifier,
+    self, GateError, IdentityPolicy, Manifest, ModuleDigest, SignaturePolicy, Signer, SignerKey,
+    SpellBundle, TrustedRoots, Verifier,
 };
 
 use super::print_json;
@@ -41,11 +42,12 @@ pub enum SpellCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Check a spell directory exactly as the server does; prints `sha256:<hex>`.
+    /// Check a spell directory exactly as the server does (its `module.wasm.sigstore.json`,
+    /// else its `module.wasm.sig`); prints `sha256:<hex>`.
     Verify {
         dir: PathBuf,
-        #[arg(long)]
-        public_key: PathBuf,
+        #[command(flatten)]
+        signer: SignerArgs,
         #[arg(long)]
         json: bool,
     },
@@ -79,12 +81,55 @@ pub struct RunArgs {
     /// Lower the memory limit, in bytes.
     #[arg(long)]
     memory_bytes: Option<u64>,
-    /// Verify the signature with this SPKI PEM public key (without it, only the SBOM, manifest
-    /// and module are checked).
-    #[arg(long)]
-    public_key: Option<PathBuf>,
+    /// Who must have signed (without any of these, only the SBOM, manifest and module are
+    /// checked).
+    #[command(flatten)]
+    signer: SignerArgs,
     #[arg(long)]
     json: bool,
+}
+
+/// The signer a local check expects: a key, or a keyless identity and issuer.
+#[derive(Args)]
+pub struct SignerArgs {
+    /// An SPKI PEM public key: the signature or the bundle's managed key must be this one.
+    #[arg(long, conflicts_with_all = ["identity", "identity_regex"])]
+    public_key: Option<PathBuf>,
+    /// A keyless bundle's certificate identity (SAN), exactly.
+    #[arg(long, requires = "issuer", conflicts_with = "identity_regex")]
+    identity: Option<String>,
+    /// A keyless bundle's certificate identity, by an anchored pattern (`^…$`).
+    #[arg(long, requires = "issuer")]
+    identity_regex: Option<String>,
+    /// A keyless bundle's OIDC issuer, exactly.
+    #[arg(long)]
+    issuer: Option<String>,
+    /// A private Sigstore deployment's `trusted_root.json`, accepted besides the public-good
+    /// root (repeatable).
+    #[arg(long)]
+    trusted_root: Vec<PathBuf>,
+}
+
+impl SignerArgs {
+    /// The signer asked for, if any, and the roots to verify bundles against.
+    fn signers(&self) -> anyhow::Result<Option<(Signer, TrustedRoots)>> {
+        let signer = match (&self.public_key, &self.issuer) {
+            (Some(path), None) => Signer::Key(read_key(path)?),
+            (None, Some(issuer)) => Signer::Identity(
+                IdentityPolicy::new(
+                    self.identity.as_deref(),
+                    self.identity_regex.as_deref(),
+                    issuer,
+                )
+                .context("--identity/--identity-regex/--issuer")?,
+            ),
+            (None, None) => return Ok(None),
+            (Some(_), Some(_)) => anyhow::bail!("give --public-key or --issuer, not both"),
+        };
+        let roots = TrustedRoots::public_good_and(&self.trusted_root)
+            .map_err(|message| anyhow::anyhow!("--trusted-root {message}"))?;
+        Ok(Some((signer, roots)))
+    }
 }
 
 pub fn run(command: SpellCommand, config: Option<&Path>) -> anyhow::Result<ExitCode> {
@@ -92,11 +137,7 @@ pub fn run(command: SpellCommand, config: Option<&Path>) -> anyhow::Result<ExitC
         SpellCommand::Keygen { out, json } => keygen(&out, json),
         SpellCommand::Sbom { dir, from, json } => sbom(&dir, from.as_deref(), json),
         SpellCommand::Sign { dir, key, json } => sign(&dir, &key, json),
-        SpellCommand::Verify {
-            dir,
-            public_key,
-            json,
-        } => verify(&dir, &public_key, json),
+        SpellCommand::Verify { dir, signer, json } => verify(&dir, &signer, json),
         SpellCommand::Run(args) => run_local(args),
         SpellCommand::Publish { dir, user, json } => {
             super::admin::publish(config, &dir, &user, json)
@@ -194,14 +235,25 @@ fn read_key(path: &Path) -> anyhow::Result<SignerKey> {
         .with_context(|| format!("{} is not a usable public key", path.display()))
 }
 
-fn verify(dir: &Path, public_key: &Path, json: bool) -> anyhow::Result<ExitCode> {
-    let key = read_key(public_key)?;
+fn verify(dir: &Path, signer: &SignerArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let Some((signer, roots)) = signer.signers()? else {
+        anyhow::bail!("give the expected signer: --public-key, or --identity and --issuer");
+    };
     let bundle = SpellBundle::read_dir(dir)?;
-    match Verifier::verify(&bundle, SignaturePolicy::AnyOf(std::slice::from_ref(&key))) {
+    match Verifier::verify(
+        &bundle,
+        SignaturePolicy::AnyOf(std::slice::from_ref(&signer), &roots),
+    ) {
         Ok(module) => {
+            let evidence = module
+                .signed_by()
+                .map(|s| s.evidence.clone())
+                .unwrap_or_default();
             if json {
                 print_json(&json!({"ok": true, "digest": module.digest().to_string(),
-                    "name": module.manifest().name, "version": module.manifest().version.to_string()}));
+                    "name": module.manifest().name, "version": module.manifest().version.to_string(),
+                    "identity": evidence.identity, "issuer": evidence.issuer,
+                    "tlog_index": evidence.log_index, "tlog_integrated_time": evidence.integrated_time}));
             } else {
                 println!("{}", module.digest());
             }
@@ -235,11 +287,13 @@ fn run_local(args: RunArgs) -> anyhow::Result<ExitCode> {
         (None, None) => Vec::new(),
     };
     let bundle = SpellBundle::read_dir(&args.dir)?;
-    let key = args.public_key.as_deref().map(read_key).transpose()?;
-    let policy = match &key {
-        Some(key) => SignaturePolicy::AnyOf(std::slice::from_ref(key)),
+    let expected = args.signer.signers()?;
+    let policy = match &expected {
+        Some((signer, roots)) => SignaturePolicy::AnyOf(std::slice::from_ref(signer), roots),
         None => {
-            eprintln!("warning: no --public-key given; the signature is not checked");
+            eprintln!(
+                "warning: no --public-key or --identity/--issuer given; the signature is not checked"
+            );
             SignaturePolicy::SkipForLocalRun
         }
     };

@@ -5,9 +5,10 @@ use serde_json::{Value, json};
 use crate::App;
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::supply_chain::SpellBundle;
+use crate::supply_chain::{Signature, SpellBundle};
 
-/// `POST /v1/spells` (multipart: `module`, `manifest`, `sbom`, `signature`).
+/// `POST /v1/spells` (multipart: `module`, `manifest`, `sbom`, and `signature` or a Sigstore
+/// `bundle`).
 pub async fn publish(
     State(app): State<App>,
     caller: Caller,
@@ -22,7 +23,8 @@ pub async fn publish(
 }
 
 async fn read_bundle(mut multipart: Multipart) -> Result<SpellBundle, ApiError> {
-    let (mut module, mut manifest, mut sbom, mut signature) = (None, None, None, None);
+    let (mut module, mut manifest, mut sbom, mut signature, mut sigstore) =
+        (None, None, None, None, None);
     while let Some(field) = multipart.next_field().await.map_err(|e| {
         ApiError::bad_request(format!("malformed multipart body: {}", e.body_text()))
     })? {
@@ -39,6 +41,7 @@ async fn read_bundle(mut multipart: Multipart) -> Result<SpellBundle, ApiError> 
             "manifest" => &mut manifest,
             "sbom" => &mut sbom,
             "signature" => &mut signature,
+            "bundle" => &mut sigstore,
             other => return Err(ApiError::bad_request(format!("unexpected part {other:?}"))),
         };
         if slot.replace(bytes).is_some() {
@@ -47,8 +50,19 @@ async fn read_bundle(mut multipart: Multipart) -> Result<SpellBundle, ApiError> 
     }
     let missing = |part: &str| {
         ApiError::bad_request(format!(
-            "missing part {part:?}: send module, manifest, sbom and signature"
+            "missing part {part:?}: send module, manifest, sbom, and signature or bundle"
         ))
+    };
+    let signature = match (signature, sigstore) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "send a signature or a Sigstore bundle, not both",
+            ));
+        }
+        (Some(signature), None) => Some(Signature::Detached(signature)),
+        (None, Some(bundle)) => Some(Signature::Sigstore(bundle)),
+        // Refused by the gate as `unsigned`, after the parts are known to be complete.
+        (None, None) => None,
     };
     let manifest = String::from_utf8(manifest.ok_or_else(|| missing("manifest"))?)
         .map_err(|_| ApiError::bad_request("the manifest must be UTF-8 TOML"))?;
@@ -56,7 +70,7 @@ async fn read_bundle(mut multipart: Multipart) -> Result<SpellBundle, ApiError> 
         module: module.ok_or_else(|| missing("module"))?,
         manifest,
         sbom: sbom.ok_or_else(|| missing("sbom"))?,
-        signature: signature.ok_or_else(|| missing("signature"))?,
+        signature,
     })
 }
 

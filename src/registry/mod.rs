@@ -8,8 +8,8 @@ use std::sync::Arc;
 use crate::sandbox::{CompiledSpell, Sandbox, SandboxError};
 use crate::store::{Db, is_unique_violation, now_ms};
 use crate::supply_chain::{
-    GateError, Manifest, ManifestLimits, ModuleDigest, SignaturePolicy, SignerKey, SpellBundle,
-    VerifiedModule, Verifier,
+    GateError, IdentityPolicy, Manifest, ManifestLimits, ModuleDigest, Signature, SignaturePolicy,
+    Signer, SignerKey, SpellBundle, TrustedRoots, Verifier,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +20,8 @@ pub enum RegistryError {
     VersionExists(String),
     #[error("a signer named {0:?} already exists")]
     SignerExists(String),
+    #[error("invalid signer: {0}")]
+    InvalidSigner(String),
     #[error(transparent)]
     Gate(#[from] GateError),
     #[error("invalid {field}: {message}")]
@@ -82,14 +84,103 @@ pub struct VersionInfo {
     pub version: String,
     pub digest: String,
     pub created_at_ms: i64,
+    #[sqlx(flatten)]
+    pub signed_by: VersionSigner,
 }
 
+/// Who signed a version, as verified at publish: the registered signer's name and kind, the
+/// certificate's identity and issuer for a keyless bundle, and the transparency-log entry.
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+pub struct VersionSigner {
+    #[sqlx(rename = "signer_name")]
+    pub signer: String,
+    /// `signature` (a detached cosign-style signature) or `sigstore_bundle`.
+    pub signed_with: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tlog_index: Option<i64>,
+    /// Unix seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tlog_integrated_time: Option<i64>,
+}
+
+/// A registered signer, as `GET /v1/signers` shows it: `kind` is `key` (with
+/// `public_key_pem`) or `identity` (with `issuer` and `identity` or `identity_regex`).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SignerInfo {
     pub id: i64,
     pub name: String,
-    pub public_key_pem: String,
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_key_pem: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity_regex: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
     pub created_at_ms: i64,
+}
+
+/// A signer to register.
+#[derive(Debug, Clone)]
+pub enum NewSigner {
+    Key {
+        public_key_pem: String,
+    },
+    Identity {
+        identity: Option<String>,
+        identity_regex: Option<String>,
+        issuer: String,
+    },
+}
+
+/// A `signers` row.
+#[derive(sqlx::FromRow)]
+struct SignerRow {
+    id: i64,
+    name: String,
+    public_key_pem: String,
+    identity: Option<String>,
+    identity_regex: Option<String>,
+    issuer: Option<String>,
+    created_at_ms: i64,
+}
+
+impl SignerRow {
+    fn info(self) -> SignerInfo {
+        let keyless = self.issuer.is_some();
+        SignerInfo {
+            id: self.id,
+            name: self.name,
+            kind: if keyless { "identity" } else { "key" },
+            public_key_pem: (!keyless).then_some(self.public_key_pem),
+            identity: self.identity,
+            identity_regex: self.identity_regex,
+            issuer: self.issuer,
+            created_at_ms: self.created_at_ms,
+        }
+    }
+
+    /// The signer as the gate checks it; `None` for a row that no longer parses (it then
+    /// authorizes nothing).
+    fn signer(&self) -> Option<Signer> {
+        match &self.issuer {
+            Some(issuer) => IdentityPolicy::new(
+                self.identity.as_deref(),
+                self.identity_regex.as_deref(),
+                issuer,
+            )
+            .ok()
+            .map(Signer::Identity),
+            None => SignerKey::from_pem(&self.public_key_pem)
+                .ok()
+                .map(Signer::Key),
+        }
+    }
 }
 
 /// A spell ready to cast.
@@ -105,6 +196,8 @@ pub struct Resolved {
 pub struct Registry {
     db: Db,
     sandbox: Arc<Sandbox>,
+    /// The Sigstore instances whose bundles publishing accepts (prepared once at start-up).
+    trusted_roots: Arc<TrustedRoots>,
     /// Single-flight for loading and compiling modules that are not in the sandbox's cache.
     loading: tokio::sync::Mutex<()>,
     /// Each version's parsed manifest limits. Versions are immutable, so entries never go
@@ -126,10 +219,11 @@ const VERSIONS_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 const LIMITS_CACHE_MAX: usize = 10_000;
 
 impl Registry {
-    pub fn new(db: Db, sandbox: Arc<Sandbox>) -> Self {
+    pub fn new(db: Db, sandbox: Arc<Sandbox>, trusted_roots: Arc<TrustedRoots>) -> Self {
         Registry {
             db,
             sandbox,
+            trusted_roots,
             loading: tokio::sync::Mutex::new(()),
             limits: std::sync::Mutex::new(HashMap::new()),
             versions_cache: std::sync::Mutex::new(HashMap::new()),
@@ -141,26 +235,41 @@ impl Registry {
         &self,
         user_id: i64,
         name: &str,
-        public_key_pem: &str,
+        signer: NewSigner,
     ) -> Result<SignerInfo, RegistryError> {
         let name = name.trim();
-        if name.is_empty() || name.len() > 100 {
-            return Err(RegistryError::Invalid {
-                field: "name",
-                message: "must be 1 to 100 characters".into(),
-            });
+        if name.is_empty() || name.len() > 100 || name.chars().any(char::is_control) {
+            return Err(RegistryError::InvalidSigner(
+                "name must be 1 to 100 printable characters".into(),
+            ));
         }
-        SignerKey::from_pem(public_key_pem).map_err(|e| RegistryError::Invalid {
-            field: "public_key_pem",
-            message: e.to_string(),
-        })?;
+        let (public_key_pem, identity, identity_regex, issuer) = match signer {
+            NewSigner::Key { public_key_pem } => {
+                SignerKey::from_pem(&public_key_pem)
+                    .map_err(|e| RegistryError::InvalidSigner(format!("public_key_pem: {e}")))?;
+                (public_key_pem, None, None, None)
+            }
+            NewSigner::Identity {
+                identity,
+                identity_regex,
+                issuer,
+            } => {
+                IdentityPolicy::new(identity.as_deref(), identity_regex.as_deref(), &issuer)
+                    .map_err(|e| RegistryError::InvalidSigner(e.to_string()))?;
+                (String::new(), identity, identity_regex, Some(issuer))
+            }
+        };
         let created_at_ms = now_ms();
         let inserted: Result<(i64,), sqlx::Error> = sqlx::query_as(
-            "INSERT INTO signers (user_id, name, public_key_pem, created_at_ms) VALUES ($1, $2, $3, $4) RETURNING id",
+            "INSERT INTO signers (user_id, name, public_key_pem, identity, identity_regex, issuer, created_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
         )
         .bind(user_id)
         .bind(name)
-        .bind(public_key_pem)
+        .bind(&public_key_pem)
+        .bind(&identity)
+        .bind(&identity_regex)
+        .bind(&issuer)
         .bind(created_at_ms)
         .fetch_one(self.db.writer())
         .await;
@@ -170,29 +279,34 @@ impl Registry {
             }
             other => other?,
         };
-        Ok(SignerInfo {
+        Ok(SignerRow {
             id,
             name: name.to_owned(),
-            public_key_pem: public_key_pem.to_owned(),
+            public_key_pem,
+            identity,
+            identity_regex,
+            issuer,
             created_at_ms,
-        })
+        }
+        .info())
     }
 
-    pub async fn signers(&self, user_id: i64) -> Result<Vec<SignerInfo>, RegistryError> {
-        let rows: Vec<(i64, String, String, i64)> = sqlx::query_as(
-            "SELECT id, name, public_key_pem, created_at_ms FROM signers WHERE user_id = $1 ORDER BY id",
+    async fn signer_rows(&self, user_id: i64) -> Result<Vec<SignerRow>, RegistryError> {
+        Ok(sqlx::query_as(
+            "SELECT id, name, public_key_pem, identity, identity_regex, issuer, created_at_ms \
+             FROM signers WHERE user_id = $1 ORDER BY id",
         )
         .bind(user_id)
         .fetch_all(self.db.reader())
-        .await?;
-        Ok(rows
+        .await?)
+    }
+
+    pub async fn signers(&self, user_id: i64) -> Result<Vec<SignerInfo>, RegistryError> {
+        Ok(self
+            .signer_rows(user_id)
+            .await?
             .into_iter()
-            .map(|(id, name, public_key_pem, created_at_ms)| SignerInfo {
-                id,
-                name,
-                public_key_pem,
-                created_at_ms,
-            })
+            .map(SignerRow::info)
             .collect())
     }
 
@@ -204,23 +318,39 @@ impl Registry {
         owner_handle: &str,
         bundle: SpellBundle,
     ) -> Result<Published, RegistryError> {
-        let signers = self.signers(owner_id).await?;
-        let keys: Vec<(i64, SignerKey)> = signers
+        let (ids, signers): (Vec<i64>, Vec<Signer>) = self
+            .signer_rows(owner_id)
+            .await?
             .iter()
-            .filter_map(|s| {
-                SignerKey::from_pem(&s.public_key_pem)
-                    .ok()
-                    .map(|k| (s.id, k))
-            })
-            .collect();
-        // Verification hashes, checks an ECDSA signature and parses SBOM and wasm: CPU work,
-        // kept off the reactor.
-        let (module, signer_id, bundle) = tokio::task::spawn_blocking(move || {
-            verify_with_signer(&bundle, &keys)
-                .map(|(module, signer_id)| (module, signer_id, bundle))
+            .filter_map(|row| row.signer().map(|signer| (row.id, signer)))
+            .unzip();
+        // Verification hashes, checks signatures and transparency-log evidence and parses
+        // SBOM and wasm: CPU work, kept off the reactor.
+        let roots = self.trusted_roots.clone();
+        let (module, bundle) = tokio::task::spawn_blocking(move || {
+            Verifier::verify(&bundle, SignaturePolicy::AnyOf(&signers, &roots))
+                .map(|module| (module, bundle))
         })
         .await
         .map_err(|e| RegistryError::Internal(e.to_string()))??;
+        let signed_by = module
+            .signed_by()
+            .cloned()
+            .ok_or_else(|| RegistryError::Internal("verified without a signer".into()))?;
+        let signer_id = *ids
+            .get(signed_by.signer)
+            .ok_or_else(|| RegistryError::Internal("signer index out of range".into()))?;
+        let (signature, sigstore_bundle) = match &bundle.signature {
+            Some(Signature::Detached(bytes)) => {
+                (String::from_utf8_lossy(bytes).trim().to_owned(), None)
+            }
+            Some(Signature::Sigstore(json)) => (
+                String::new(),
+                Some(String::from_utf8_lossy(json).into_owned()),
+            ),
+            None => return Err(GateError::Unsigned.into()),
+        };
+        let evidence = &signed_by.evidence;
         let manifest = module.manifest();
         let spell = format!("{owner_handle}/{}", manifest.name);
         let version = manifest.version.to_string();
@@ -233,8 +363,9 @@ impl Registry {
         .execute(&mut *tx)
         .await?;
         let inserted = sqlx::query(
-            "INSERT INTO spell_versions (owner_id, name, version, digest, manifest, sbom, signature, signer_id, created_at_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "INSERT INTO spell_versions (owner_id, name, version, digest, manifest, sbom, signature, signer_id, created_at_ms, \
+             sigstore_bundle, signed_identity, signed_issuer, tlog_index, tlog_integrated_time) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
         )
         .bind(owner_id)
         .bind(&manifest.name)
@@ -242,9 +373,14 @@ impl Registry {
         .bind(module.digest().hex())
         .bind(&bundle.manifest)
         .bind(&bundle.sbom)
-        .bind(String::from_utf8_lossy(&bundle.signature).trim().to_owned())
+        .bind(&signature)
         .bind(signer_id)
         .bind(now_ms())
+        .bind(&sigstore_bundle)
+        .bind(&evidence.identity)
+        .bind(&evidence.issuer)
+        .bind(evidence.log_index)
+        .bind(evidence.integrated_time)
         .execute(&mut *tx)
         .await;
         match inserted {
@@ -283,8 +419,11 @@ impl Registry {
         name: &str,
     ) -> Result<Vec<VersionInfo>, RegistryError> {
         let mut rows: Vec<VersionInfo> = sqlx::query_as(
-            "SELECT v.version, v.digest, v.created_at_ms FROM spell_versions v \
-             JOIN users u ON u.id = v.owner_id WHERE u.handle = $1 AND v.name = $2",
+            "SELECT v.version, v.digest, v.created_at_ms, s.name AS signer_name, \
+             CASE WHEN v.sigstore_bundle IS NULL THEN 'signature' ELSE 'sigstore_bundle' END AS signed_with, \
+             v.signed_identity AS identity, v.signed_issuer AS issuer, v.tlog_index, v.tlog_integrated_time \
+             FROM spell_versions v JOIN users u ON u.id = v.owner_id JOIN signers s ON s.id = v.signer_id \
+             WHERE u.handle = $1 AND v.name = $2",
         )
         .bind(owner)
         .bind(name)
@@ -436,48 +575,27 @@ impl Registry {
         if let Some(compiled) = self.sandbox.cached(&digest) {
             return Ok(compiled);
         }
-        let (module, manifest, sbom, signature, public_key_pem): (Vec<u8>, String, Vec<u8>, String, String) = sqlx::query_as(
-            "SELECT m.bytes, v.manifest, v.sbom, v.signature, s.public_key_pem FROM spell_versions v \
-             JOIN modules m ON m.digest = v.digest JOIN signers s ON s.id = v.signer_id WHERE v.id = $1",
+        let (module, manifest, sbom): (Vec<u8>, String, Vec<u8>) = sqlx::query_as(
+            "SELECT m.bytes, v.manifest, v.sbom FROM spell_versions v \
+             JOIN modules m ON m.digest = v.digest WHERE v.id = $1",
         )
         .bind(version_id)
         .fetch_one(self.db.reader())
         .await?;
         let sandbox = self.sandbox.clone();
         tokio::task::spawn_blocking(move || -> Result<Arc<CompiledSpell>, RegistryError> {
-            let key = SignerKey::from_pem(&public_key_pem)
-                .map_err(|e| RegistryError::Internal(format!("stored signer key: {e}")))?;
+            // Authenticated at publish; here the bytes must still hash to the digest that was
+            // verified then, and pass the gate's other checks again.
             let bundle = SpellBundle {
                 module,
                 manifest,
                 sbom,
-                signature: signature.into_bytes(),
+                signature: None,
             };
-            let module =
-                Verifier::verify(&bundle, SignaturePolicy::AnyOf(std::slice::from_ref(&key)))?;
-            if *module.digest() != digest {
-                return Err(RegistryError::Internal(format!(
-                    "stored module does not hash to {digest}"
-                )));
-            }
+            let module = Verifier::verify(&bundle, SignaturePolicy::VerifiedAtPublish(&digest))?;
             Ok(sandbox.prepare(&module)?.0)
         })
         .await
         .map_err(|e| RegistryError::Internal(e.to_string()))?
     }
-}
-
-/// Verifies under the publisher's keys and names the key that signed.
-fn verify_with_signer(
-    bundle: &SpellBundle,
-    keys: &[(i64, SignerKey)],
-) -> Result<(VerifiedModule, i64), GateError> {
-    let just_keys: Vec<SignerKey> = keys.iter().map(|(_, key)| key.clone()).collect();
-    let module = Verifier::verify(bundle, SignaturePolicy::AnyOf(&just_keys))?;
-    let signer_id = keys
-        .iter()
-        .find(|(_, key)| key.verifies(module.bytes(), &bundle.signature))
-        .map(|(id, _)| *id)
-        .ok_or_else(|| GateError::SignatureInvalid("no registered signer".into()))?;
-    Ok((module, signer_id))
 }

@@ -5,8 +5,11 @@
 //! embedded in the binary unless another is given). Nothing here talks to the network.
 
 use sigstore_verify::trust_root::{SIGSTORE_PRODUCTION_TRUSTED_ROOT, TrustedRoot};
+use sigstore_verify::types::bundle::VerificationMaterialContent;
 use sigstore_verify::types::{Artifact, ArtifactDigest, Bundle, DerPublicKey, Sha256Hash};
-use sigstore_verify::{PublicKeyVerificationPolicy, VerificationPolicy, Verifier};
+use sigstore_verify::{
+    PublicKeyVerificationPolicy, VerificationPolicy, VerificationResult, Verifier,
+};
 
 use super::ModuleDigest;
 use super::signature::single_pem_block;
@@ -61,6 +64,7 @@ impl BundleError {
                 E::TransparencyLog(T::Checkpoint(_)) => "checkpoint_invalid",
                 E::TransparencyLog(T::InclusionPromise(_)) => "set_invalid",
                 E::TransparencyLog(T::UnknownLog { .. }) => "unknown_log",
+                E::TransparencyLog(T::EntryMismatch(_)) => "log_entry_mismatch",
                 E::TransparencyLog(_) => "transparency_log_invalid",
                 E::Certificate(C::Expired { .. }) | E::Certificate(C::NotYetValid { .. }) => {
                     "certificate_outside_validity"
@@ -84,43 +88,222 @@ pub fn production_trusted_root() -> &'static str {
     SIGSTORE_PRODUCTION_TRUSTED_ROOT
 }
 
+/// The Sigstore instances whose bundles are accepted, each prepared once (keys parsed, windows
+/// checked): the public-good instance, and any an operator pinned for a private deployment.
+pub struct TrustedRoots {
+    roots: Vec<PreparedRoot>,
+}
+
+struct PreparedRoot {
+    /// Where the root came from (a path, or "public-good"), for messages.
+    name: String,
+    /// The key ids of its transparency logs: a bundle is "from" the root that knows its log.
+    log_key_ids: Vec<Vec<u8>>,
+    verifier: Verifier,
+}
+
+impl TrustedRoots {
+    /// The public-good root alone, prepared once per process.
+    pub fn public_good() -> &'static TrustedRoots {
+        static PUBLIC_GOOD: std::sync::LazyLock<TrustedRoots> = std::sync::LazyLock::new(|| {
+            // The embedded root is part of the binary, covered by the tests below: failing to
+            // read it is a build defect, not an input error.
+            #[allow(clippy::expect_used)]
+            TrustedRoots::from_json("public-good", production_trusted_root())
+                .expect("the embedded public-good trusted root is valid")
+        });
+        &PUBLIC_GOOD
+    }
+
+    /// One root, from its `trusted_root.json` text.
+    pub fn from_json(name: &str, json: &str) -> Result<Self, BundleError> {
+        Ok(TrustedRoots {
+            roots: vec![PreparedRoot::new(name, json)?],
+        })
+    }
+
+    /// The public-good root and the operator's `trusted_root.json` files, in that order. An
+    /// unreadable or invalid file is an error naming it.
+    pub fn public_good_and(paths: &[std::path::PathBuf]) -> Result<Self, String> {
+        let mut roots = vec![
+            PreparedRoot::new("public-good", production_trusted_root())
+                .map_err(|e| format!("the embedded public-good trusted root: {e}"))?,
+        ];
+        for path in paths {
+            let name = path.display().to_string();
+            let json = std::fs::read_to_string(path).map_err(|e| format!("{name}: {e}"))?;
+            roots.push(PreparedRoot::new(&name, &json).map_err(|e| format!("{name}: {e}"))?);
+        }
+        Ok(TrustedRoots { roots })
+    }
+
+    /// The names of the roots, in the order they are tried.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.roots.iter().map(|root| root.name.as_str())
+    }
+}
+
+impl PreparedRoot {
+    fn new(name: &str, json: &str) -> Result<Self, BundleError> {
+        let root =
+            TrustedRoot::from_json(json).map_err(|e| BundleError::TrustedRoot(e.to_string()))?;
+        let log_key_ids = root
+            .tlogs
+            .iter()
+            .map(|log| log.log_id.key_id.as_bytes().to_vec())
+            .collect();
+        let verifier = Verifier::new(&root).map_err(|e| BundleError::TrustedRoot(e.to_string()))?;
+        Ok(PreparedRoot {
+            name: name.to_owned(),
+            log_key_ids,
+            verifier,
+        })
+    }
+
+    fn knows_log_of(&self, bundle: &Bundle) -> bool {
+        bundle
+            .verification_material
+            .tlog_entries
+            .iter()
+            .any(|entry| {
+                self.log_key_ids
+                    .iter()
+                    .any(|id| id.as_slice() == entry.log_id.key_id.as_bytes())
+            })
+    }
+}
+
+/// What a verified bundle proves, beyond "this signer signed these bytes".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Evidence {
+    /// The signing certificate's identity (SAN) and OIDC issuer (keyless bundles).
+    pub identity: Option<String>,
+    pub issuer: Option<String>,
+    /// The transparency-log entry's index and the time it was logged (Unix seconds; for
+    /// Rekor v2 entries the earliest verified RFC 3161 time).
+    pub log_index: Option<i64>,
+    pub integrated_time: Option<i64>,
+}
+
+/// What a bundle is checked against.
+pub enum Check<'a> {
+    /// A keyless signature by this exact identity and issuer.
+    Identity { identity: &'a str, issuer: &'a str },
+    /// A keyless signature by any identity the roots' Fulcio CAs certified; the caller
+    /// authorizes [`Evidence::identity`] and [`Evidence::issuer`] itself.
+    AnyIdentity,
+    /// A managed key (DER SPKI).
+    Key(&'a DerPublicKey),
+}
+
+/// Parses a bundle (bounded in size).
+pub fn parse(bundle_json: &[u8]) -> Result<Bundle, BundleError> {
+    if bundle_json.len() > BUNDLE_BYTES_MAX {
+        return Err(BundleError::TooLarge);
+    }
+    let text =
+        std::str::from_utf8(bundle_json).map_err(|_| BundleError::Malformed("not UTF-8".into()))?;
+    Bundle::from_json(text).map_err(|e| BundleError::Malformed(e.to_string()))
+}
+
+/// Whether the bundle's signer is a certificate (keyless) rather than a managed key.
+pub fn is_keyless(bundle: &Bundle) -> bool {
+    !matches!(
+        bundle.verification_material.content,
+        VerificationMaterialContent::PublicKey(_)
+    )
+}
+
+/// Verifies `bundle` over `subject` against each root in turn; the first that verifies wins.
+/// When none does, the error is the one from the root that knows the bundle's log (the
+/// bundle's own instance), or else from the first root.
+pub fn verify_parsed(
+    bundle: &Bundle,
+    subject: &Subject<'_>,
+    check: &Check<'_>,
+    roots: &TrustedRoots,
+) -> Result<Evidence, BundleError> {
+    let mut refusal: Option<(bool, BundleError)> = None;
+    for root in &roots.roots {
+        let artifact: Artifact<'_> = match subject {
+            Subject::Bytes(bytes) => Artifact::Blob(bytes),
+            Subject::Sha256(digest) => {
+                Artifact::Digest(ArtifactDigest::from(Sha256Hash::new(*digest.as_bytes())))
+            }
+        };
+        let verified = match check {
+            Check::Identity { identity, issuer } => root.verifier.verify(
+                artifact,
+                bundle,
+                &VerificationPolicy::new(*identity, *issuer),
+            ),
+            Check::AnyIdentity => {
+                root.verifier
+                    .verify(artifact, bundle, &VerificationPolicy::any_identity())
+            }
+            Check::Key(key) => root.verifier.verify(
+                artifact,
+                bundle,
+                &PublicKeyVerificationPolicy::new((*key).clone()),
+            ),
+        };
+        match verified {
+            Ok(result) => return Ok(evidence(bundle, &result)),
+            Err(error) => {
+                let own = root.knows_log_of(bundle);
+                if refusal.as_ref().is_none_or(|(had_own, _)| own && !had_own) {
+                    refusal = Some((own, error.into()));
+                }
+            }
+        }
+    }
+    Err(refusal.map_or_else(
+        || BundleError::TrustedRoot("no trusted root is configured".into()),
+        |(_, error)| error,
+    ))
+}
+
+fn evidence(bundle: &Bundle, result: &VerificationResult) -> Evidence {
+    let entry = bundle.verification_material.tlog_entries.first();
+    let logged = result
+        .integrated_time()
+        .or_else(|| result.verified_timestamps().iter().min().copied());
+    Evidence {
+        identity: result.identity().map(|san| san.as_str().to_owned()),
+        issuer: result.issuer().map(str::to_owned),
+        log_index: entry.map(|entry| entry.log_index.as_i64()),
+        integrated_time: logged.map(|time| time.as_second()),
+    }
+}
+
 /// Verifies `bundle_json` over `subject` for `signer` against `trusted_root_json`.
 pub fn verify(
     bundle_json: &[u8],
     subject: Subject<'_>,
     signer: &Signer<'_>,
     trusted_root_json: &str,
-) -> Result<(), BundleError> {
-    if bundle_json.len() > BUNDLE_BYTES_MAX {
-        return Err(BundleError::TooLarge);
-    }
-    let text =
-        std::str::from_utf8(bundle_json).map_err(|_| BundleError::Malformed("not UTF-8".into()))?;
-    let bundle = Bundle::from_json(text).map_err(|e| BundleError::Malformed(e.to_string()))?;
-    let root = TrustedRoot::from_json(trusted_root_json)
-        .map_err(|e| BundleError::TrustedRoot(e.to_string()))?;
-    let verifier = Verifier::new(&root)?;
-    let artifact: Artifact<'_> = match subject {
-        Subject::Bytes(bytes) => Artifact::Blob(bytes),
-        Subject::Sha256(digest) => {
-            Artifact::Digest(ArtifactDigest::from(Sha256Hash::new(*digest.as_bytes())))
-        }
-    };
+) -> Result<Evidence, BundleError> {
+    let bundle = parse(bundle_json)?;
+    let roots = TrustedRoots::from_json("--trusted-root", trusted_root_json)?;
     match signer {
-        Signer::Identity { identity, issuer } => {
-            let policy = VerificationPolicy::new(*identity, *issuer);
-            verifier.verify(artifact, &bundle, &policy)?;
-        }
+        Signer::Identity { identity, issuer } => verify_parsed(
+            &bundle,
+            &subject,
+            &Check::Identity { identity, issuer },
+            &roots,
+        ),
         Signer::Key { public_key_pem } => {
             // The same strict PEM reading as registered signer keys (one block, nothing after).
             let key = single_pem_block(public_key_pem, "PUBLIC KEY")
                 .map_err(|e| BundleError::Key(e.to_string()))?;
-            let key = DerPublicKey::new(key);
-            let policy = PublicKeyVerificationPolicy::new(key);
-            verifier.verify(artifact, &bundle, &policy)?;
+            verify_parsed(
+                &bundle,
+                &subject,
+                &Check::Key(&DerPublicKey::new(key)),
+                &roots,
+            )
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -153,7 +336,7 @@ mod tests {
 
     /// The case's bundle over `a.txt` (or the case's own artifact), against the case's trusted
     /// root or the embedded public-good one.
-    fn verify_case(case: &str, signer: &Signer<'_>) -> Result<(), BundleError> {
+    fn verify_case(case: &str, signer: &Signer<'_>) -> Result<Evidence, BundleError> {
         let dir = fixture_path(case);
         let artifact =
             std::fs::read(format!("{dir}/artifact")).unwrap_or_else(|_| fixture("a.txt"));

@@ -10,14 +10,17 @@ mod digest;
 pub mod manifest;
 pub mod sbom;
 pub mod signature;
+pub mod signer;
 mod wasm;
 
 use std::path::Path;
 use std::sync::Arc;
 
+pub use bundle::TrustedRoots;
 pub use digest::{DigestParseError, ModuleDigest};
 pub use manifest::{Manifest, ManifestLimits};
 pub use signature::SignerKey;
+pub use signer::{IdentityPolicy, Signature, SignedBy, Signer};
 
 /// The largest module the gate accepts, in bytes. Real spells built with `opt-level = "s"` are
 /// 50–500 KiB; 16 MiB leaves room for large interpreters while bounding the memory and compile
@@ -36,12 +39,29 @@ pub const MODULE_FILE: &str = "module.wasm";
 pub const MANIFEST_FILE: &str = "spell.toml";
 pub const SBOM_FILE: &str = "sbom.cdx.json";
 pub const SIGNATURE_FILE: &str = "module.wasm.sig";
+/// A Sigstore bundle over `module.wasm`, as `cosign sign-blob --bundle` writes it.
+pub const SIGSTORE_BUNDLE_FILE: &str = "module.wasm.sigstore.json";
 
 /// Why the gate refused a spell. Each variant has a stable [`code`](GateError::code).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum GateError {
+    #[error("the module is not signed: send a signature or a Sigstore bundle")]
+    Unsigned,
     #[error("signature does not verify: {0}")]
     SignatureInvalid(String),
+    #[error("the Sigstore bundle is malformed: {0}")]
+    BundleMalformed(String),
+    #[error("the Sigstore bundle is for other bytes: {0}")]
+    BundleArtifactMismatch(String),
+    #[error("the Sigstore bundle's evidence does not verify ({reason}): {message}")]
+    BundleEvidenceInvalid {
+        reason: &'static str,
+        message: String,
+    },
+    #[error("the signer's identity is not one the publisher registered: {0}")]
+    SignerIdentityMismatch(String),
+    #[error("the signer's OIDC issuer is not one the publisher registered: {0}")]
+    SignerIssuerMismatch(String),
     #[error("SBOM is not a valid CycloneDX document: {0}")]
     SbomInvalid(String),
     #[error("SBOM names digest {found}, but the module is {expected}")]
@@ -60,7 +80,13 @@ impl GateError {
     /// The stable, machine-readable code of this rejection.
     pub fn code(&self) -> &'static str {
         match self {
+            GateError::Unsigned => "unsigned",
             GateError::SignatureInvalid(_) => "signature_invalid",
+            GateError::BundleMalformed(_) => "bundle_malformed",
+            GateError::BundleArtifactMismatch(_) => "bundle_artifact_mismatch",
+            GateError::BundleEvidenceInvalid { .. } => "bundle_evidence_invalid",
+            GateError::SignerIdentityMismatch(_) => "signer_identity_mismatch",
+            GateError::SignerIssuerMismatch(_) => "signer_issuer_mismatch",
             GateError::SbomInvalid(_) => "sbom_invalid",
             GateError::SbomDigestMismatch { .. } => "sbom_digest_mismatch",
             GateError::SbomComponentMismatch(_) => "sbom_component_mismatch",
@@ -71,30 +97,75 @@ impl GateError {
     }
 }
 
-/// The four parts of a published spell, as received (from a directory or a multipart upload).
+/// The parts of a published spell, as received (from a directory or a multipart upload).
 #[derive(Clone)]
 pub struct SpellBundle {
     pub module: Vec<u8>,
     pub manifest: String,
     pub sbom: Vec<u8>,
-    pub signature: Vec<u8>,
+    /// `None` when neither a signature nor a Sigstore bundle came with the module.
+    pub signature: Option<Signature>,
 }
 
 impl SpellBundle {
-    /// Reads a spell directory (`module.wasm`, `spell.toml`, `sbom.cdx.json`,
-    /// `module.wasm.sig`).
+    /// Reads a spell directory (`module.wasm`, `spell.toml`, `sbom.cdx.json`, and
+    /// `module.wasm.sigstore.json` or else `module.wasm.sig`).
     pub fn read_dir(dir: &Path) -> std::io::Result<Self> {
         let read = |name: &str| {
             std::fs::read(dir.join(name)).map_err(|e| {
                 std::io::Error::new(e.kind(), format!("{}: {e}", dir.join(name).display()))
             })
         };
+        let exists = |name: &str| dir.join(name).try_exists();
+        let signature = if exists(SIGSTORE_BUNDLE_FILE)? {
+            Some(Signature::Sigstore(read(SIGSTORE_BUNDLE_FILE)?))
+        } else if exists(SIGNATURE_FILE)? {
+            Some(Signature::Detached(read(SIGNATURE_FILE)?))
+        } else {
+            None
+        };
         Ok(SpellBundle {
             module: read(MODULE_FILE)?,
             manifest: String::from_utf8_lossy(&read(MANIFEST_FILE)?).into_owned(),
             sbom: read(SBOM_FILE)?,
-            signature: read(SIGNATURE_FILE)?,
+            signature,
         })
+    }
+
+    /// Writes a spell directory that [`read_dir`](Self::read_dir) reads back as this bundle
+    /// (creating `dir` if needed; a signature file of the other kind is removed).
+    pub fn write_dir(&self, dir: &Path) -> std::io::Result<()> {
+        let write = |name: &str, bytes: &[u8]| {
+            std::fs::write(dir.join(name), bytes).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("{}: {e}", dir.join(name).display()))
+            })
+        };
+        let remove = |name: &str| match std::fs::remove_file(dir.join(name)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(std::io::Error::new(
+                e.kind(),
+                format!("{}: {e}", dir.join(name).display()),
+            )),
+            _ => Ok(()),
+        };
+        std::fs::create_dir_all(dir)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?;
+        write(MODULE_FILE, &self.module)?;
+        write(MANIFEST_FILE, self.manifest.as_bytes())?;
+        write(SBOM_FILE, &self.sbom)?;
+        match &self.signature {
+            Some(Signature::Detached(bytes)) => {
+                remove(SIGSTORE_BUNDLE_FILE)?;
+                write(SIGNATURE_FILE, bytes)
+            }
+            Some(Signature::Sigstore(json)) => {
+                remove(SIGNATURE_FILE)?;
+                write(SIGSTORE_BUNDLE_FILE, json)
+            }
+            None => {
+                remove(SIGNATURE_FILE)?;
+                remove(SIGSTORE_BUNDLE_FILE)
+            }
+        }
     }
 }
 
@@ -108,6 +179,7 @@ struct VerifiedInner {
     digest: ModuleDigest,
     bytes: Arc<[u8]>,
     manifest: Manifest,
+    signed_by: Option<SignedBy>,
 }
 
 impl VerifiedModule {
@@ -120,6 +192,11 @@ impl VerifiedModule {
     }
     pub fn manifest(&self) -> &Manifest {
         &self.inner.manifest
+    }
+    /// The signer that signed, under [`SignaturePolicy::AnyOf`] (`None` for modules loaded
+    /// back from storage and local runs).
+    pub fn signed_by(&self) -> Option<&SignedBy> {
+        self.inner.signed_by.as_ref()
     }
 }
 
@@ -135,8 +212,14 @@ impl std::fmt::Debug for VerifiedModule {
 
 /// Which signatures the gate accepts.
 pub enum SignaturePolicy<'a> {
-    /// The signature must verify under one of these keys (the publisher's registered signers).
-    AnyOf(&'a [SignerKey]),
+    /// The signature or Sigstore bundle must verify for one of these signers (the
+    /// publisher's registered ones), bundles against these trusted roots.
+    AnyOf(&'a [Signer], &'a TrustedRoots),
+    /// The module was authenticated when it was published, for this digest: its bytes must
+    /// hash to it. The registry's loads from its own storage use this, so that a module is
+    /// never verified against a Sigstore root again at cast time (roots rotate; publishing
+    /// checked the evidence at the time it was given).
+    VerifiedAtPublish(&'a ModuleDigest),
     /// No signature check at all. Only the author's local runner (`spellhost spell run` without
     /// `--public-key`) uses this; the server never does.
     SkipForLocalRun,
@@ -161,9 +244,24 @@ impl Verifier {
         // Hash the exact bytes that will be compiled; the VerifiedModule keeps these bytes.
         let bytes: Arc<[u8]> = Arc::from(bundle.module.as_slice());
         let digest = ModuleDigest::of(&bytes);
-        if let SignaturePolicy::AnyOf(keys) = policy {
-            signature::verify_any(keys, &bytes, &bundle.signature)?;
-        }
+        let signed_by = match policy {
+            SignaturePolicy::AnyOf(signers, roots) => Some(signer::authenticate(
+                bundle.signature.as_ref(),
+                &bytes,
+                &digest,
+                signers,
+                roots,
+            )?),
+            SignaturePolicy::VerifiedAtPublish(expected) => {
+                if *expected != digest {
+                    return Err(GateError::ModuleInvalid(format!(
+                        "the stored module hashes to {digest}, not to the {expected} that was published"
+                    )));
+                }
+                None
+            }
+            SignaturePolicy::SkipForLocalRun => None,
+        };
         sbom::check(&bundle.sbom, &manifest, &digest)?;
         wasm::check(&bytes)?;
         Ok(VerifiedModule {
@@ -171,6 +269,7 @@ impl Verifier {
                 digest,
                 bytes,
                 manifest,
+                signed_by,
             }),
         })
     }

@@ -17,6 +17,7 @@ const SIGNATURE_BYTES_MAX: usize = 4096;
 #[derive(Clone)]
 pub struct SignerKey {
     key: std::sync::Arc<VerificationKey>,
+    der: DerPublicKey,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +65,13 @@ impl SignerKey {
         }
         Ok(SignerKey {
             key: std::sync::Arc::new(key),
+            der,
         })
+    }
+
+    /// The key as DER SPKI (what a Sigstore managed-key policy takes).
+    pub fn der(&self) -> &DerPublicKey {
+        &self.der
     }
 
     /// Whether `signature` (base64 DER, surrounding whitespace allowed) is this key's

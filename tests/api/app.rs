@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use spellhost::supply_chain::SpellBundle;
+use spellhost::supply_chain::{Signature, SpellBundle};
 use spellhost::{App, AppState};
 
 use crate::helpers::{example_bundle, repo_path};
@@ -349,7 +349,7 @@ impl TestApp {
     }
 
     pub async fn publish(&self, user: &TestUser, bundle: &SpellBundle) -> (StatusCode, Value) {
-        let form = reqwest::multipart::Form::new()
+        let mut form = reqwest::multipart::Form::new()
             .part(
                 "module",
                 reqwest::multipart::Part::bytes(bundle.module.clone()),
@@ -358,11 +358,18 @@ impl TestApp {
                 "manifest",
                 reqwest::multipart::Part::text(bundle.manifest.clone()),
             )
-            .part("sbom", reqwest::multipart::Part::bytes(bundle.sbom.clone()))
-            .part(
-                "signature",
-                reqwest::multipart::Part::bytes(bundle.signature.clone()),
-            );
+            .part("sbom", reqwest::multipart::Part::bytes(bundle.sbom.clone()));
+        form = match &bundle.signature {
+            Some(Signature::Detached(bytes)) => {
+                form.part("signature", reqwest::multipart::Part::bytes(bytes.clone()))
+            }
+            Some(Signature::Sigstore(json)) => form.part(
+                "bundle",
+                reqwest::multipart::Part::bytes(json.clone())
+                    .file_name("module.wasm.sigstore.json"),
+            ),
+            None => form,
+        };
         let response = self
             .client
             .post(self.url("/v1/spells"))

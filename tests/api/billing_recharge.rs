@@ -127,7 +127,10 @@ async fn cast(app: &TestApp, user: &TestUser) {
 fn succeeded(fake: &FakeStripe, n: usize, event_id: &str) -> String {
     let intents = fake.payment_intents();
     let Some(intent) = intents.get(n) else {
-        panic!("payment intent {n} was never created at the fake ({} were)", intents.len());
+        panic!(
+            "payment intent {n} was never created at the fake ({} were)",
+            intents.len()
+        );
     };
     let mut intent = intent.clone();
     intent["status"] = json!("succeeded");

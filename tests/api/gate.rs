@@ -1,16 +1,14 @@
 //! The supply-chain gate: every rejection code, and authenticated precompiled artifacts.
 
 use spellhost::sandbox::{ModuleSource, Outcome, Sandbox, SandboxConfig};
-use spellhost::supply_chain::{
-    ModuleDigest, SignaturePolicy, SignerKey, SpellBundle, Verifier, signature,
-};
+use spellhost::supply_chain::{ModuleDigest, Signature, Signer, SpellBundle, Verifier, signature};
 
 use crate::helpers::{
-    demo_signer, example_bundle, manifest_text, new_signer, repo_path, signed_bundle,
+    any_of, demo_signer, example_bundle, manifest_text, new_signer, repo_path, signed_bundle,
 };
 
-fn rejection(bundle: &SpellBundle, keys: &[SignerKey]) -> &'static str {
-    Verifier::verify(bundle, SignaturePolicy::AnyOf(keys))
+fn rejection(bundle: &SpellBundle, signers: &[Signer]) -> &'static str {
+    Verifier::verify(bundle, any_of(signers))
         .expect_err("must be rejected")
         .code()
 }
@@ -24,11 +22,8 @@ fn set_sbom_field(bundle: &mut SpellBundle, edit: impl FnOnce(&mut serde_json::V
 #[test]
 fn the_examples_verify_under_the_demo_key() {
     for name in ["hello", "wordfreq", "primes"] {
-        let module = Verifier::verify(
-            &example_bundle(name),
-            SignaturePolicy::AnyOf(&[demo_signer()]),
-        )
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let module = Verifier::verify(&example_bundle(name), any_of(&[demo_signer()]))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(module.manifest().name, name);
         assert_eq!(*module.digest(), ModuleDigest::of(module.bytes()));
     }
@@ -40,15 +35,19 @@ fn a_signature_over_other_bytes_is_signature_invalid() {
     let (private_pem, _, _) = new_signer();
     let demo_private =
         std::fs::read_to_string(repo_path("spells/demo-key/spell.key")).expect("demo key");
-    bundle.signature = signature::sign(&demo_private, b"other bytes")
-        .expect("signs")
-        .into_bytes();
+    bundle.signature = Some(Signature::Detached(
+        signature::sign(&demo_private, b"other bytes")
+            .expect("signs")
+            .into_bytes(),
+    ));
     assert_eq!(rejection(&bundle, &[demo_signer()]), "signature_invalid");
     // And a signature by a key that is not the signer's.
     let mut bundle = example_bundle("hello");
-    bundle.signature = signature::sign(&private_pem, &bundle.module)
-        .expect("signs")
-        .into_bytes();
+    bundle.signature = Some(Signature::Detached(
+        signature::sign(&private_pem, &bundle.module)
+            .expect("signs")
+            .into_bytes(),
+    ));
     assert_eq!(rejection(&bundle, &[demo_signer()]), "signature_invalid");
 }
 
@@ -162,7 +161,7 @@ fn cyclonedx_1_4_documents_are_accepted() {
             .expect("component")
             .remove("bom-ref");
     });
-    Verifier::verify(&bundle, SignaturePolicy::AnyOf(&[demo_signer()])).expect("1.4 verifies");
+    Verifier::verify(&bundle, any_of(&[demo_signer()])).expect("1.4 verifies");
 }
 
 #[test]

@@ -5,19 +5,24 @@ use std::sync::Arc;
 
 use spellhost::sandbox::{CompiledSpell, HostLimits, Sandbox, SandboxConfig};
 use spellhost::supply_chain::{
-    Manifest, ModuleDigest, SignaturePolicy, SignerKey, SpellBundle, VerifiedModule, Verifier,
-    sbom, signature,
+    Manifest, ModuleDigest, Signature, SignaturePolicy, Signer, SignerKey, SpellBundle,
+    TrustedRoots, VerifiedModule, Verifier, sbom, signature,
 };
 
 pub fn repo_path(relative: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
 }
 
-/// A fresh signing key pair: (private PEM, public key).
-pub fn new_signer() -> (String, SignerKey, String) {
+/// A fresh signing key pair: (private PEM, the key as a signer, public PEM).
+pub fn new_signer() -> (String, Signer, String) {
     let (private_pem, public_pem) = signature::generate_key_pair().expect("keygen");
     let key = SignerKey::from_pem(&public_pem).expect("public key parses");
-    (private_pem, key, public_pem)
+    (private_pem, Signer::Key(key), public_pem)
+}
+
+/// The gate's policy for `signers`, with bundles checked against the public-good root.
+pub fn any_of(signers: &[Signer]) -> SignaturePolicy<'_> {
+    SignaturePolicy::AnyOf(signers, TrustedRoots::public_good())
 }
 
 pub fn manifest_text(name: &str, limits: &str) -> String {
@@ -36,7 +41,7 @@ pub fn signed_bundle(module: Vec<u8>, manifest: &str, private_pem: &str) -> Spel
         module,
         manifest: manifest.to_owned(),
         sbom,
-        signature: signature.into_bytes(),
+        signature: Some(Signature::Detached(signature.into_bytes())),
     }
 }
 
@@ -51,13 +56,13 @@ pub fn verified_wat(name: &str, wat: &str, limits: &str) -> VerifiedModule {
     let module = wat::parse_str(wat).expect("valid WAT");
     let (private_pem, key, _) = new_signer();
     let bundle = signed_bundle(module, &manifest_text(name, limits), &private_pem);
-    Verifier::verify(&bundle, SignaturePolicy::AnyOf(&[key])).expect("verifies")
+    Verifier::verify(&bundle, any_of(&[key])).expect("verifies")
 }
 
 /// The demo signer's public key, committed in `spells/demo-key/`.
-pub fn demo_signer() -> SignerKey {
+pub fn demo_signer() -> Signer {
     let pem = std::fs::read_to_string(repo_path("spells/demo-key/spell.pub")).expect("demo key");
-    SignerKey::from_pem(&pem).expect("demo key parses")
+    Signer::Key(SignerKey::from_pem(&pem).expect("demo key parses"))
 }
 
 pub fn example_bundle(name: &str) -> SpellBundle {
@@ -65,11 +70,7 @@ pub fn example_bundle(name: &str) -> SpellBundle {
 }
 
 pub fn example(name: &str) -> VerifiedModule {
-    Verifier::verify(
-        &example_bundle(name),
-        SignaturePolicy::AnyOf(&[demo_signer()]),
-    )
-    .expect("example verifies")
+    Verifier::verify(&example_bundle(name), any_of(&[demo_signer()])).expect("example verifies")
 }
 
 /// A sandbox for tests: two workers, and budgets that only bound a runaway test rather than

@@ -13,4 +13,6 @@ mod ops;
 mod process;
 mod sandbox;
 mod service;
+mod sigstore;
+mod sigstore_fake;
 mod stripe_fake;

@@ -101,11 +101,7 @@ fn write_slow_spell(dir: &Path, private_pem: &str, wall_ms: u64) {
         &manifest_text("slow", &limits),
         private_pem,
     );
-    std::fs::create_dir_all(dir).expect("dir");
-    std::fs::write(dir.join("module.wasm"), &bundle.module).expect("write");
-    std::fs::write(dir.join("spell.toml"), &bundle.manifest).expect("write");
-    std::fs::write(dir.join("sbom.cdx.json"), &bundle.sbom).expect("write");
-    std::fs::write(dir.join("module.wasm.sig"), &bundle.signature).expect("write");
+    bundle.write_dir(dir).expect("write the spell directory");
 }
 
 /// The credit `provision` grants: $100, room for the slow cast's worst case (10¹¹ fuel, $10).

@@ -3,8 +3,8 @@
 //! and the benches), through `#[path]`.
 
 use spellhost::supply_chain::{
-    Manifest, ModuleDigest, SignaturePolicy, SignerKey, SpellBundle, VerifiedModule, Verifier,
-    sbom, signature,
+    Manifest, ModuleDigest, Signature, SignaturePolicy, Signer, SignerKey, SpellBundle,
+    TrustedRoots, VerifiedModule, Verifier, sbom, signature,
 };
 
 pub fn fixture(name: &str) -> VerifiedModule {
@@ -20,12 +20,18 @@ pub fn fixture(name: &str) -> VerifiedModule {
     let parsed = Manifest::parse(&manifest).expect("manifest");
     let bundle = SpellBundle {
         sbom: sbom::generate(&parsed, &ModuleDigest::of(&module), None).expect("sbom"),
-        signature: signature::sign(&private_pem, &module)
-            .expect("sign")
-            .into_bytes(),
+        signature: Some(Signature::Detached(
+            signature::sign(&private_pem, &module)
+                .expect("sign")
+                .into_bytes(),
+        )),
         module,
         manifest,
     };
-    let key = SignerKey::from_pem(&public_pem).expect("key");
-    Verifier::verify(&bundle, SignaturePolicy::AnyOf(&[key])).expect("verifies")
+    let key = Signer::Key(SignerKey::from_pem(&public_pem).expect("key"));
+    Verifier::verify(
+        &bundle,
+        SignaturePolicy::AnyOf(&[key], TrustedRoots::public_good()),
+    )
+    .expect("verifies")
 }

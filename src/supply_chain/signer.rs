@@ -1,0 +1,333 @@
+//! Who may sign a publisher's modules, and deciding which registered signer signed one.
+//!
+//! A signer is a managed key (a cosign-style detached signature, or a Sigstore bundle naming
+//! the key) or a keyless identity: the OIDC issuer exactly, and the certificate identity (SAN)
+//! exactly or by an anchored regular expression. A Sigstore bundle is verified cryptographically
+//! first (signature, transparency log, certificate chain); only then are its claims matched
+//! against the signers, so that "forged" and "not yours" are told apart.
+
+use super::GateError;
+use super::bundle::{self, BundleError, Check, Evidence, Subject, TrustedRoots};
+use super::digest::ModuleDigest;
+use super::signature::{self, SignerKey};
+
+/// The longest identity, issuer or identity pattern accepted, in bytes.
+const POLICY_TEXT_MAX: usize = 1024;
+
+/// The compiled size limit of an identity pattern (the `regex` crate's own bound on the
+/// automaton; matching is linear in the identity's length whatever the pattern).
+const REGEX_SIZE_MAX: usize = 256 * 1024;
+
+/// A signer a publisher registered.
+#[derive(Clone)]
+pub enum Signer {
+    Key(SignerKey),
+    Identity(IdentityPolicy),
+}
+
+/// A keyless signer: the OIDC issuer exactly and the identity exactly or by pattern.
+#[derive(Clone, Debug)]
+pub struct IdentityPolicy {
+    identity: IdentityRule,
+    issuer: String,
+}
+
+#[derive(Clone, Debug)]
+enum IdentityRule {
+    Exact(String),
+    /// As registered, and as compiled (anchored as a whole).
+    Pattern {
+        written: String,
+        compiled: regex::Regex,
+    },
+}
+
+/// Why a signer registration was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct SignerError(pub String);
+
+impl IdentityPolicy {
+    /// An identity signer; exactly one of `identity` and `identity_regex`, and an issuer. A
+    /// pattern must be anchored at both ends (`^…$`): an unanchored one lets through every
+    /// identity that merely contains a match.
+    pub fn new(
+        identity: Option<&str>,
+        identity_regex: Option<&str>,
+        issuer: &str,
+    ) -> Result<Self, SignerError> {
+        let text = |what: &str, value: &str| {
+            if value.is_empty() || value.len() > POLICY_TEXT_MAX {
+                Err(SignerError(format!(
+                    "{what} must be 1 to {POLICY_TEXT_MAX} bytes"
+                )))
+            } else if value.chars().any(char::is_control) {
+                Err(SignerError(format!(
+                    "{what} must not contain control characters"
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        text("issuer", issuer)?;
+        let identity = match (identity, identity_regex) {
+            (Some(exact), None) => {
+                text("identity", exact)?;
+                IdentityRule::Exact(exact.to_owned())
+            }
+            (None, Some(pattern)) => {
+                text("identity_regex", pattern)?;
+                if !pattern.starts_with('^') || !is_anchored_at_end(pattern) {
+                    return Err(SignerError(
+                        "identity_regex must be anchored: start with ^ and end with $ (an unanchored pattern accepts any identity containing a match)".into(),
+                    ));
+                }
+                // Compiled as one group between anchors, so that a top-level alternation
+                // (`^a|b$`) cannot leave a branch unanchored.
+                let compiled = regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
+                    .size_limit(REGEX_SIZE_MAX)
+                    .build()
+                    .map_err(|e| SignerError(format!("identity_regex: {e}")))?;
+                IdentityRule::Pattern {
+                    written: pattern.to_owned(),
+                    compiled,
+                }
+            }
+            (Some(_), Some(_)) => {
+                return Err(SignerError(
+                    "give identity or identity_regex, not both".into(),
+                ));
+            }
+            (None, None) => {
+                return Err(SignerError(
+                    "a keyless signer needs identity (or identity_regex) and issuer".into(),
+                ));
+            }
+        };
+        Ok(IdentityPolicy {
+            identity,
+            issuer: issuer.to_owned(),
+        })
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// The exact identity, if this is not a pattern.
+    pub fn identity(&self) -> Option<&str> {
+        match &self.identity {
+            IdentityRule::Exact(exact) => Some(exact),
+            IdentityRule::Pattern { .. } => None,
+        }
+    }
+
+    /// The identity pattern, if this is one.
+    pub fn identity_regex(&self) -> Option<&str> {
+        match &self.identity {
+            IdentityRule::Exact(_) => None,
+            IdentityRule::Pattern { written, .. } => Some(written),
+        }
+    }
+
+    fn matches_identity(&self, identity: &str) -> bool {
+        match &self.identity {
+            IdentityRule::Exact(exact) => exact == identity,
+            IdentityRule::Pattern { compiled, .. } => compiled.is_match(identity),
+        }
+    }
+}
+
+/// `$` last, and not an escaped `\$`.
+fn is_anchored_at_end(pattern: &str) -> bool {
+    let Some(body) = pattern.strip_suffix('$') else {
+        return false;
+    };
+    let escapes = body.chars().rev().take_while(|c| *c == '\\').count();
+    escapes % 2 == 0
+}
+
+/// How a module arrived signed.
+#[derive(Clone, Debug)]
+pub enum Signature {
+    /// `cosign sign-blob --key` output: base64 DER ECDSA over the module (`module.wasm.sig`).
+    Detached(Vec<u8>),
+    /// A Sigstore bundle (`module.wasm.sigstore.json`), keyless or with a managed key.
+    Sigstore(Vec<u8>),
+}
+
+/// Which registered signer signed, and what the bundle proved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedBy {
+    /// The index of the signer in the list the gate was given.
+    pub signer: usize,
+    pub evidence: Evidence,
+}
+
+/// Finds the signer, among `signers`, whose signature `signature` is over the module with
+/// `digest` (and `bytes`). Refusals say why, each kind with its own code.
+pub fn authenticate(
+    signature: Option<&Signature>,
+    bytes: &[u8],
+    digest: &ModuleDigest,
+    signers: &[Signer],
+    roots: &TrustedRoots,
+) -> Result<SignedBy, GateError> {
+    let keys: Vec<(usize, &SignerKey)> = signers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, signer)| match signer {
+            Signer::Key(key) => Some((i, key)),
+            Signer::Identity(_) => None,
+        })
+        .collect();
+    match signature {
+        None => Err(GateError::Unsigned),
+        Some(Signature::Detached(signature)) => {
+            let just_keys: Vec<SignerKey> = keys.iter().map(|(_, key)| (*key).clone()).collect();
+            signature::verify_any(&just_keys, bytes, signature)?;
+            let signer = keys
+                .iter()
+                .find(|(_, key)| key.verifies(bytes, signature))
+                .map(|(i, _)| *i)
+                .ok_or_else(|| GateError::SignatureInvalid("no registered signer".into()))?;
+            Ok(SignedBy {
+                signer,
+                evidence: Evidence::default(),
+            })
+        }
+        Some(Signature::Sigstore(json)) => {
+            let bundle = bundle::parse(json).map_err(refusal)?;
+            let subject = Subject::Sha256(*digest);
+            if bundle::is_keyless(&bundle) {
+                let evidence = bundle::verify_parsed(&bundle, &subject, &Check::AnyIdentity, roots)
+                    .map_err(refusal)?;
+                authorize_identity(evidence, signers)
+            } else {
+                if keys.is_empty() {
+                    return Err(GateError::SignatureInvalid(
+                        "the bundle names a managed key and the publisher has registered no key signer".into(),
+                    ));
+                }
+                // Under a key that is not the signer's, the signature (or the log entry's key)
+                // does not match; any other refusal is about the bundle itself, whichever key.
+                let mut other = None;
+                for (signer, key) in keys {
+                    match bundle::verify_parsed(&bundle, &subject, &Check::Key(key.der()), roots) {
+                        Ok(evidence) => return Ok(SignedBy { signer, evidence }),
+                        Err(error)
+                            if matches!(
+                                error.reason(),
+                                "signature_invalid" | "log_entry_mismatch"
+                            ) => {}
+                        Err(error) => {
+                            other.get_or_insert(error);
+                        }
+                    }
+                }
+                Err(other.map_or_else(
+                    || {
+                        GateError::SignatureInvalid(
+                            "the bundle is not signed by any key the publisher registered".into(),
+                        )
+                    },
+                    refusal,
+                ))
+            }
+        }
+    }
+}
+
+/// Matches a verified keyless bundle's identity and issuer against the identity signers:
+/// the issuer first (a wrong issuer is `signer_issuer_mismatch`), then the identity.
+fn authorize_identity(evidence: Evidence, signers: &[Signer]) -> Result<SignedBy, GateError> {
+    let (Some(identity), Some(issuer)) = (&evidence.identity, &evidence.issuer) else {
+        return Err(GateError::BundleEvidenceInvalid {
+            reason: "certificate_invalid",
+            message: "the signing certificate names no identity or no OIDC issuer".into(),
+        });
+    };
+    let policies = signers.iter().enumerate().filter_map(|(i, s)| match s {
+        Signer::Identity(policy) => Some((i, policy)),
+        Signer::Key(_) => None,
+    });
+    let mut issuer_known = false;
+    for (signer, policy) in policies {
+        if policy.issuer != *issuer {
+            continue;
+        }
+        issuer_known = true;
+        if policy.matches_identity(identity) {
+            return Ok(SignedBy { signer, evidence });
+        }
+    }
+    if issuer_known {
+        Err(GateError::SignerIdentityMismatch(format!(
+            "signed by {identity} (issuer {issuer}), which no registered signer's identity matches"
+        )))
+    } else {
+        Err(GateError::SignerIssuerMismatch(format!(
+            "signed by {identity} with a token from issuer {issuer}, which no registered signer names"
+        )))
+    }
+}
+
+/// A bundle's refusal as the gate reports it.
+fn refusal(error: BundleError) -> GateError {
+    let reason = error.reason();
+    match reason {
+        "bundle_malformed" | "bundle_invalid" => GateError::BundleMalformed(error.to_string()),
+        "artifact_mismatch" => GateError::BundleArtifactMismatch(error.to_string()),
+        "signature_invalid" => GateError::SignatureInvalid(error.to_string()),
+        "identity_mismatch" => GateError::SignerIdentityMismatch(error.to_string()),
+        "issuer_mismatch" => GateError::SignerIssuerMismatch(error.to_string()),
+        _ => GateError::BundleEvidenceInvalid {
+            reason,
+            message: error.to_string(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_patterns_must_be_anchored_at_both_ends() {
+        let issuer = "https://token.actions.githubusercontent.com";
+        for pattern in [
+            "https://github.com/acme/.*",
+            "^https://github.com/acme/.*",
+            "https://github.com/acme/.*$",
+            r"^https://github.com/acme/.*\$",
+        ] {
+            let error = IdentityPolicy::new(None, Some(pattern), issuer).expect_err(pattern);
+            assert!(error.0.contains("anchored"), "{pattern}: {error}");
+        }
+        let policy =
+            IdentityPolicy::new(None, Some(r"^https://github\.com/acme/[^/]+/.*$"), issuer)
+                .expect("anchored");
+        assert!(policy.matches_identity("https://github.com/acme/app/.github/workflows/x.yml"));
+        assert!(!policy.matches_identity("https://github.com/acme.evil/app/x"));
+        assert!(!policy.matches_identity("https://evil.example/?https://github.com/acme/app/x"));
+        // Written as `^a|b$`, an alternation would anchor each branch at one end only; the
+        // whole pattern is anchored, so neither branch matches inside a longer identity.
+        let policy = IdentityPolicy::new(None, Some("^a|b$"), issuer).expect("alternation");
+        assert!(policy.matches_identity("a") && policy.matches_identity("b"));
+        assert!(!policy.matches_identity("ax") && !policy.matches_identity("xb"));
+    }
+
+    #[test]
+    fn exactly_one_kind_of_identity_and_no_control_characters() {
+        let issuer = "https://accounts.google.com";
+        assert!(IdentityPolicy::new(Some("a@b.c"), Some("^a$"), issuer).is_err());
+        assert!(IdentityPolicy::new(None, None, issuer).is_err());
+        assert!(IdentityPolicy::new(Some("a@b.c\n"), None, issuer).is_err());
+        assert!(IdentityPolicy::new(Some("a@b.c"), None, "").is_err());
+        assert!(IdentityPolicy::new(None, Some("^(unclosed$"), issuer).is_err());
+        let policy = IdentityPolicy::new(Some("a@b.c"), None, issuer).expect("exact");
+        assert!(policy.matches_identity("a@b.c") && !policy.matches_identity("xa@b.c"));
+        assert_eq!(policy.identity(), Some("a@b.c"));
+        assert_eq!(policy.identity_regex(), None);
+    }
+}
