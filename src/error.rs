@@ -34,6 +34,8 @@ pub enum Code {
     UnsupportedMediaType,
     SpellNotFound,
     VersionExists,
+    VersionNotNewer,
+    VersionYanked,
     SignerExists,
     InvalidSigner,
     BudgetExhausted,
@@ -80,6 +82,8 @@ impl Code {
             Code::SpellNotFound => "spell_not_found",
             Code::VersionExists => "version_exists",
             Code::SignerExists => "signer_exists",
+            Code::VersionNotNewer => "version_not_newer",
+            Code::VersionYanked => "version_yanked",
             Code::InvalidSigner => "invalid_signer",
             Code::BudgetExhausted => "budget_exhausted",
             Code::SpendLimitReached => "spend_limit_reached",
@@ -120,7 +124,9 @@ impl Code {
             Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Code::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Code::VersionYanked => StatusCode::GONE,
             Code::VersionExists
+            | Code::VersionNotNewer
             | Code::SignerExists
             | Code::NoBillingAccount
             | Code::NoPaymentMethod
@@ -273,6 +279,14 @@ impl From<crate::registry::RegistryError> for ApiError {
                 Code::VersionExists,
                 format!("{what} is already published; versions are immutable"),
             ),
+            RegistryError::VersionNotNewer { .. } => ApiError::new(
+                Code::VersionNotNewer,
+                format!(
+                    "{error}: a new version must be higher than every published one (yanked ones too)"
+                ),
+            ),
+            RegistryError::Yanked(_) => ApiError::new(Code::VersionYanked, error.to_string()),
+            RegistryError::NotOwner(_) => ApiError::new(Code::Forbidden, error.to_string()),
             RegistryError::SignerExists(_) => ApiError::new(Code::SignerExists, error.to_string()),
             RegistryError::InvalidSigner(_) => {
                 ApiError::new(Code::InvalidSigner, error.to_string())

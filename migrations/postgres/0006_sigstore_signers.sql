@@ -9,6 +9,9 @@
 ALTER TABLE signers ADD COLUMN identity TEXT;
 ALTER TABLE signers ADD COLUMN identity_regex TEXT;
 ALTER TABLE signers ADD COLUMN issuer TEXT;
+-- The Sigstore instance (trusted root) whose certificates an identity signer accepts; NULL is
+-- the public-good instance. A root an operator pins is used only by the signers that name it.
+ALTER TABLE signers ADD COLUMN sigstore_instance TEXT;
 ALTER TABLE signers ADD CONSTRAINT signers_one_kind CHECK (
     (public_key_pem <> '' AND issuer IS NULL AND identity IS NULL AND identity_regex IS NULL)
     OR (public_key_pem = '' AND issuer IS NOT NULL AND ((identity IS NULL) <> (identity_regex IS NULL)))
@@ -18,7 +21,13 @@ ALTER TABLE signers ADD CONSTRAINT signers_one_kind CHECK (
 -- certificate's identity and issuer (keyless), and the transparency-log entry's index and
 -- integrated time (Unix seconds), as verified at publish.
 ALTER TABLE spell_versions ADD COLUMN sigstore_bundle TEXT;
+ALTER TABLE spell_versions ADD COLUMN sigstore_instance TEXT;
 ALTER TABLE spell_versions ADD COLUMN signed_identity TEXT;
 ALTER TABLE spell_versions ADD COLUMN signed_issuer TEXT;
 ALTER TABLE spell_versions ADD COLUMN tlog_index BIGINT;
 ALTER TABLE spell_versions ADD COLUMN tlog_integrated_time BIGINT;
+
+-- A version carries a detached signature or a Sigstore bundle, exactly one.
+ALTER TABLE spell_versions ADD CONSTRAINT spell_versions_one_signature CHECK (
+    (signature = '') = (sigstore_bundle IS NOT NULL)
+);

@@ -84,6 +84,10 @@ pub enum SignerCommand {
         identity_regex: Option<String>,
         #[arg(long)]
         issuer: Option<String>,
+        /// For --issuer: the Sigstore instance (a root pinned with
+        /// SPELLHOST_SIGSTORE_TRUSTED_ROOTS) whose certificates count; default public-good.
+        #[arg(long, requires = "issuer")]
+        sigstore_instance: Option<String>,
         #[arg(long, default_value = "default")]
         name: String,
         #[arg(long)]
@@ -264,6 +268,7 @@ pub fn signer(config_path: Option<&Path>, command: SignerCommand) -> anyhow::Res
         identity,
         identity_regex,
         issuer,
+        sigstore_instance,
         name,
         json,
     } = command;
@@ -276,6 +281,7 @@ pub fn signer(config_path: Option<&Path>, command: SignerCommand) -> anyhow::Res
             identity,
             identity_regex,
             issuer,
+            sigstore_instance,
         },
         (None, None) => anyhow::bail!("give --public-key, or --issuer with --identity"),
     };

@@ -104,10 +104,14 @@ pub struct SignerArgs {
     /// A keyless bundle's OIDC issuer, exactly.
     #[arg(long)]
     issuer: Option<String>,
-    /// A private Sigstore deployment's `trusted_root.json`, accepted besides the public-good
-    /// root (repeatable).
+    /// A private Sigstore deployment's `trusted_root.json` (`[name=]path`; named by its file
+    /// stem otherwise), accepted besides the public-good root (repeatable).
     #[arg(long)]
     trusted_root: Vec<PathBuf>,
+    /// With --issuer: the instance whose certificates count, a --trusted-root's name
+    /// (default: the public-good instance), as a signer's `sigstore_instance` on the server.
+    #[arg(long, requires = "issuer")]
+    sigstore_instance: Option<String>,
 }
 
 impl SignerArgs {
@@ -121,7 +125,12 @@ impl SignerArgs {
                     self.identity_regex.as_deref(),
                     issuer,
                 )
-                .context("--identity/--identity-regex/--issuer")?,
+                .context("--identity/--identity-regex/--issuer")?
+                .on_instance(
+                    self.sigstore_instance
+                        .as_deref()
+                        .unwrap_or(supply_chain::bundle::PUBLIC_GOOD),
+                ),
             ),
             (None, None) => return Ok(None),
             (Some(_), Some(_)) => anyhow::bail!("give --public-key or --issuer, not both"),

@@ -7,6 +7,7 @@ use axum::routing::{MethodRouter, delete, get, post, put};
 use super::{billing, budgets, cast, keys, ledger, middleware, ops, signers, spells, users};
 use crate::App;
 use crate::auth::KeyScope;
+use crate::supply_chain::bundle::BUNDLE_BYTES_MAX;
 use crate::supply_chain::{MODULE_BYTES_MAX, SBOM_BYTES_MAX};
 
 /// A body limit for one route: requests whose Content-Length is over it are answered 413
@@ -38,7 +39,7 @@ fn cast_body_bytes_max(app: &App) -> usize {
 }
 
 pub fn router(app: App) -> Router {
-    let publish_bytes_max = MODULE_BYTES_MAX + SBOM_BYTES_MAX + 256 * 1024;
+    let publish_bytes_max = MODULE_BYTES_MAX + SBOM_BYTES_MAX + BUNDLE_BYTES_MAX + 256 * 1024;
     use KeyScope::{Cast, Manage, Publish, Read};
     let a = &app;
     Router::new()
@@ -56,12 +57,20 @@ pub fn router(app: App) -> Router {
             scoped(post(signers::create).get(signers::list), a, Manage),
         )
         .route(
+            "/v1/signers/{id}",
+            scoped(delete(signers::remove), a, Manage),
+        )
+        .route(
             "/v1/spells",
             limited(scoped(post(spells::publish), a, Publish), publish_bytes_max),
         )
         .route(
             "/v1/spells/{owner}/{name}",
             scoped(get(spells::versions), a, Read),
+        )
+        .route(
+            "/v1/spells/{owner}/{name}/versions/{version}/yank",
+            scoped(post(spells::yank), a, Publish),
         )
         .route(
             "/v1/cast",

@@ -1,4 +1,4 @@
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -6,19 +6,24 @@ use serde_json::{Value, json};
 use super::extract::Json;
 use crate::App;
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::error::{ApiError, Code};
 use crate::registry::{NewSigner, RegistryError};
+use crate::supply_chain::SignerKey;
+use crate::supply_chain::signature::registration_message;
 
-/// A key signer `{"name", "public_key_pem"}`, or a keyless one `{"name", "issuer",
-/// "identity" | "identity_regex"}`.
+/// A key signer `{"name", "public_key_pem", "proof"}`, or a keyless one `{"name", "issuer",
+/// "identity" | "identity_regex"}`. `proof` is the key's signature over
+/// [`registration_message`] for the caller's handle: whoever registers a key holds it.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewSignerBody {
     name: String,
     public_key_pem: Option<String>,
+    proof: Option<String>,
     identity: Option<String>,
     identity_regex: Option<String>,
     issuer: Option<String>,
+    sigstore_instance: Option<String>,
 }
 
 /// `POST /v1/signers`
@@ -29,14 +34,35 @@ pub async fn create(
 ) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
     let signer = match (body.public_key_pem, body.issuer) {
         (Some(public_key_pem), None)
-            if body.identity.is_none() && body.identity_regex.is_none() =>
+            if body.identity.is_none()
+                && body.identity_regex.is_none()
+                && body.sigstore_instance.is_none() =>
         {
+            let key = SignerKey::from_pem(&public_key_pem)
+                .map_err(|e| RegistryError::InvalidSigner(format!("public_key_pem: {e}")))?;
+            let message = registration_message(&caller.handle);
+            match body.proof {
+                Some(proof) if key.verifies(message.as_bytes(), proof.as_bytes()) => {}
+                Some(_) => {
+                    return Err(RegistryError::InvalidSigner(format!(
+                        "proof is not this key's signature over {message:?}"
+                    ))
+                    .into());
+                }
+                None => {
+                    return Err(RegistryError::InvalidSigner(format!(
+                        "a key signer needs proof: the key's signature (base64 DER, as for modules) over {message:?}"
+                    ))
+                    .into());
+                }
+            }
             NewSigner::Key { public_key_pem }
         }
         (None, Some(issuer)) => NewSigner::Identity {
             identity: body.identity,
             identity_regex: body.identity_regex,
             issuer,
+            sigstore_instance: body.sigstore_instance,
         },
         _ => {
             return Err(RegistryError::InvalidSigner(
@@ -50,6 +76,22 @@ pub async fn create(
         .add_signer(caller.user_id, &body.name, signer)
         .await?;
     Ok((StatusCode::CREATED, axum::Json(json!(signer))))
+}
+
+/// `DELETE /v1/signers/{id}`: the signer authorizes nothing new; what it signed stays.
+pub async fn remove(
+    State(app): State<App>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> Result<StatusCode, ApiError> {
+    if app.registry.remove_signer(caller.user_id, id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::new(
+            Code::NotFound,
+            format!("you have no signer {id}"),
+        ))
+    }
 }
 
 /// `GET /v1/signers`

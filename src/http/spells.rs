@@ -85,3 +85,18 @@ pub async fn versions(
         json!({ "spell": format!("{owner}/{name}"), "versions": versions }),
     ))
 }
+
+/// `POST /v1/spells/{owner}/{name}/versions/{version}/yank` (the owner only).
+pub async fn yank(
+    State(app): State<App>,
+    caller: Caller,
+    Path((owner, name, version)): Path<(String, String, String)>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let version = semver::Version::parse(&version)
+        .map_err(|e| ApiError::bad_request(format!("version {version:?} is not semver: {e}")))?;
+    let yanked = app
+        .registry
+        .yank(&caller.handle, &owner, &name, &version)
+        .await?;
+    Ok(axum::Json(json!(yanked)))
+}

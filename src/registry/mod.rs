@@ -18,6 +18,16 @@ pub enum RegistryError {
     NotFound(String),
     #[error("{0} already exists")]
     VersionExists(String),
+    #[error("{spell}@{version} is not higher than the published {highest}")]
+    VersionNotNewer {
+        spell: String,
+        version: String,
+        highest: String,
+    },
+    #[error("{0} is yanked")]
+    Yanked(String),
+    #[error("only the owner, {0}, can change this spell")]
+    NotOwner(String),
     #[error("a signer named {0:?} already exists")]
     SignerExists(String),
     #[error("invalid signer: {0}")]
@@ -84,8 +94,18 @@ pub struct VersionInfo {
     pub version: String,
     pub digest: String,
     pub created_at_ms: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub yanked_at_ms: Option<i64>,
     #[sqlx(flatten)]
     pub signed_by: VersionSigner,
+}
+
+/// `POST …/versions/{version}/yank`'s answer.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct YankedVersion {
+    pub spell: String,
+    pub version: String,
+    pub yanked_at_ms: i64,
 }
 
 /// Who signed a version, as verified at publish: the registered signer's name and kind, the
@@ -96,6 +116,9 @@ pub struct VersionSigner {
     pub signer: String,
     /// `signature` (a detached cosign-style signature) or `sigstore_bundle`.
     pub signed_with: String,
+    /// The Sigstore instance the bundle verified against.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sigstore_instance: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -122,8 +145,14 @@ pub struct SignerInfo {
     pub identity_regex: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub issuer: Option<String>,
+    /// For identity signers: the Sigstore instance whose certificates count.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sigstore_instance: Option<String>,
     pub created_at_ms: i64,
 }
+
+/// The most signers a publisher may have at once (each is tried at every publish).
+pub const SIGNERS_PER_USER_MAX: i64 = 50;
 
 /// A signer to register.
 #[derive(Debug, Clone)]
@@ -135,6 +164,8 @@ pub enum NewSigner {
         identity: Option<String>,
         identity_regex: Option<String>,
         issuer: String,
+        /// `None`: the public-good instance.
+        sigstore_instance: Option<String>,
     },
 }
 
@@ -147,6 +178,7 @@ struct SignerRow {
     identity: Option<String>,
     identity_regex: Option<String>,
     issuer: Option<String>,
+    sigstore_instance: Option<String>,
     created_at_ms: i64,
 }
 
@@ -160,6 +192,10 @@ impl SignerRow {
             public_key_pem: (!keyless).then_some(self.public_key_pem),
             identity: self.identity,
             identity_regex: self.identity_regex,
+            sigstore_instance: keyless.then(|| {
+                self.sigstore_instance
+                    .unwrap_or_else(|| crate::supply_chain::bundle::PUBLIC_GOOD.to_owned())
+            }),
             issuer: self.issuer,
             created_at_ms: self.created_at_ms,
         }
@@ -175,6 +211,10 @@ impl SignerRow {
                 issuer,
             )
             .ok()
+            .map(|policy| match &self.sigstore_instance {
+                Some(instance) => policy.on_instance(instance),
+                None => policy,
+            })
             .map(Signer::Identity),
             None => SignerKey::from_pem(&self.public_key_pem)
                 .ok()
@@ -209,7 +249,16 @@ pub struct Registry {
     epoch: std::sync::atomic::AtomicI64,
 }
 
-type VersionsCache = HashMap<(String, String), (Vec<(i64, String, String)>, std::time::Instant)>;
+/// A version as resolution sees it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct VersionRow {
+    id: i64,
+    version: String,
+    digest: String,
+    yanked_at_ms: Option<i64>,
+}
+
+type VersionsCache = HashMap<(String, String), (Vec<VersionRow>, std::time::Instant)>;
 
 /// How long a spell's versions are served from memory at most; the epoch poll makes changes
 /// visible sooner, this only bounds what a missed poll could leave stale.
@@ -243,26 +292,59 @@ impl Registry {
                 "name must be 1 to 100 printable characters".into(),
             ));
         }
-        let (public_key_pem, identity, identity_regex, issuer) = match signer {
+        let (public_key_pem, identity, identity_regex, issuer, sigstore_instance) = match signer {
             NewSigner::Key { public_key_pem } => {
                 SignerKey::from_pem(&public_key_pem)
                     .map_err(|e| RegistryError::InvalidSigner(format!("public_key_pem: {e}")))?;
-                (public_key_pem, None, None, None)
+                (public_key_pem, None, None, None, None)
             }
             NewSigner::Identity {
                 identity,
                 identity_regex,
                 issuer,
+                sigstore_instance,
             } => {
-                IdentityPolicy::new(identity.as_deref(), identity_regex.as_deref(), &issuer)
-                    .map_err(|e| RegistryError::InvalidSigner(e.to_string()))?;
-                (String::new(), identity, identity_regex, Some(issuer))
+                // Compiling a pattern is CPU work a client controls: off the reactor.
+                let (id, re, iss) = (identity.clone(), identity_regex.clone(), issuer.clone());
+                tokio::task::spawn_blocking(move || {
+                    IdentityPolicy::new(id.as_deref(), re.as_deref(), &iss)
+                })
+                .await
+                .map_err(|e| RegistryError::Internal(e.to_string()))?
+                .map_err(|e| RegistryError::InvalidSigner(e.to_string()))?;
+                let sigstore_instance = sigstore_instance
+                    .filter(|name| name != crate::supply_chain::bundle::PUBLIC_GOOD);
+                if let Some(name) = &sigstore_instance
+                    && !self.trusted_roots.contains(name)
+                {
+                    return Err(RegistryError::InvalidSigner(format!(
+                        "no Sigstore instance is named {name:?} here (the operator pins them with SPELLHOST_SIGSTORE_TRUSTED_ROOTS)"
+                    )));
+                }
+                (
+                    String::new(),
+                    identity,
+                    identity_regex,
+                    Some(issuer),
+                    sigstore_instance,
+                )
             }
         };
+        let (active,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM signers WHERE user_id = $1 AND removed_at_ms IS NULL",
+        )
+        .bind(user_id)
+        .fetch_one(self.db.reader())
+        .await?;
+        if active >= SIGNERS_PER_USER_MAX {
+            return Err(RegistryError::InvalidSigner(format!(
+                "at most {SIGNERS_PER_USER_MAX} signers; remove one first (DELETE /v1/signers/{{id}})"
+            )));
+        }
         let created_at_ms = now_ms();
         let inserted: Result<(i64,), sqlx::Error> = sqlx::query_as(
-            "INSERT INTO signers (user_id, name, public_key_pem, identity, identity_regex, issuer, created_at_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+            "INSERT INTO signers (user_id, name, public_key_pem, identity, identity_regex, issuer, sigstore_instance, created_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
         )
         .bind(user_id)
         .bind(name)
@@ -270,6 +352,7 @@ impl Registry {
         .bind(&identity)
         .bind(&identity_regex)
         .bind(&issuer)
+        .bind(&sigstore_instance)
         .bind(created_at_ms)
         .fetch_one(self.db.writer())
         .await;
@@ -286,6 +369,7 @@ impl Registry {
             identity,
             identity_regex,
             issuer,
+            sigstore_instance,
             created_at_ms,
         }
         .info())
@@ -293,12 +377,28 @@ impl Registry {
 
     async fn signer_rows(&self, user_id: i64) -> Result<Vec<SignerRow>, RegistryError> {
         Ok(sqlx::query_as(
-            "SELECT id, name, public_key_pem, identity, identity_regex, issuer, created_at_ms \
-             FROM signers WHERE user_id = $1 ORDER BY id",
+            "SELECT id, name, public_key_pem, identity, identity_regex, issuer, sigstore_instance, created_at_ms \
+             FROM signers WHERE user_id = $1 AND removed_at_ms IS NULL ORDER BY id",
         )
         .bind(user_id)
         .fetch_all(self.db.reader())
         .await?)
+    }
+
+    /// Removes one of the user's signers: it authorizes no new version, and the versions it
+    /// signed stay published, naming it (as `name (removed <id>)`, so that the name is free
+    /// again). `false` if the user has no such signer.
+    pub async fn remove_signer(&self, user_id: i64, signer_id: i64) -> Result<bool, RegistryError> {
+        let removed = sqlx::query(
+            "UPDATE signers SET removed_at_ms = $1, name = name || ' (removed ' || CAST(id AS TEXT) || ')' \
+             WHERE id = $2 AND user_id = $3 AND removed_at_ms IS NULL",
+        )
+        .bind(now_ms())
+        .bind(signer_id)
+        .bind(user_id)
+        .execute(self.db.writer())
+        .await?;
+        Ok(removed.rows_affected() == 1)
     }
 
     pub async fn signers(&self, user_id: i64) -> Result<Vec<SignerInfo>, RegistryError> {
@@ -318,18 +418,18 @@ impl Registry {
         owner_handle: &str,
         bundle: SpellBundle,
     ) -> Result<Published, RegistryError> {
-        let (ids, signers): (Vec<i64>, Vec<Signer>) = self
-            .signer_rows(owner_id)
-            .await?
-            .iter()
-            .filter_map(|row| row.signer().map(|signer| (row.id, signer)))
-            .unzip();
-        // Verification hashes, checks signatures and transparency-log evidence and parses
-        // SBOM and wasm: CPU work, kept off the reactor.
+        let rows = self.signer_rows(owner_id).await?;
+        // Building the signers (identity patterns compile) and verification (hashing,
+        // signatures, transparency-log evidence, SBOM and wasm parsing) are CPU work, kept off
+        // the reactor.
         let roots = self.trusted_roots.clone();
-        let (module, bundle) = tokio::task::spawn_blocking(move || {
+        let (module, bundle, ids) = tokio::task::spawn_blocking(move || {
+            let (ids, signers): (Vec<i64>, Vec<Signer>) = rows
+                .iter()
+                .filter_map(|row| row.signer().map(|signer| (row.id, signer)))
+                .unzip();
             Verifier::verify(&bundle, SignaturePolicy::AnyOf(&signers, &roots))
-                .map(|module| (module, bundle))
+                .map(|module| (module, bundle, ids))
         })
         .await
         .map_err(|e| RegistryError::Internal(e.to_string()))??;
@@ -355,6 +455,38 @@ impl Registry {
         let spell = format!("{owner_handle}/{}", manifest.name);
         let version = manifest.version.to_string();
         let mut tx = self.db.begin().await?;
+        // Rollback protection: a new version is higher than every version ever published,
+        // yanked ones included. The owner's row is locked so that two publishes of one spell
+        // are checked one after the other (SQLite's writer is exclusive already).
+        sqlx::query(self.db.pick(
+            "SELECT id FROM users WHERE id = $1",
+            "SELECT id FROM users WHERE id = $1 FOR UPDATE",
+        ))
+        .bind(owner_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let published: Vec<(String,)> =
+            sqlx::query_as("SELECT version FROM spell_versions WHERE owner_id = $1 AND name = $2")
+                .bind(owner_id)
+                .bind(&manifest.name)
+                .fetch_all(&mut *tx)
+                .await?;
+        let highest = published
+            .iter()
+            .filter_map(|(v,)| semver::Version::parse(v).ok())
+            .max();
+        if let Some(highest) = highest {
+            if highest == manifest.version {
+                return Err(RegistryError::VersionExists(format!("{spell}@{version}")));
+            }
+            if highest > manifest.version {
+                return Err(RegistryError::VersionNotNewer {
+                    spell,
+                    version,
+                    highest: highest.to_string(),
+                });
+            }
+        }
         sqlx::query(
             "INSERT INTO modules (digest, bytes) VALUES ($1, $2) ON CONFLICT (digest) DO NOTHING",
         )
@@ -364,8 +496,8 @@ impl Registry {
         .await?;
         let inserted = sqlx::query(
             "INSERT INTO spell_versions (owner_id, name, version, digest, manifest, sbom, signature, signer_id, created_at_ms, \
-             sigstore_bundle, signed_identity, signed_issuer, tlog_index, tlog_integrated_time) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+             sigstore_bundle, sigstore_instance, signed_identity, signed_issuer, tlog_index, tlog_integrated_time) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
         )
         .bind(owner_id)
         .bind(&manifest.name)
@@ -377,6 +509,7 @@ impl Registry {
         .bind(signer_id)
         .bind(now_ms())
         .bind(&sigstore_bundle)
+        .bind(sigstore_bundle.as_ref().map(|_| evidence.instance.as_str()))
         .bind(&evidence.identity)
         .bind(&evidence.issuer)
         .bind(evidence.log_index)
@@ -419,9 +552,9 @@ impl Registry {
         name: &str,
     ) -> Result<Vec<VersionInfo>, RegistryError> {
         let mut rows: Vec<VersionInfo> = sqlx::query_as(
-            "SELECT v.version, v.digest, v.created_at_ms, s.name AS signer_name, \
+            "SELECT v.version, v.digest, v.created_at_ms, v.yanked_at_ms, s.name AS signer_name, \
              CASE WHEN v.sigstore_bundle IS NULL THEN 'signature' ELSE 'sigstore_bundle' END AS signed_with, \
-             v.signed_identity AS identity, v.signed_issuer AS issuer, v.tlog_index, v.tlog_integrated_time \
+             v.sigstore_instance, v.signed_identity AS identity, v.signed_issuer AS issuer, v.tlog_index, v.tlog_integrated_time \
              FROM spell_versions v JOIN users u ON u.id = v.owner_id JOIN signers s ON s.id = v.signer_id \
              WHERE u.handle = $1 AND v.name = $2",
         )
@@ -439,38 +572,113 @@ impl Registry {
         Ok(rows)
     }
 
+    /// Yanks a version (owner only): unpinned casts no longer choose it and pinned casts are
+    /// refused with `version_yanked`. Idempotent: yanking again answers the first yank.
+    pub async fn yank(
+        &self,
+        caller_handle: &str,
+        owner: &str,
+        name: &str,
+        version: &semver::Version,
+    ) -> Result<YankedVersion, RegistryError> {
+        let spell = format!("{owner}/{name}");
+        let row: Option<(i64, i64, Option<i64>)> = sqlx::query_as(
+            "SELECT v.id, v.owner_id, v.yanked_at_ms FROM spell_versions v JOIN users u ON u.id = v.owner_id \
+             WHERE u.handle = $1 AND v.name = $2 AND v.version = $3",
+        )
+        .bind(owner)
+        .bind(name)
+        .bind(version.to_string())
+        .fetch_optional(self.db.reader())
+        .await?;
+        let Some((version_id, _, already)) = row else {
+            return Err(RegistryError::NotFound(format!("{spell}@{version}")));
+        };
+        if caller_handle != owner {
+            return Err(RegistryError::NotOwner(owner.to_owned()));
+        }
+        let yanked_at_ms = match already {
+            Some(at) => at,
+            None => {
+                let now = now_ms();
+                let mut tx = self.db.begin().await?;
+                sqlx::query(
+                    "UPDATE spell_versions SET yanked_at_ms = $1 WHERE id = $2 AND yanked_at_ms IS NULL",
+                )
+                .bind(now)
+                .bind(version_id)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query("UPDATE cache_epochs SET epoch = epoch + 1 WHERE name = 'spells'")
+                    .execute(&mut *tx)
+                    .await?;
+                let (at,): (i64,) =
+                    sqlx::query_as("SELECT yanked_at_ms FROM spell_versions WHERE id = $1")
+                        .bind(version_id)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                tx.commit().await?;
+                tracing::info!(spell.name = %spell, spell.version = %version, "yanked");
+                at
+            }
+        };
+        self.versions_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(owner.to_owned(), name.to_owned()));
+        Ok(YankedVersion {
+            spell,
+            version: version.to_string(),
+            yanked_at_ms,
+        })
+    }
+
     /// Finds the version to cast (the highest when none is named) and its compiled module.
     pub async fn resolve(&self, spell: &SpellRef) -> Result<Resolved, RegistryError> {
         let name = format!("{}/{}", spell.owner, spell.name);
         let mut rows = self.version_rows(&spell.owner, &spell.name, false).await?;
         // A pinned version this instance has not seen yet (published elsewhere a moment ago).
         if let Some(wanted) = &spell.version
-            && !rows
-                .iter()
-                .any(|(_, version, _)| version == &wanted.to_string())
+            && !rows.iter().any(|row| row.version == wanted.to_string())
         {
             rows = self.version_rows(&spell.owner, &spell.name, true).await?;
         }
-        let chosen = rows
-            .into_iter()
-            .filter_map(|(id, version, digest)| {
-                semver::Version::parse(&version)
-                    .ok()
-                    .map(|v| (v, id, digest))
-            })
-            .filter(|(version, ..)| {
-                spell
-                    .version
-                    .as_ref()
-                    .is_none_or(|wanted| wanted == version)
-            })
-            .max_by(|a, b| a.0.cmp(&b.0));
-        let Some((version, version_id, digest)) = chosen else {
-            let shown = match &spell.version {
-                Some(version) => format!("{name}@{version}"),
-                None => name,
-            };
-            return Err(RegistryError::NotFound(shown));
+        let parsed = rows.into_iter().filter_map(|row| {
+            semver::Version::parse(&row.version)
+                .ok()
+                .map(|version| (version, row))
+        });
+        let chosen = match &spell.version {
+            // A pinned version is cast even when newer ones exist, unless it is yanked.
+            Some(wanted) => match parsed.into_iter().find(|(version, _)| version == wanted) {
+                Some((_, row)) if row.yanked_at_ms.is_some() => {
+                    return Err(RegistryError::Yanked(format!("{name}@{wanted}")));
+                }
+                Some(found) => Some(found),
+                None => return Err(RegistryError::NotFound(format!("{name}@{wanted}"))),
+            },
+            None => {
+                let mut any = false;
+                let newest = parsed
+                    .inspect(|_| any = true)
+                    .filter(|(_, row)| row.yanked_at_ms.is_none())
+                    .max_by(|a, b| a.0.cmp(&b.0));
+                if newest.is_none() && any {
+                    return Err(RegistryError::Yanked(format!("every version of {name}")));
+                }
+                newest
+            }
+        };
+        let Some((
+            version,
+            VersionRow {
+                id: version_id,
+                digest,
+                ..
+            },
+        )) = chosen
+        else {
+            return Err(RegistryError::NotFound(name));
         };
         let digest =
             ModuleDigest::from_hex(&digest).map_err(|e| RegistryError::Internal(e.to_string()))?;
@@ -488,13 +696,13 @@ impl Registry {
         })
     }
 
-    /// A spell's versions `(id, version, digest)`, from memory unless `fresh` or unknown.
+    /// A spell's versions, from memory unless `fresh` or unknown.
     async fn version_rows(
         &self,
         owner: &str,
         name: &str,
         fresh: bool,
-    ) -> Result<Vec<(i64, String, String)>, RegistryError> {
+    ) -> Result<Vec<VersionRow>, RegistryError> {
         let key = (owner.to_owned(), name.to_owned());
         if !fresh
             && let Some((rows, at)) = self
@@ -506,8 +714,8 @@ impl Registry {
         {
             return Ok(rows.clone());
         }
-        let rows: Vec<(i64, String, String)> = sqlx::query_as(
-            "SELECT v.id, v.version, v.digest FROM spell_versions v \
+        let rows: Vec<VersionRow> = sqlx::query_as(
+            "SELECT v.id, v.version, v.digest, v.yanked_at_ms FROM spell_versions v \
              JOIN users u ON u.id = v.owner_id WHERE u.handle = $1 AND v.name = $2",
         )
         .bind(owner)

@@ -5,7 +5,7 @@
 //! embedded in the binary unless another is given). Nothing here talks to the network.
 
 use sigstore_verify::trust_root::{SIGSTORE_PRODUCTION_TRUSTED_ROOT, TrustedRoot};
-use sigstore_verify::types::bundle::VerificationMaterialContent;
+use sigstore_verify::types::bundle::{SignatureContent, VerificationMaterialContent};
 use sigstore_verify::types::{Artifact, ArtifactDigest, Bundle, DerPublicKey, Sha256Hash};
 use sigstore_verify::{
     PublicKeyVerificationPolicy, VerificationPolicy, VerificationResult, Verifier,
@@ -14,8 +14,16 @@ use sigstore_verify::{
 use super::ModuleDigest;
 use super::signature::single_pem_block;
 
-/// The largest bundle accepted, in bytes (real bundles are a few KiB).
-pub const BUNDLE_BYTES_MAX: usize = 1 << 20;
+/// The largest bundle accepted, in bytes: real bundles are 3–10 KiB (a certificate chain and
+/// one or two log entries); this bounds what parsing and verification can be made to cost.
+pub const BUNDLE_BYTES_MAX: usize = 64 * 1024;
+
+/// The most transparency-log entries a bundle may carry (Sigstore clients write one; each
+/// costs signature checks).
+pub const TLOG_ENTRIES_MAX: usize = 4;
+
+/// The name of the public-good instance among [`TrustedRoots`].
+pub const PUBLIC_GOOD: &str = "public-good";
 
 /// Who must have signed.
 pub enum Signer<'a> {
@@ -36,6 +44,10 @@ pub enum Subject<'a> {
 pub enum BundleError {
     #[error("bundle is larger than {BUNDLE_BYTES_MAX} bytes")]
     TooLarge,
+    #[error("bundle carries {0} transparency-log entries; at most {TLOG_ENTRIES_MAX} are accepted")]
+    TooManyEntries(usize),
+    #[error("no trusted root is named {0:?}")]
+    UnknownInstance(String),
     #[error("malformed bundle: {0}")]
     Malformed(String),
     #[error("malformed trusted root: {0}")]
@@ -52,7 +64,10 @@ impl BundleError {
         use sigstore_verify::bundle::Error as B;
         use sigstore_verify::{CertificateError as C, Error as E, TransparencyLogError as T};
         match self {
-            BundleError::TooLarge | BundleError::Malformed(_) => "bundle_malformed",
+            BundleError::TooLarge | BundleError::TooManyEntries(_) | BundleError::Malformed(_) => {
+                "bundle_malformed"
+            }
+            BundleError::UnknownInstance(_) => "unknown_instance",
             BundleError::TrustedRoot(_) => "trusted_root_invalid",
             BundleError::Key(_) => "key_invalid",
             BundleError::Verification(error) => match error {
@@ -95,7 +110,7 @@ pub struct TrustedRoots {
 }
 
 struct PreparedRoot {
-    /// Where the root came from (a path, or "public-good"), for messages.
+    /// The instance's name: `public-good`, or the operator's (`name=path`, else the file stem).
     name: String,
     /// The key ids of its transparency logs: a bundle is "from" the root that knows its log.
     log_key_ids: Vec<Vec<u8>>,
@@ -105,14 +120,14 @@ struct PreparedRoot {
 impl TrustedRoots {
     /// The public-good root alone, prepared once per process.
     pub fn public_good() -> &'static TrustedRoots {
-        static PUBLIC_GOOD: std::sync::LazyLock<TrustedRoots> = std::sync::LazyLock::new(|| {
+        static ROOTS: std::sync::LazyLock<TrustedRoots> = std::sync::LazyLock::new(|| {
             // The embedded root is part of the binary, covered by the tests below: failing to
             // read it is a build defect, not an input error.
             #[allow(clippy::expect_used)]
-            TrustedRoots::from_json("public-good", production_trusted_root())
+            TrustedRoots::from_json(PUBLIC_GOOD, production_trusted_root())
                 .expect("the embedded public-good trusted root is valid")
         });
-        &PUBLIC_GOOD
+        &ROOTS
     }
 
     /// One root, from its `trusted_root.json` text.
@@ -122,19 +137,46 @@ impl TrustedRoots {
         })
     }
 
-    /// The public-good root and the operator's `trusted_root.json` files, in that order. An
-    /// unreadable or invalid file is an error naming it.
-    pub fn public_good_and(paths: &[std::path::PathBuf]) -> Result<Self, String> {
+    /// The public-good root and the operator's, in that order. Each entry is `name=path` or a
+    /// path (named by its file stem); an unreadable or invalid file, or a name used twice, is
+    /// an error naming it.
+    pub fn public_good_and(entries: &[std::path::PathBuf]) -> Result<Self, String> {
         let mut roots = vec![
-            PreparedRoot::new("public-good", production_trusted_root())
+            PreparedRoot::new(PUBLIC_GOOD, production_trusted_root())
                 .map_err(|e| format!("the embedded public-good trusted root: {e}"))?,
         ];
-        for path in paths {
-            let name = path.display().to_string();
-            let json = std::fs::read_to_string(path).map_err(|e| format!("{name}: {e}"))?;
-            roots.push(PreparedRoot::new(&name, &json).map_err(|e| format!("{name}: {e}"))?);
+        for entry in entries {
+            let text = entry.display().to_string();
+            let (name, path) = match text.split_once('=') {
+                Some((name, path)) => (name.to_owned(), std::path::PathBuf::from(path)),
+                None => {
+                    let stem = entry.file_stem().map(|s| s.to_string_lossy().into_owned());
+                    (stem.unwrap_or_default(), entry.clone())
+                }
+            };
+            let shown = path.display().to_string();
+            let valid_name = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+            if !valid_name {
+                return Err(format!(
+                    "{shown}: the instance name {name:?} must be 1 to 64 of [A-Za-z0-9._-] (write name=path)"
+                ));
+            }
+            if roots.iter().any(|root| root.name == name) {
+                return Err(format!("{shown}: the instance name {name:?} is used twice"));
+            }
+            let json = std::fs::read_to_string(&path).map_err(|e| format!("{shown}: {e}"))?;
+            roots.push(PreparedRoot::new(&name, &json).map_err(|e| format!("{shown}: {e}"))?);
         }
         Ok(TrustedRoots { roots })
+    }
+
+    /// Whether an instance of this name is trusted.
+    pub fn contains(&self, name: &str) -> bool {
+        self.roots.iter().any(|root| root.name == name)
     }
 
     /// The names of the roots, in the order they are tried.
@@ -176,6 +218,8 @@ impl PreparedRoot {
 /// What a verified bundle proves, beyond "this signer signed these bytes".
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Evidence {
+    /// The Sigstore instance (trusted root) the bundle verified against.
+    pub instance: String,
     /// The signing certificate's identity (SAN) and OIDC issuer (keyless bundles).
     pub identity: Option<String>,
     pub issuer: Option<String>,
@@ -196,14 +240,25 @@ pub enum Check<'a> {
     Key(&'a DerPublicKey),
 }
 
-/// Parses a bundle (bounded in size).
+/// Parses a bundle (bounded in size and in log entries).
 pub fn parse(bundle_json: &[u8]) -> Result<Bundle, BundleError> {
     if bundle_json.len() > BUNDLE_BYTES_MAX {
         return Err(BundleError::TooLarge);
     }
     let text =
         std::str::from_utf8(bundle_json).map_err(|_| BundleError::Malformed("not UTF-8".into()))?;
-    Bundle::from_json(text).map_err(|e| BundleError::Malformed(e.to_string()))
+    let bundle = Bundle::from_json(text).map_err(|e| BundleError::Malformed(e.to_string()))?;
+    let entries = bundle.verification_material.tlog_entries.len();
+    if entries > TLOG_ENTRIES_MAX {
+        return Err(BundleError::TooManyEntries(entries));
+    }
+    Ok(bundle)
+}
+
+/// Whether the bundle signs the artifact itself (`messageSignature`, a hashedrekord entry)
+/// rather than carrying a DSSE envelope (an in-toto statement *about* artifacts).
+pub fn is_message_signature(bundle: &Bundle) -> bool {
+    matches!(bundle.content, SignatureContent::MessageSignature(_))
 }
 
 /// Whether the bundle's signer is a certificate (keyless) rather than a managed key.
@@ -214,17 +269,27 @@ pub fn is_keyless(bundle: &Bundle) -> bool {
     )
 }
 
-/// Verifies `bundle` over `subject` against each root in turn; the first that verifies wins.
-/// When none does, the error is the one from the root that knows the bundle's log (the
-/// bundle's own instance), or else from the first root.
+/// Verifies `bundle` over `subject` against each root in turn (only the one named `instance`,
+/// if given); the first that verifies wins. When none does, the error is the one from the root
+/// that knows the bundle's log (the bundle's own instance), or else from the first root.
 pub fn verify_parsed(
     bundle: &Bundle,
     subject: &Subject<'_>,
     check: &Check<'_>,
     roots: &TrustedRoots,
+    instance: Option<&str>,
 ) -> Result<Evidence, BundleError> {
+    if let Some(name) = instance
+        && !roots.contains(name)
+    {
+        return Err(BundleError::UnknownInstance(name.to_owned()));
+    }
     let mut refusal: Option<(bool, BundleError)> = None;
-    for root in &roots.roots {
+    let chosen = roots
+        .roots
+        .iter()
+        .filter(|root| instance.is_none_or(|name| root.name == name));
+    for root in chosen {
         let artifact: Artifact<'_> = match subject {
             Subject::Bytes(bytes) => Artifact::Blob(bytes),
             Subject::Sha256(digest) => {
@@ -248,7 +313,7 @@ pub fn verify_parsed(
             ),
         };
         match verified {
-            Ok(result) => return Ok(evidence(bundle, &result)),
+            Ok(result) => return Ok(evidence(&root.name, bundle, &result)),
             Err(error) => {
                 let own = root.knows_log_of(bundle);
                 if refusal.as_ref().is_none_or(|(had_own, _)| own && !had_own) {
@@ -263,12 +328,13 @@ pub fn verify_parsed(
     ))
 }
 
-fn evidence(bundle: &Bundle, result: &VerificationResult) -> Evidence {
+fn evidence(instance: &str, bundle: &Bundle, result: &VerificationResult) -> Evidence {
     let entry = bundle.verification_material.tlog_entries.first();
     let logged = result
         .integrated_time()
         .or_else(|| result.verified_timestamps().iter().min().copied());
     Evidence {
+        instance: instance.to_owned(),
         identity: result.identity().map(|san| san.as_str().to_owned()),
         issuer: result.issuer().map(str::to_owned),
         log_index: entry.map(|entry| entry.log_index.as_i64()),
@@ -291,6 +357,7 @@ pub fn verify(
             &subject,
             &Check::Identity { identity, issuer },
             &roots,
+            None,
         ),
         Signer::Key { public_key_pem } => {
             // The same strict PEM reading as registered signer keys (one block, nothing after).
@@ -301,6 +368,7 @@ pub fn verify(
                 &subject,
                 &Check::Key(&DerPublicKey::new(key)),
                 &roots,
+                None,
             )
         }
     }
@@ -444,6 +512,76 @@ mod tests {
         )
         .expect_err("another artifact");
         assert_eq!(error.reason(), "artifact_mismatch");
+    }
+
+    #[test]
+    fn pinned_roots_are_named_by_stem_or_explicitly_and_each_name_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = text("managed-key-and-trusted-root/trusted_root.json");
+        let staging = dir.path().join("staging.json");
+        std::fs::write(&staging, &root).expect("write");
+        let roots = TrustedRoots::public_good_and(&[
+            staging.clone(),
+            format!("corp={}", staging.display()).into(),
+        ])
+        .expect("valid roots");
+        assert_eq!(
+            roots.names().collect::<Vec<_>>(),
+            [PUBLIC_GOOD, "staging", "corp"]
+        );
+        for bad in [
+            format!("staging={}", staging.display()),
+            format!("{PUBLIC_GOOD}={}", staging.display()),
+            format!("bad name={}", staging.display()),
+            dir.path().join("missing.json").display().to_string(),
+        ] {
+            let entries = [staging.clone(), bad.clone().into()];
+            let error = TrustedRoots::public_good_and(&entries)
+                .err()
+                .unwrap_or_else(|| panic!("{bad} must be refused"));
+            assert!(error.contains(".json"), "{bad}: {error}");
+        }
+        // A managed-key bundle verifies against the named instance only.
+        let bundle = parse(&fixture(
+            "managed-key-and-trusted-root/bundle.sigstore.json",
+        ))
+        .expect("parses");
+        let key = single_pem_block(&text("managed-key-and-trusted-root/key.pub"), "PUBLIC KEY")
+            .expect("key");
+        let key = DerPublicKey::new(key);
+        let artifact = fixture("a.txt");
+        let subject = Subject::Bytes(&artifact);
+        let evidence = verify_parsed(&bundle, &subject, &Check::Key(&key), &roots, Some("corp"))
+            .expect("verifies against corp");
+        assert_eq!(evidence.instance, "corp");
+        assert!(evidence.log_index.is_some() && evidence.integrated_time.is_some());
+        let refused = verify_parsed(
+            &bundle,
+            &subject,
+            &Check::Key(&key),
+            &roots,
+            Some(PUBLIC_GOOD),
+        )
+        .expect_err("not a public-good bundle");
+        assert_ne!(refused.reason(), "unknown_instance");
+        let unknown = verify_parsed(&bundle, &subject, &Check::Key(&key), &roots, Some("nope"))
+            .expect_err("no such instance");
+        assert_eq!(unknown.reason(), "unknown_instance");
+    }
+
+    #[test]
+    fn bundles_with_too_many_log_entries_are_refused_before_verification() {
+        let mut bundle: serde_json::Value =
+            serde_json::from_slice(&fixture("happy-path-v0.1/bundle.sigstore.json")).expect("JSON");
+        let entry = bundle["verificationMaterial"]["tlogEntries"][0].clone();
+        bundle["verificationMaterial"]["tlogEntries"] =
+            serde_json::Value::Array(vec![entry; TLOG_ENTRIES_MAX + 1]);
+        let error = parse(&serde_json::to_vec(&bundle).expect("JSON")).expect_err("too many");
+        assert_eq!(error.reason(), "bundle_malformed");
+        assert!(
+            error.to_string().contains("transparency-log entries"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -108,6 +108,13 @@ pub fn verify_any(keys: &[SignerKey], message: &[u8], signature: &[u8]) -> Resul
     }
 }
 
+/// What a key signs to prove, when it is registered as a signer of `handle`'s spells, that
+/// whoever registers it holds it: bound to the account, so that a proof made for one user is
+/// worth nothing to another.
+pub fn registration_message(handle: &str) -> String {
+    format!("spellhost signer registration\nuser: {handle}\n")
+}
+
 /// A new P-256 key pair as (PKCS#8 private PEM, SPKI public PEM).
 pub fn generate_key_pair() -> Result<(String, String), KeyError> {
     let crypto = |e: sigstore_verify::crypto::Error| KeyError::Crypto(e.to_string());

@@ -7,7 +7,7 @@
 //! against the signers, so that "forged" and "not yours" are told apart.
 
 use super::GateError;
-use super::bundle::{self, BundleError, Check, Evidence, Subject, TrustedRoots};
+use super::bundle::{self, BundleError, Check, Evidence, PUBLIC_GOOD, Subject, TrustedRoots};
 use super::digest::ModuleDigest;
 use super::signature::{self, SignerKey};
 
@@ -25,11 +25,14 @@ pub enum Signer {
     Identity(IdentityPolicy),
 }
 
-/// A keyless signer: the OIDC issuer exactly and the identity exactly or by pattern.
+/// A keyless signer: the OIDC issuer exactly and the identity exactly or by pattern, as
+/// certified by one Sigstore instance (the public-good one unless another is named: a root an
+/// operator pins for one tenant's private deployment must not certify everyone's identities).
 #[derive(Clone, Debug)]
 pub struct IdentityPolicy {
     identity: IdentityRule,
     issuer: String,
+    instance: String,
 }
 
 #[derive(Clone, Debug)]
@@ -82,12 +85,18 @@ impl IdentityPolicy {
                         "identity_regex must be anchored: start with ^ and end with $ (an unanchored pattern accepts any identity containing a match)".into(),
                     ));
                 }
-                // Compiled as one group between anchors, so that a top-level alternation
-                // (`^a|b$`) cannot leave a branch unanchored.
-                let compiled = regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
-                    .size_limit(REGEX_SIZE_MAX)
-                    .build()
-                    .map_err(|e| SignerError(format!("identity_regex: {e}")))?;
+                // The pattern must be a regex on its own (so that it cannot close the group
+                // below, as `^x)|(.*$` would), and is then compiled as one group between
+                // anchors, so that a top-level alternation (`^a|b$`) cannot leave a branch
+                // unanchored.
+                let build = |text: &str| {
+                    regex::RegexBuilder::new(text)
+                        .size_limit(REGEX_SIZE_MAX)
+                        .build()
+                        .map_err(|e| SignerError(format!("identity_regex: {e}")))
+                };
+                build(pattern)?;
+                let compiled = build(&format!("^(?:{pattern})$"))?;
                 IdentityRule::Pattern {
                     written: pattern.to_owned(),
                     compiled,
@@ -107,7 +116,19 @@ impl IdentityPolicy {
         Ok(IdentityPolicy {
             identity,
             issuer: issuer.to_owned(),
+            instance: PUBLIC_GOOD.to_owned(),
         })
+    }
+
+    /// The same policy, for identities certified by the named Sigstore instance.
+    pub fn on_instance(mut self, instance: &str) -> Self {
+        instance.clone_into(&mut self.instance);
+        self
+    }
+
+    /// The Sigstore instance whose certificates this signer accepts.
+    pub fn instance(&self) -> &str {
+        &self.instance
     }
 
     pub fn issuer(&self) -> &str {
@@ -198,61 +219,131 @@ pub fn authenticate(
         }
         Some(Signature::Sigstore(json)) => {
             let bundle = bundle::parse(json).map_err(refusal)?;
-            let subject = Subject::Sha256(*digest);
+            if !bundle::is_message_signature(&bundle) {
+                return Err(GateError::BundleMalformed(
+                    "the bundle carries a DSSE envelope (an attestation about artifacts), not a signature over the module: sign it with cosign sign-blob".into(),
+                ));
+            }
             if bundle::is_keyless(&bundle) {
-                let evidence = bundle::verify_parsed(&bundle, &subject, &Check::AnyIdentity, roots)
-                    .map_err(refusal)?;
-                authorize_identity(evidence, signers)
+                keyless(&bundle, bytes, signers, roots)
             } else {
-                if keys.is_empty() {
-                    return Err(GateError::SignatureInvalid(
-                        "the bundle names a managed key and the publisher has registered no key signer".into(),
-                    ));
-                }
-                // Under a key that is not the signer's, the signature (or the log entry's key)
-                // does not match; any other refusal is about the bundle itself, whichever key.
-                let mut other = None;
-                for (signer, key) in keys {
-                    match bundle::verify_parsed(&bundle, &subject, &Check::Key(key.der()), roots) {
-                        Ok(evidence) => return Ok(SignedBy { signer, evidence }),
-                        Err(error)
-                            if matches!(
-                                error.reason(),
-                                "signature_invalid" | "log_entry_mismatch"
-                            ) => {}
-                        Err(error) => {
-                            other.get_or_insert(error);
-                        }
-                    }
-                }
-                Err(other.map_or_else(
-                    || {
-                        GateError::SignatureInvalid(
-                            "the bundle is not signed by any key the publisher registered".into(),
-                        )
-                    },
-                    refusal,
-                ))
+                managed_key(&bundle, digest, &keys, roots)
             }
         }
     }
 }
 
+/// A keyless bundle: verified against each Sigstore instance the identity signers name (the
+/// public-good one when there are none, so that a refusal still says what is wrong), then
+/// authorized against the signers of the instance that certified it.
+fn keyless(
+    bundle: &sigstore_verify::types::Bundle,
+    bytes: &[u8],
+    signers: &[Signer],
+    roots: &TrustedRoots,
+) -> Result<SignedBy, GateError> {
+    let identities: Vec<(usize, &IdentityPolicy)> = signers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, signer)| match signer {
+            Signer::Identity(policy) => Some((i, policy)),
+            Signer::Key(_) => None,
+        })
+        .collect();
+    let mut instances: Vec<&str> = Vec::new();
+    for (_, policy) in &identities {
+        if !instances.contains(&policy.instance()) {
+            instances.push(policy.instance());
+        }
+    }
+    if instances.is_empty() {
+        instances.push(PUBLIC_GOOD);
+    }
+    // The bytes, not the digest: keyless certificates may use P-384 or Ed25519 keys, whose
+    // signatures are checked over the message itself.
+    let subject = Subject::Bytes(bytes);
+    let (mut mismatch, mut broken) = (None, None);
+    for instance in instances {
+        match bundle::verify_parsed(bundle, &subject, &Check::AnyIdentity, roots, Some(instance)) {
+            Ok(evidence) => {
+                let candidates = identities
+                    .iter()
+                    .filter(|(_, policy)| policy.instance() == instance);
+                match authorize_identity(evidence, candidates) {
+                    Ok(signed) => return Ok(signed),
+                    Err(error) => {
+                        mismatch.get_or_insert(error);
+                    }
+                }
+            }
+            Err(error) => {
+                broken.get_or_insert(error);
+            }
+        }
+    }
+    // A bundle that some instance verified is "not yours" rather than "forged".
+    Err(match (mismatch, broken) {
+        (Some(mismatch), _) => mismatch,
+        (None, Some(error)) => refusal(error),
+        (None, None) => GateError::SignatureInvalid("no trusted root to verify against".into()),
+    })
+}
+
+/// A managed-key bundle: verified under each of the publisher's keys until one signed it.
+fn managed_key(
+    bundle: &sigstore_verify::types::Bundle,
+    digest: &ModuleDigest,
+    keys: &[(usize, &SignerKey)],
+    roots: &TrustedRoots,
+) -> Result<SignedBy, GateError> {
+    if keys.is_empty() {
+        return Err(GateError::SignatureInvalid(
+            "the bundle names a managed key and the publisher has registered no key signer".into(),
+        ));
+    }
+    // Registered keys are P-256 with SHA-256: the digest is all the check needs, computed once.
+    let subject = Subject::Sha256(*digest);
+    // Under a key that is not the signer's, the signature (or the log entry's key) does not
+    // match; any other refusal is about the bundle itself, whichever key.
+    let mut other = None;
+    for (signer, key) in keys {
+        match bundle::verify_parsed(bundle, &subject, &Check::Key(key.der()), roots, None) {
+            Ok(evidence) => {
+                return Ok(SignedBy {
+                    signer: *signer,
+                    evidence,
+                });
+            }
+            Err(error) if matches!(error.reason(), "signature_invalid" | "log_entry_mismatch") => {}
+            Err(error) => {
+                other.get_or_insert(error);
+            }
+        }
+    }
+    Err(other.map_or_else(
+        || {
+            GateError::SignatureInvalid(
+                "the bundle is not signed by any key the publisher registered".into(),
+            )
+        },
+        refusal,
+    ))
+}
+
 /// Matches a verified keyless bundle's identity and issuer against the identity signers:
 /// the issuer first (a wrong issuer is `signer_issuer_mismatch`), then the identity.
-fn authorize_identity(evidence: Evidence, signers: &[Signer]) -> Result<SignedBy, GateError> {
+fn authorize_identity<'a>(
+    evidence: Evidence,
+    policies: impl Iterator<Item = &'a (usize, &'a IdentityPolicy)>,
+) -> Result<SignedBy, GateError> {
     let (Some(identity), Some(issuer)) = (&evidence.identity, &evidence.issuer) else {
         return Err(GateError::BundleEvidenceInvalid {
             reason: "certificate_invalid",
             message: "the signing certificate names no identity or no OIDC issuer".into(),
         });
     };
-    let policies = signers.iter().enumerate().filter_map(|(i, s)| match s {
-        Signer::Identity(policy) => Some((i, policy)),
-        Signer::Key(_) => None,
-    });
     let mut issuer_known = false;
-    for (signer, policy) in policies {
+    for &(signer, policy) in policies {
         if policy.issuer != *issuer {
             continue;
         }
@@ -303,6 +394,10 @@ mod tests {
         ] {
             let error = IdentityPolicy::new(None, Some(pattern), issuer).expect_err(pattern);
             assert!(error.0.contains("anchored"), "{pattern}: {error}");
+        }
+        // Patterns that would close the anchoring group and open an unanchored branch.
+        for pattern in ["^x)|(.*$", "^a)|(?:.*$"] {
+            IdentityPolicy::new(None, Some(pattern), issuer).expect_err(pattern);
         }
         let policy =
             IdentityPolicy::new(None, Some(r"^https://github\.com/acme/[^/]+/.*$"), issuer)

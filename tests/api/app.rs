@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::Value;
 use spellhost::supply_chain::{Signature, SpellBundle};
 use spellhost::{App, AppState};
 
@@ -211,8 +211,10 @@ pub async fn spawn_app_with(backend: &Backend, extra: &[(&str, &str)]) -> TestAp
 }
 
 /// A user, their API key and (once registered) their signing key.
+#[derive(Clone)]
 pub struct TestUser {
     pub id: i64,
+    pub handle: String,
     pub key: String,
 }
 
@@ -285,6 +287,7 @@ impl TestApp {
         assert_eq!(status, StatusCode::CREATED, "{created}");
         TestUser {
             id: user.id,
+            handle: user.handle.clone(),
             key: created["key"].as_str().expect("key").to_owned(),
         }
     }
@@ -330,6 +333,7 @@ impl TestApp {
             .expect("key");
         TestUser {
             id: user.id,
+            handle: handle.to_owned(),
             key: key.expose().to_owned(),
         }
     }
@@ -338,13 +342,10 @@ impl TestApp {
     pub async fn register_demo_signer(&self, user: &TestUser) {
         let pem =
             std::fs::read_to_string(repo_path("spells/demo-key/spell.pub")).expect("demo key");
-        let (status, body) = self
-            .post(
-                "/v1/signers",
-                Some(&user.key),
-                json!({"name": "demo", "public_key_pem": pem}),
-            )
-            .await;
+        let private =
+            std::fs::read_to_string(repo_path("spells/demo-key/spell.key")).expect("demo key");
+        let body = crate::helpers::key_signer_body("demo", &private, &pem, &user.handle);
+        let (status, body) = self.post("/v1/signers", Some(&user.key), body).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
     }
 

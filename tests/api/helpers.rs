@@ -20,6 +20,18 @@ pub fn new_signer() -> (String, Signer, String) {
     (private_pem, Signer::Key(key), public_pem)
 }
 
+/// The body of `POST /v1/signers` for a key, with its proof of possession for `handle`.
+pub fn key_signer_body(
+    name: &str,
+    private_pem: &str,
+    public_pem: &str,
+    handle: &str,
+) -> serde_json::Value {
+    let message = signature::registration_message(handle);
+    let proof = signature::sign(private_pem, message.as_bytes()).expect("signs");
+    serde_json::json!({"name": name, "public_key_pem": public_pem, "proof": proof})
+}
+
 /// The gate's policy for `signers`, with bundles checked against the public-good root.
 pub fn any_of(signers: &[Signer]) -> SignaturePolicy<'_> {
     SignaturePolicy::AnyOf(signers, TrustedRoots::public_good())

@@ -62,13 +62,8 @@ async fn metric(app: &TestApp, name: &str) -> i64 {
 /// Registers a fresh signer for `user` and publishes a spell signed by it.
 async fn publish_signed(app: &TestApp, user: &TestUser, name: &str, wat: &str, limits: &str) {
     let (private_pem, _, public_pem) = new_signer();
-    let (status, body) = app
-        .post(
-            "/v1/signers",
-            Some(&user.key),
-            json!({"name": name, "public_key_pem": public_pem}),
-        )
-        .await;
+    let body = crate::helpers::key_signer_body(name, &private_pem, &public_pem, &user.handle);
+    let (status, body) = app.post("/v1/signers", Some(&user.key), body).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let module = wat::parse_str(wat).expect("valid WAT");
     let bundle = signed_bundle(module, &manifest_text(name, limits), &private_pem);
@@ -332,7 +327,7 @@ on_both_databases! {
         let done = Arc::new(AtomicUsize::new(0));
         let caster = tokio::spawn({
             let (app, stop, done) = (app.clone(), stop.clone(), done.clone());
-            let user = TestUser { id: user.id, key: user.key.clone() };
+            let user = user.clone();
             async move {
                 while !stop.load(Ordering::Relaxed) {
                     let (status, body) = hello(&app, &user).await;

@@ -10,7 +10,7 @@ use spellhost::registry::SpellRef;
 use spellhost::supply_chain::{Signature, SpellBundle};
 
 use crate::app::{TestApp, TestUser, error_code, spawn_app, spawn_app_with};
-use crate::helpers::{manifest_text, new_signer, repo_path, signed_bundle};
+use crate::helpers::{key_signer_body, manifest_text, new_signer, repo_path, signed_bundle};
 use crate::on_both_databases;
 use crate::sigstore_fake::FakeSigstore;
 
@@ -64,6 +64,12 @@ fn bundled(fake: &FakeSigstore, name: &str, private_pem: &str, public_pem: &str)
     spell
 }
 
+/// The NOOP spell at `version`, with a detached signature by `private_pem`.
+fn noop_at(version: &str, private_pem: &str) -> SpellBundle {
+    let manifest = manifest_text("noop", "").replace("1.0.0", version);
+    signed_bundle(wat::parse_str(NOOP).expect("wat"), &manifest, private_pem)
+}
+
 /// `a.txt` of the conformance suite presented as a module, with the suite's keyless bundle
 /// over it: the signature stage can be passed, and the wasm check then refuses the text.
 fn keyless_over_a_txt() -> SpellBundle {
@@ -81,7 +87,7 @@ on_both_databases! {
         let (app, _root) = app_trusting(&backend, &fake).await;
         let user = app.user("ada", 1_000_000).await;
         let (private_pem, _, public_pem) = new_signer();
-        let (status, body) = add_signer(&app, &user, json!({"name": "release", "public_key_pem": public_pem})).await;
+        let (status, body) = add_signer(&app, &user, key_signer_body("release", &private_pem, &public_pem, &user.handle)).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         assert_eq!(body["kind"], "key", "{body}");
 
@@ -117,7 +123,7 @@ on_both_databases! {
         let (app, _root) = app_trusting(&backend, &fake).await;
         let user = app.user("ada", 0).await;
         let (private_pem, _, public_pem) = new_signer();
-        let (status, body) = add_signer(&app, &user, json!({"name": "release", "public_key_pem": public_pem})).await;
+        let (status, body) = add_signer(&app, &user, key_signer_body("release", &private_pem, &public_pem, &user.handle)).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         let refused = |spell: SpellBundle| {
             let app = &app;
@@ -150,10 +156,15 @@ on_both_databases! {
         let set = "/verificationMaterial/tlogEntries/0/inclusionPromise/signedEntryTimestamp";
         *forged.pointer_mut(set).expect("SET") = other.pointer(set).expect("SET").clone();
         spell.signature = Some(Signature::Sigstore(serde_json::to_vec(&forged).expect("JSON")));
-        assert_eq!(refused(spell).await, "bundle_evidence_invalid");
+        let (status, body) = app.publish(&user, &spell).await;
+        assert_eq!((status, error_code(&body)), (StatusCode::UNPROCESSABLE_ENTITY, "bundle_evidence_invalid"), "{body}");
+        assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("(set_invalid)")), "{body}");
         // A log the server does not trust: a genuine bundle from another private instance.
         let elsewhere = FakeSigstore::new();
-        assert_eq!(refused(bundled(&elsewhere, "noop", &private_pem, &public_pem)).await, "bundle_evidence_invalid");
+        let (status, body) = app.publish(&user, &bundled(&elsewhere, "noop", &private_pem, &public_pem)).await;
+        assert_eq!((status, error_code(&body)), (StatusCode::UNPROCESSABLE_ENTITY, "bundle_evidence_invalid"), "{body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("(set_invalid)") || message.contains("(unknown_log)") || message.contains("(checkpoint_invalid)"), "{body}");
         // Not a bundle at all.
         let mut spell = bundled(&fake, "noop", &private_pem, &public_pem);
         spell.signature = Some(Signature::Sigstore(b"{\"mediaType\": 7}".to_vec()));
@@ -185,29 +196,83 @@ on_both_databases! {
         assert_eq!(status, StatusCode::CREATED, "{body}");
         let (status, body) = app.publish(&user, &keyless_over_a_txt()).await;
         assert_eq!((status, error_code(&body)), (StatusCode::UNPROCESSABLE_ENTITY, "module_invalid"), "{body}");
+        // An in-toto attestation (a DSSE envelope) about the artifact is not a signature of it.
+        let mut attested = keyless_over_a_txt();
+        attested.module = fixture("intoto-set-outside-signing-cert-validity_fail/artifact");
+        attested.signature = Some(Signature::Sigstore(fixture("intoto-set-outside-signing-cert-validity_fail/bundle.sigstore.json")));
+        let (status, body) = app.publish(&user, &attested).await;
+        assert_eq!((status, error_code(&body)), (StatusCode::UNPROCESSABLE_ENTITY, "bundle_malformed"), "{body}");
+        assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("DSSE")), "{body}");
+        // A managed-key bundle, for a publisher whose only signers are identities.
+        let fake = FakeSigstore::new();
+        let (private_pem, _, public_pem) = new_signer();
+        let (status, body) = app.publish(&user, &bundled(&fake, "noop", &private_pem, &public_pem)).await;
+        assert_eq!((status, error_code(&body)), (StatusCode::UNPROCESSABLE_ENTITY, "signature_invalid"), "{body}");
         app.shutdown().await;
     }
 
-    async fn signers_are_keys_or_anchored_identities_and_are_listed_with_their_kind(backend) {
+    async fn a_keyless_bundle_for_a_publisher_with_only_keys_names_the_issuer(backend) {
         let app = spawn_app(&backend).await;
         let user = app.user("ada", 0).await;
-        let (_, _, public_pem) = new_signer();
+        let (private_pem, _, public_pem) = new_signer();
+        let (status, body) = add_signer(&app, &user, key_signer_body("release", &private_pem, &public_pem, &user.handle)).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let (status, body) = app.publish(&user, &keyless_over_a_txt()).await;
+        assert_eq!((status, error_code(&body)), (StatusCode::UNPROCESSABLE_ENTITY, "signer_issuer_mismatch"), "{body}");
+        assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains(ISSUER)), "{body}");
+        app.shutdown().await;
+    }
+
+    async fn a_pinned_root_certifies_only_the_signers_that_name_it(backend) {
+        let fake = FakeSigstore::new();
+        let (app, _root) = app_trusting(&backend, &fake).await;
+        let user = app.user("ada", 0).await;
+        // The operator's root is named by its file stem.
+        let (status, body) = add_signer(&app, &user, json!({"name": "corp", "identity": IDENTITY, "issuer": ISSUER, "sigstore_instance": "trusted_root"})).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        assert_eq!(body["sigstore_instance"], "trusted_root", "{body}");
+        // The public-good instance's bundle does not count for a signer of another instance.
+        let (status, body) = app.publish(&user, &keyless_over_a_txt()).await;
+        assert_eq!((status, error_code(&body)), (StatusCode::UNPROCESSABLE_ENTITY, "bundle_evidence_invalid"), "{body}");
+        app.shutdown().await;
+    }
+
+    async fn signers_are_keys_their_holder_registers_or_anchored_identities(backend) {
+        let app = spawn_app(&backend).await;
+        let user = app.user("ada", 0).await;
+        let (private_pem, _, public_pem) = new_signer();
+        let (other_private, _, _) = new_signer();
+        let genuine = key_signer_body("key", &private_pem, &public_pem, "ada");
+        let mut no_proof = genuine.clone();
+        no_proof.as_object_mut().expect("object").remove("proof");
+        // A proof made by another key, and one this key made for another account.
+        let mut stolen = genuine.clone();
+        stolen["proof"] = key_signer_body("key", &other_private, &public_pem, "ada")["proof"].clone();
+        let mut elsewhere = genuine.clone();
+        elsewhere["proof"] = key_signer_body("key", &private_pem, &public_pem, "bob")["proof"].clone();
+        let mut trailing = genuine.clone();
+        trailing["public_key_pem"] = json!(format!("{public_pem}\nmore text"));
         let invalid = [
             json!({"name": "loose", "identity_regex": "https://github.com/acme/.*", "issuer": ISSUER}),
             json!({"name": "half", "identity_regex": "^https://github.com/acme/.*", "issuer": ISSUER}),
+            json!({"name": "escape", "identity_regex": "^x)|(.*$", "issuer": ISSUER}),
             json!({"name": "both", "public_key_pem": public_pem, "issuer": ISSUER, "identity": IDENTITY}),
             json!({"name": "no-issuer", "identity": IDENTITY}),
             json!({"name": "two-identities", "identity": IDENTITY, "identity_regex": "^a$", "issuer": ISSUER}),
             json!({"name": "bad\nname", "identity": IDENTITY, "issuer": ISSUER}),
-            json!({"name": "trailing", "public_key_pem": format!("{public_pem}\nmore text")}),
+            json!({"name": "elsewhere", "identity": IDENTITY, "issuer": ISSUER, "sigstore_instance": "corp"}),
             json!({"name": "nothing"}),
+            no_proof,
+            stolen,
+            elsewhere,
+            trailing,
         ];
         for body in invalid {
             let (status, response) = add_signer(&app, &user, body.clone()).await;
             assert_eq!((status, error_code(&response)), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_signer"), "{body} → {response}");
         }
-        let (status, _) = add_signer(&app, &user, json!({"name": "key", "public_key_pem": public_pem})).await;
-        assert_eq!(status, StatusCode::CREATED);
+        let (status, body) = add_signer(&app, &user, genuine).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
         let (status, _) = add_signer(&app, &user, json!({"name": "ci", "identity": IDENTITY, "issuer": ISSUER})).await;
         assert_eq!(status, StatusCode::CREATED);
         let (status, _) = add_signer(&app, &user, json!({"name": "ci", "identity": IDENTITY, "issuer": ISSUER})).await;
@@ -218,7 +283,102 @@ on_both_databases! {
         assert_eq!(signers.len(), 2, "{body}");
         assert_eq!((signers[0]["kind"].clone(), signers[0]["public_key_pem"].clone()), (json!("key"), json!(public_pem)));
         assert_eq!((signers[1]["kind"].clone(), signers[1]["identity"].clone(), signers[1]["issuer"].clone()), (json!("identity"), json!(IDENTITY), json!(ISSUER)));
+        assert_eq!(signers[1]["sigstore_instance"], "public-good", "{body}");
         assert!(signers[1].get("public_key_pem").is_none(), "{body}");
+        app.shutdown().await;
+    }
+
+    async fn a_removed_signer_authorizes_nothing_new_and_what_it_signed_stays(backend) {
+        let app = spawn_app(&backend).await;
+        let user = app.user("ada", 1_000_000).await;
+        let other = app.user("bob", 0).await;
+        let (private_pem, _, public_pem) = new_signer();
+        let (status, signer) = add_signer(&app, &user, key_signer_body("laptop", &private_pem, &public_pem, "ada")).await;
+        assert_eq!(status, StatusCode::CREATED, "{signer}");
+        let id = signer["id"].as_i64().expect("id");
+        let spell = |version: &str| noop_at(version, &private_pem);
+        let (status, body) = app.publish(&user, &spell("1.0.0")).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        // Only its owner can remove it.
+        let (status, body) = app.delete(&format!("/v1/signers/{id}"), &other.key).await;
+        assert_eq!((status, error_code(&body)), (StatusCode::NOT_FOUND, "not_found"), "{body}");
+        let (status, _) = app.delete(&format!("/v1/signers/{id}"), &user.key).await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        let (status, body) = app.delete(&format!("/v1/signers/{id}"), &user.key).await;
+        assert_eq!((status, error_code(&body)), (StatusCode::NOT_FOUND, "not_found"), "{body}");
+        let (_, body) = app.get("/v1/signers", Some(&user.key)).await;
+        assert_eq!(body["signers"], json!([]), "{body}");
+        // Nothing new under the removed key; the published version stays, naming it.
+        let (status, body) = app.publish(&user, &spell("1.1.0")).await;
+        assert_eq!((status, error_code(&body)), (StatusCode::UNPROCESSABLE_ENTITY, "signature_invalid"), "{body}");
+        let (_, body) = app.get("/v1/spells/ada/noop", Some(&user.key)).await;
+        assert_eq!(body["versions"].as_array().map(Vec::len), Some(1), "{body}");
+        assert_eq!(body["versions"][0]["signed_by"]["signer"], format!("laptop (removed {id})"), "{body}");
+        let (status, body) = app.cast(&user, json!({"spell": "ada/noop", "input": {}})).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        // The name is free again, and the key can come back under it.
+        let (status, body) = add_signer(&app, &user, key_signer_body("laptop", &private_pem, &public_pem, "ada")).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let (status, body) = app.publish(&user, &spell("1.1.0")).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        app.shutdown().await;
+    }
+
+    async fn versions_only_go_up_and_a_yanked_one_is_skipped_or_gone(backend) {
+        let app = spawn_app(&backend).await;
+        let user = app.user("ada", 1_000_000).await;
+        let other = app.user("bob", 0).await;
+        let (private_pem, _, public_pem) = new_signer();
+        let (status, body) = add_signer(&app, &user, key_signer_body("laptop", &private_pem, &public_pem, "ada")).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let spell = |version: &str| noop_at(version, &private_pem);
+        let publish = |version: &'static str| {
+            let (app, user, bundle) = (&app, &user, spell(version));
+            async move { app.publish(user, &bundle).await }
+        };
+        assert_eq!(publish("1.0.0").await.0, StatusCode::CREATED);
+        assert_eq!(publish("1.1.0").await.0, StatusCode::CREATED);
+        // Rollback protection: nothing at or below the highest published version.
+        let (status, body) = publish("1.0.5").await;
+        assert_eq!((status, error_code(&body)), (StatusCode::CONFLICT, "version_not_newer"), "{body}");
+        assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("1.1.0")), "{body}");
+        let (status, body) = publish("1.1.0").await;
+        assert_eq!((status, error_code(&body)), (StatusCode::CONFLICT, "version_exists"), "{body}");
+        let version_of = |body: &Value| body["version"].as_str().map(str::to_owned);
+        let (status, body) = app.cast(&user, json!({"spell": "ada/noop", "input": {}})).await;
+        assert_eq!((status, version_of(&body).as_deref()), (StatusCode::OK, Some("1.1.0")), "{body}");
+
+        // Only the owner yanks.
+        let yank = |key: &str, version: &str| {
+            let (app, key, path) = (&app, key.to_owned(), format!("/v1/spells/ada/noop/versions/{version}/yank"));
+            async move { app.post(&path, Some(&key), json!({})).await }
+        };
+        let (status, body) = yank(&other.key, "1.1.0").await;
+        assert_eq!((status, error_code(&body)), (StatusCode::FORBIDDEN, "forbidden"), "{body}");
+        let (status, body) = yank(&user.key, "9.9.9").await;
+        assert_eq!((status, error_code(&body)), (StatusCode::NOT_FOUND, "spell_not_found"), "{body}");
+        let (status, first) = yank(&user.key, "1.1.0").await;
+        assert_eq!(status, StatusCode::OK, "{first}");
+        let (status, again) = yank(&user.key, "1.1.0").await;
+        assert_eq!((status, again["yanked_at_ms"].clone()), (StatusCode::OK, first["yanked_at_ms"].clone()), "idempotent");
+        // Unpinned casts take the highest version left; a pin on the yanked one is refused.
+        let (status, body) = app.cast(&user, json!({"spell": "ada/noop", "input": {}})).await;
+        assert_eq!((status, version_of(&body).as_deref()), (StatusCode::OK, Some("1.0.0")), "{body}");
+        let (status, body) = app.cast(&user, json!({"spell": "ada/noop@1.1.0", "input": {}})).await;
+        assert_eq!((status, error_code(&body)), (StatusCode::GONE, "version_yanked"), "{body}");
+        let (status, body) = app.cast(&user, json!({"spell": "ada/noop@1.0.0", "input": {}})).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        // A yanked version still counts: it cannot be published again, nor anything below it.
+        let (status, body) = publish("1.0.9").await;
+        assert_eq!((status, error_code(&body)), (StatusCode::CONFLICT, "version_not_newer"), "{body}");
+        let (_, body) = app.get("/v1/spells/ada/noop", Some(&user.key)).await;
+        assert_eq!(body["versions"][0]["version"], "1.1.0", "{body}");
+        assert!(body["versions"][0]["yanked_at_ms"].is_i64(), "{body}");
+        assert!(body["versions"][1].get("yanked_at_ms").is_none(), "{body}");
+        // Every version yanked: nothing to cast.
+        assert_eq!(yank(&user.key, "1.0.0").await.0, StatusCode::OK);
+        let (status, body) = app.cast(&user, json!({"spell": "ada/noop", "input": {}})).await;
+        assert_eq!((status, error_code(&body)), (StatusCode::GONE, "version_yanked"), "{body}");
         app.shutdown().await;
     }
 }
@@ -251,4 +411,55 @@ async fn a_pinned_trusted_root_that_cannot_be_read_stops_the_start_naming_the_fi
             "{message}"
         );
     }
+}
+
+/// `spellhost spell verify` checks a directory's bundle with the server's code: a key, a pinned
+/// root named on the command line, and the reason on refusal.
+#[test]
+fn spell_verify_checks_a_directorys_bundle_like_the_server() {
+    let fake = FakeSigstore::new();
+    let work = tempfile::tempdir().expect("tempdir");
+    let root = work.path().join("corp.json");
+    std::fs::write(&root, fake.trusted_root()).expect("root");
+    let (private_pem, _, public_pem) = new_signer();
+    let public = work.path().join("spell.pub");
+    std::fs::write(&public, &public_pem).expect("key");
+    let dir = work.path().join("noop");
+    bundled(&fake, "noop", &private_pem, &public_pem)
+        .write_dir(&dir)
+        .expect("spell dir");
+    assert!(
+        dir.join("module.wasm.sigstore.json").exists() && !dir.join("module.wasm.sig").exists()
+    );
+    let verify = |extra: &[&str]| {
+        let mut args = vec![
+            "spell",
+            "verify",
+            dir.to_str().expect("utf-8"),
+            "--public-key",
+            public.to_str().expect("utf-8"),
+        ];
+        args.extend_from_slice(extra);
+        std::process::Command::new(env!("CARGO_BIN_EXE_spellhost"))
+            .args(&args)
+            .output()
+            .expect("runs")
+    };
+    let root_arg = format!("corp={}", root.display());
+    let ok = verify(&["--trusted-root", &root_arg]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let module = std::fs::read(dir.join("module.wasm")).expect("module");
+    let digest = spellhost::supply_chain::ModuleDigest::of(&module).to_string();
+    assert_eq!(String::from_utf8_lossy(&ok.stdout).trim(), digest);
+    // Without the private root, the log is not one this machine trusts.
+    let refused = verify(&[]);
+    assert!(!refused.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&refused.stdout).trim(),
+        "bundle_evidence_invalid"
+    );
 }
