@@ -26,6 +26,9 @@ ALTER TABLE spell_versions ADD COLUMN signed_identity TEXT;
 ALTER TABLE spell_versions ADD COLUMN signed_issuer TEXT;
 ALTER TABLE spell_versions ADD COLUMN tlog_index BIGINT;
 ALTER TABLE spell_versions ADD COLUMN tlog_integrated_time BIGINT;
+-- The SBOM's format (`CycloneDX 1.5`) and top-level component count, as checked at publish.
+ALTER TABLE spell_versions ADD COLUMN sbom_format TEXT;
+ALTER TABLE spell_versions ADD COLUMN sbom_components BIGINT;
 
 -- A version carries a detached signature or a Sigstore bundle, exactly one.
 ALTER TABLE spell_versions ADD CONSTRAINT spell_versions_one_signature CHECK (

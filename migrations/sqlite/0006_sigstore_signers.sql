@@ -22,6 +22,9 @@ ALTER TABLE spell_versions ADD COLUMN signed_identity TEXT;
 ALTER TABLE spell_versions ADD COLUMN signed_issuer TEXT;
 ALTER TABLE spell_versions ADD COLUMN tlog_index INTEGER;
 ALTER TABLE spell_versions ADD COLUMN tlog_integrated_time INTEGER;
+-- The SBOM's format (`CycloneDX 1.5`) and top-level component count, as checked at publish.
+ALTER TABLE spell_versions ADD COLUMN sbom_format TEXT;
+ALTER TABLE spell_versions ADD COLUMN sbom_components INTEGER;
 
 -- What PostgreSQL's CHECK constraints say, as triggers (SQLite cannot add constraints to a
 -- table in place).

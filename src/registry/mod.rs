@@ -98,6 +98,17 @@ pub struct VersionInfo {
     pub yanked_at_ms: Option<i64>,
     #[sqlx(flatten)]
     pub signed_by: VersionSigner,
+    #[sqlx(flatten)]
+    pub sbom: VersionSbom,
+}
+
+/// A version's SBOM as checked at publish (`None` for versions published before it was kept).
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+pub struct VersionSbom {
+    #[sqlx(rename = "sbom_format")]
+    pub format: Option<String>,
+    #[sqlx(rename = "sbom_components")]
+    pub components: Option<i64>,
 }
 
 /// `POST …/versions/{version}/yank`'s answer.
@@ -496,8 +507,9 @@ impl Registry {
         .await?;
         let inserted = sqlx::query(
             "INSERT INTO spell_versions (owner_id, name, version, digest, manifest, sbom, signature, signer_id, created_at_ms, \
-             sigstore_bundle, sigstore_instance, signed_identity, signed_issuer, tlog_index, tlog_integrated_time) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+             sigstore_bundle, sigstore_instance, signed_identity, signed_issuer, tlog_index, tlog_integrated_time, \
+             sbom_format, sbom_components) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
         )
         .bind(owner_id)
         .bind(&manifest.name)
@@ -514,6 +526,8 @@ impl Registry {
         .bind(&evidence.issuer)
         .bind(evidence.log_index)
         .bind(evidence.integrated_time)
+        .bind(&module.sbom().format)
+        .bind(i64::try_from(module.sbom().components).unwrap_or(i64::MAX))
         .execute(&mut *tx)
         .await;
         match inserted {
@@ -552,7 +566,7 @@ impl Registry {
         name: &str,
     ) -> Result<Vec<VersionInfo>, RegistryError> {
         let mut rows: Vec<VersionInfo> = sqlx::query_as(
-            "SELECT v.version, v.digest, v.created_at_ms, v.yanked_at_ms, s.name AS signer_name, \
+            "SELECT v.version, v.digest, v.created_at_ms, v.yanked_at_ms, v.sbom_format, v.sbom_components, s.name AS signer_name, \
              CASE WHEN v.sigstore_bundle IS NULL THEN 'signature' ELSE 'sigstore_bundle' END AS signed_with, \
              v.sigstore_instance, v.signed_identity AS identity, v.signed_issuer AS issuer, v.tlog_index, v.tlog_integrated_time \
              FROM spell_versions v JOIN users u ON u.id = v.owner_id JOIN signers s ON s.id = v.signer_id \

@@ -180,6 +180,7 @@ struct VerifiedInner {
     bytes: Arc<[u8]>,
     manifest: Manifest,
     signed_by: Option<SignedBy>,
+    sbom: sbom::SbomSummary,
 }
 
 impl VerifiedModule {
@@ -197,6 +198,10 @@ impl VerifiedModule {
     /// back from storage and local runs).
     pub fn signed_by(&self) -> Option<&SignedBy> {
         self.inner.signed_by.as_ref()
+    }
+    /// The SBOM's format and component count.
+    pub fn sbom(&self) -> &sbom::SbomSummary {
+        &self.inner.sbom
     }
 }
 
@@ -262,7 +267,7 @@ impl Verifier {
             }
             SignaturePolicy::SkipForLocalRun => None,
         };
-        sbom::check(&bundle.sbom, &manifest, &digest)?;
+        let sbom = sbom::check(&bundle.sbom, &manifest, &digest)?;
         wasm::check(&bytes)?;
         Ok(VerifiedModule {
             inner: Arc::new(VerifiedInner {
@@ -270,6 +275,7 @@ impl Verifier {
                 bytes,
                 manifest,
                 signed_by,
+                sbom,
             }),
         })
     }

@@ -10,10 +10,27 @@ use cyclonedx_bom::validation::Validate;
 
 use super::{GateError, Manifest, ModuleDigest, SBOM_BYTES_MAX};
 
+/// What a checked SBOM says, as the registry shows it per version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SbomSummary {
+    /// `CycloneDX 1.5`, …
+    pub format: String,
+    /// Top-level components (the crates and libraries compiled into the module).
+    pub components: usize,
+}
+
 /// Checks that `sbom` is a valid CycloneDX JSON document (spec 1.3–1.5) whose metadata component
 /// names this spell and carries exactly this module's SHA-256 digest.
-pub fn check(sbom: &[u8], manifest: &Manifest, digest: &ModuleDigest) -> Result<(), GateError> {
+pub fn check(
+    sbom: &[u8],
+    manifest: &Manifest,
+    digest: &ModuleDigest,
+) -> Result<SbomSummary, GateError> {
     let bom = parse(sbom)?;
+    let summary = SbomSummary {
+        format: format!("CycloneDX {}", bom.spec_version),
+        components: bom.components.as_ref().map_or(0, |c| c.0.len()),
+    };
     let component = bom
         .metadata
         .as_ref()
@@ -64,7 +81,7 @@ pub fn check(sbom: &[u8], manifest: &Manifest, digest: &ModuleDigest) -> Result<
             });
         }
     }
-    Ok(())
+    Ok(summary)
 }
 
 fn parse(sbom: &[u8]) -> Result<Bom, GateError> {

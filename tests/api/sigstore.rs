@@ -100,6 +100,7 @@ on_both_databases! {
         assert_eq!(signed["signer"], "release", "{body}");
         assert_eq!(signed["signed_with"], "sigstore_bundle", "{body}");
         assert!(signed["tlog_index"].as_i64().is_some_and(|i| i >= 1), "{body}");
+        assert_eq!(body["versions"][0]["sbom"], json!({"format": "CycloneDX 1.5", "components": 0}), "{body}");
         let logged = signed["tlog_integrated_time"].as_i64().expect("integrated time");
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64;
         assert!((now - 3600..=now).contains(&logged), "{logged} vs {now}");
