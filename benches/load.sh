@@ -100,10 +100,12 @@ measure() { # connections url...
   shift
   local per=$((connections / $#))
   ((per < 1)) && per=1
-  local outputs=() loaders=() i=0
+  local outputs=() loaders=()
   for url in "$@"; do
-    local out="$DATA/wrk-$i"
-    i=$((i + 1))
+    # Unique names: the caller reads this function's output through a process substitution,
+    # so the previous call may still be removing its files when the next one starts.
+    local out
+    out="$(mktemp "$DATA/wrk-XXXXXX")"
     wrk -t"$((per > 1 ? 2 : 1))" -c"$per" -d"${DURATION}s" --latency -s "$SCRIPT" "$url/v1/cast" >"$out" &
     loaders+=("$!")
     outputs+=("$out")
