@@ -10,6 +10,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use libfuzzer_sys::fuzz_target;
 use spellhost::money::{EntryKind, MicroUsd};
+use spellhost::registry::NewSigner;
 use spellhost::supply_chain::SpellBundle;
 use spellhost_fuzz::repo_path;
 use tower::ServiceExt as _;
@@ -56,10 +57,10 @@ static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
         )
         .await
         .expect("credit");
-        let public_key =
+        let public_key_pem =
             std::fs::read_to_string(repo_path("spells/demo-key/spell.pub")).expect("demo key");
         app.registry
-            .add_signer(user.id, "demo", &public_key)
+            .add_signer(user.id, "demo", NewSigner::Key { public_key_pem })
             .await
             .expect("signer");
         let bundle = SpellBundle::read_dir(&repo_path("spells/hello")).expect("example");
@@ -67,7 +68,11 @@ static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
             .publish(user.id, "demo", bundle)
             .await
             .expect("publish");
-        let (key, _) = app.auth.create_key(user.id, &spellhost::auth::KeySpec::unrestricted("fuzz")).await.expect("key");
+        let (key, _) = app
+            .auth
+            .create_key(user.id, &spellhost::auth::KeySpec::unrestricted("fuzz"))
+            .await
+            .expect("key");
         (spellhost::http::router(app), key.expose().to_owned())
     });
     Fixture {

@@ -65,7 +65,7 @@ pub fn gate_and_run(module: &[u8], input: &[u8]) {
         module: module.to_vec(),
         manifest: MANIFEST.to_owned(),
         sbom,
-        signature: Vec::new(),
+        signature: None,
     };
     // Signatures have a target of their own; here the gate's module checks are the subject.
     let verified = match Verifier::verify(&bundle, SignaturePolicy::SkipForLocalRun) {
