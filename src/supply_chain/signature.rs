@@ -87,25 +87,29 @@ impl SignerKey {
     }
 }
 
-/// Checks that `signature` verifies under at least one of `keys`.
-pub fn verify_any(keys: &[SignerKey], message: &[u8], signature: &[u8]) -> Result<(), GateError> {
+/// Checks that `signature` verifies under one of `keys`; the position of the first that it does.
+pub fn verify_any<'a>(
+    keys: impl IntoIterator<Item = &'a SignerKey>,
+    message: &[u8],
+    signature: &[u8],
+) -> Result<usize, GateError> {
     if signature.len() > SIGNATURE_BYTES_MAX {
         return Err(GateError::SignatureInvalid(
             "signature file is too large".into(),
         ));
     }
-    if keys.is_empty() {
+    let mut keys = keys.into_iter().peekable();
+    if keys.peek().is_none() {
         return Err(GateError::SignatureInvalid(
             "the publisher has no registered signer".into(),
         ));
     }
-    if keys.iter().any(|key| key.verifies(message, signature)) {
-        Ok(())
-    } else {
-        Err(GateError::SignatureInvalid(
-            "not a signature over these module bytes by any registered signer".into(),
-        ))
-    }
+    keys.position(|key| key.verifies(message, signature))
+        .ok_or_else(|| {
+            GateError::SignatureInvalid(
+                "not a signature over these module bytes by any registered signer".into(),
+            )
+        })
 }
 
 /// What a key signs to prove, when it is registered as a signer of `handle`'s spells, that
@@ -158,7 +162,10 @@ mod tests {
         assert!(key.verifies(b"module bytes", format!("{signature}\n").as_bytes()));
         assert!(!key.verifies(b"module bytez", signature.as_bytes()));
         assert!(!other.verifies(b"module bytes", signature.as_bytes()));
-        assert!(verify_any(&[other.clone(), key], b"module bytes", signature.as_bytes()).is_ok());
+        assert_eq!(
+            verify_any(&[other.clone(), key], b"module bytes", signature.as_bytes()).ok(),
+            Some(1)
+        );
         let error = verify_any(&[other], b"module bytes", signature.as_bytes()).unwrap_err();
         assert_eq!(error.code(), "signature_invalid");
     }

@@ -194,26 +194,17 @@ pub fn authenticate(
     signers: &[Signer],
     roots: &TrustedRoots,
 ) -> Result<SignedBy, GateError> {
-    let keys: Vec<(usize, &SignerKey)> = signers
-        .iter()
-        .enumerate()
-        .filter_map(|(i, signer)| match signer {
-            Signer::Key(key) => Some((i, key)),
-            Signer::Identity(_) => None,
-        })
-        .collect();
+    let keys = indexed(signers, |signer| match signer {
+        Signer::Key(key) => Some(key),
+        Signer::Identity(_) => None,
+    });
     match signature {
         None => Err(GateError::Unsigned),
         Some(Signature::Detached(signature)) => {
-            let just_keys: Vec<SignerKey> = keys.iter().map(|(_, key)| (*key).clone()).collect();
-            signature::verify_any(&just_keys, bytes, signature)?;
-            let signer = keys
-                .iter()
-                .find(|(_, key)| key.verifies(bytes, signature))
-                .map(|(i, _)| *i)
-                .ok_or_else(|| GateError::SignatureInvalid("no registered signer".into()))?;
+            // One verification per key, and the first that verifies names the signer.
+            let found = signature::verify_any(keys.iter().map(|(_, key)| *key), bytes, signature)?;
             Ok(SignedBy {
-                signer,
+                signer: keys[found].0,
                 evidence: Evidence::default(),
             })
         }
@@ -233,6 +224,18 @@ pub fn authenticate(
     }
 }
 
+/// The signers of one kind, with their positions in `signers`.
+fn indexed<'a, T>(
+    signers: &'a [Signer],
+    kind: impl Fn(&'a Signer) -> Option<&'a T>,
+) -> Vec<(usize, &'a T)> {
+    signers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, signer)| kind(signer).map(|one| (i, one)))
+        .collect()
+}
+
 /// A keyless bundle: verified against each Sigstore instance the identity signers name (the
 /// public-good one when there are none, so that a refusal still says what is wrong), then
 /// authorized against the signers of the instance that certified it.
@@ -242,14 +245,10 @@ fn keyless(
     signers: &[Signer],
     roots: &TrustedRoots,
 ) -> Result<SignedBy, GateError> {
-    let identities: Vec<(usize, &IdentityPolicy)> = signers
-        .iter()
-        .enumerate()
-        .filter_map(|(i, signer)| match signer {
-            Signer::Identity(policy) => Some((i, policy)),
-            Signer::Key(_) => None,
-        })
-        .collect();
+    let identities = indexed(signers, |signer| match signer {
+        Signer::Identity(policy) => Some(policy),
+        Signer::Key(_) => None,
+    });
     let mut instances: Vec<&str> = Vec::new();
     for (_, policy) in &identities {
         if !instances.contains(&policy.instance()) {
