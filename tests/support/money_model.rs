@@ -352,9 +352,14 @@ pub async fn check_against_model(database_url: &str, ops: Vec<Operation>) {
                 let tomorrow = Period::Day.end_ms(Period::Day.start_ms(now)).expect("ends");
                 db.clock().advance(tomorrow - now + 1);
                 let later = db.now_ms();
-                for budget in &mut model.budgets {
+                let in_flight: Vec<i64> = (0..model.budgets.len())
+                    .map(|i| model.in_flight(Some(i)))
+                    .collect();
+                for (budget, in_flight) in model.budgets.iter_mut().zip(in_flight) {
+                    // A new period forgets what was used, not what casts in flight hold: a
+                    // limit lowered below them stays exceeded until they settle.
                     if budget.period.start_ms(later) != budget.period_start_ms {
-                        budget.lowered = false;
+                        budget.lowered = in_flight > budget.hard;
                     }
                 }
             }
