@@ -3,7 +3,8 @@
 //!
 //! [`VerifiedModule`] has exactly one constructor, [`Verifier::verify`], so code that holds one
 //! knows every check below has passed for the exact bytes it carries. This module depends on
-//! nothing else of ours: imports are checked with a wasm parser, not with the sandbox.
+//! nothing else of ours: imports and complexity are checked with a wasm parser, not with the
+//! sandbox (the registry compiles a verified module before it publishes it).
 
 pub mod bundle;
 mod digest;
@@ -21,6 +22,7 @@ pub use digest::{DigestParseError, ModuleDigest};
 pub use manifest::{Manifest, ManifestLimits};
 pub use signature::SignerKey;
 pub use signer::{IdentityPolicy, Signature, SignedBy, Signer};
+pub use wasm::{DEFINED_FUNCTIONS_MAX, FUNCTION_BODY_BYTES_MAX, FUNCTION_LOCALS_MAX};
 
 /// The largest module the gate accepts, in bytes. Real spells built with `opt-level = "s"` are
 /// 50–500 KiB; 16 MiB leaves room for large interpreters while bounding the memory and compile
@@ -72,6 +74,8 @@ pub enum GateError {
     ManifestInvalid(String),
     #[error("module is invalid: {0}")]
     ModuleInvalid(String),
+    #[error("module is too complex to compile: {0}")]
+    ModuleTooComplex(String),
     #[error("import {module}::{name} is not allowed")]
     ImportNotAllowed { module: String, name: String },
 }
@@ -92,6 +96,7 @@ impl GateError {
             GateError::SbomComponentMismatch(_) => "sbom_component_mismatch",
             GateError::ManifestInvalid(_) => "manifest_invalid",
             GateError::ModuleInvalid(_) => "module_invalid",
+            GateError::ModuleTooComplex(_) => "module_too_complex",
             GateError::ImportNotAllowed { .. } => "import_not_allowed",
         }
     }

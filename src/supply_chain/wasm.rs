@@ -73,6 +73,18 @@ pub fn features() -> WasmFeatures {
     features
 }
 
+/// Bounds on what a module may ask of the compiler, checked before any compiler sees it.
+/// Cranelift's time and memory grow with each function's size, and worse than linearly with
+/// the locals kept live across a body, so a module of a few hundred kilobytes can be built to
+/// take seconds of a core and gigabytes to compile. rustc's output for real spells sits far
+/// below these (`wordfreq`, with serde_json: 259 functions, the largest body 10 934 bytes with
+/// 39 locals); wasmparser's own ceilings (a million functions, 7.6 MB bodies, 50 000
+/// locals) are far above what a host should compile on request. Compilation itself is then
+/// bounded in time by the sandbox's compile pool (`module_too_complex` too).
+pub const DEFINED_FUNCTIONS_MAX: u32 = 20_000;
+pub const FUNCTION_BODY_BYTES_MAX: usize = 256 * 1024;
+pub const FUNCTION_LOCALS_MAX: u64 = 4_096;
+
 pub fn check(bytes: &[u8]) -> Result<(), GateError> {
     let invalid = |message: String| GateError::ModuleInvalid(message);
     if !Parser::is_core_wasm(bytes) {
@@ -84,6 +96,7 @@ pub fn check(bytes: &[u8]) -> Result<(), GateError> {
         .map_err(|e| invalid(e.to_string()))?;
 
     let mut has_start = false;
+    let mut functions_seen = 0u32;
     for payload in Parser::new(0).parse_all(bytes) {
         match payload.map_err(|e| invalid(e.to_string()))? {
             Payload::ImportSection(reader) => {
@@ -98,6 +111,35 @@ pub fn check(bytes: &[u8]) -> Result<(), GateError> {
                             name: import.name.to_owned(),
                         });
                     }
+                }
+            }
+            Payload::FunctionSection(reader) if reader.count() > DEFINED_FUNCTIONS_MAX => {
+                return Err(GateError::ModuleTooComplex(format!(
+                    "the module defines {} functions; the limit is {DEFINED_FUNCTIONS_MAX}",
+                    reader.count()
+                )));
+            }
+            Payload::CodeSectionEntry(body) => {
+                let index = functions_seen;
+                functions_seen += 1;
+                let size = body.range().len();
+                if size > FUNCTION_BODY_BYTES_MAX {
+                    return Err(GateError::ModuleTooComplex(format!(
+                        "function {index} is {size} bytes; the limit is {FUNCTION_BODY_BYTES_MAX}"
+                    )));
+                }
+                let mut locals = 0u64;
+                for group in body
+                    .get_locals_reader()
+                    .map_err(|e| invalid(e.to_string()))?
+                {
+                    let (count, _) = group.map_err(|e| invalid(e.to_string()))?;
+                    locals += u64::from(count);
+                }
+                if locals > FUNCTION_LOCALS_MAX {
+                    return Err(GateError::ModuleTooComplex(format!(
+                        "function {index} declares {locals} locals; the limit is {FUNCTION_LOCALS_MAX}"
+                    )));
                 }
             }
             Payload::ExportSection(reader) => {

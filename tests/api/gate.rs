@@ -221,6 +221,47 @@ fn threads_are_refused_before_compile() {
     assert_eq!(rejection(&bundle, &[key]), "module_invalid");
 }
 
+#[test]
+fn modules_built_to_be_expensive_to_compile_are_module_too_complex() {
+    use spellhost::supply_chain::{
+        DEFINED_FUNCTIONS_MAX, FUNCTION_BODY_BYTES_MAX, FUNCTION_LOCALS_MAX,
+    };
+    let (private_pem, key, _) = new_signer();
+    let command = |functions: &str| {
+        wat::parse_str(format!(
+            "(module (memory (export \"memory\") 1) {functions} (func (export \"_start\")))"
+        ))
+        .expect("wat")
+    };
+    let locals = |n: u64| format!("(func (local {}))", "i64 ".repeat(n as usize));
+    let verdict = |module: Vec<u8>| {
+        let bundle = signed_bundle(module, &manifest_text("heavy", ""), &private_pem);
+        Verifier::verify(&bundle, any_of(std::slice::from_ref(&key))).map_err(|e| e.code())
+    };
+
+    // One function more than the limit (`_start` is one of them).
+    let functions = "(func)".repeat(DEFINED_FUNCTIONS_MAX as usize);
+    assert_eq!(
+        verdict(command(&functions)).err(),
+        Some("module_too_complex")
+    );
+    let functions = "(func)".repeat(DEFINED_FUNCTIONS_MAX as usize - 1);
+    assert!(verdict(command(&functions)).is_ok(), "at the limit");
+
+    assert_eq!(
+        verdict(command(&locals(FUNCTION_LOCALS_MAX + 1))).err(),
+        Some("module_too_complex")
+    );
+    assert!(
+        verdict(command(&locals(FUNCTION_LOCALS_MAX))).is_ok(),
+        "at the limit"
+    );
+
+    // A body of `nop`s one byte per instruction, just over the limit.
+    let body = format!("(func {})", "nop ".repeat(FUNCTION_BODY_BYTES_MAX));
+    assert_eq!(verdict(command(&body)).err(), Some("module_too_complex"));
+}
+
 fn artifact_sandbox(dir: &std::path::Path, key: [u8; 32]) -> Sandbox {
     Sandbox::new(SandboxConfig {
         workers: 1,
