@@ -31,7 +31,8 @@ if [[ "$INSTANCES" -gt 1 && "$DATABASE_URL" != postgres* ]]; then
 fi
 
 cargo build --quiet --release --manifest-path "$ROOT/Cargo.toml" --bin spellhost
-BIN="$ROOT/target/release/spellhost"
+# Where cargo put it: CARGO_TARGET_DIR is honoured, as cargo itself does.
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/spellhost"
 DATA="$(mktemp -d)"
 PIDS=()
 cleanup() {

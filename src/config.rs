@@ -368,23 +368,46 @@ fn sandbox_config(source: &Source) -> Result<SandboxConfig, ConfigError> {
     if workers == 0 || workers > 1024 {
         return Err(error("SPELLHOST_WORKERS", "must be between 1 and 1024"));
     }
-    let queue_wait_ms_max: u64 = source.parse(
+    let queue_wait_max = duration_up_to_ten_minutes(
+        source,
         "SPELLHOST_QUEUE_WAIT_MS_MAX",
-        u64::try_from(defaults.queue_wait_max.as_millis()).unwrap_or(u64::MAX),
+        defaults.queue_wait_max,
     )?;
-    if queue_wait_ms_max == 0 || queue_wait_ms_max > 600_000 {
+    let compile_workers: usize =
+        source.parse("SPELLHOST_COMPILE_WORKERS", defaults.compile_workers)?;
+    if compile_workers == 0 || compile_workers > 64 {
         return Err(error(
-            "SPELLHOST_QUEUE_WAIT_MS_MAX",
-            "must be between 1 and 600000 (ten minutes)",
+            "SPELLHOST_COMPILE_WORKERS",
+            "must be between 1 and 64",
         ));
     }
+    let compile_time_max = duration_up_to_ten_minutes(
+        source,
+        "SPELLHOST_COMPILE_TIME_MS_MAX",
+        defaults.compile_time_max,
+    )?;
     Ok(SandboxConfig {
         limits,
         workers,
+        compile_workers,
+        compile_time_max,
         queue_depth: source.parse("SPELLHOST_QUEUE_DEPTH", workers * 64)?,
-        queue_wait_max: std::time::Duration::from_millis(queue_wait_ms_max),
+        queue_wait_max,
         ..defaults
     })
+}
+
+/// A time limit given in milliseconds (`*_MS_MAX`), between 1 ms and ten minutes.
+fn duration_up_to_ten_minutes(
+    source: &Source,
+    name: &str,
+    default: std::time::Duration,
+) -> Result<std::time::Duration, ConfigError> {
+    let millis: u64 = source.parse(name, u64::try_from(default.as_millis()).unwrap_or(u64::MAX))?;
+    if millis == 0 || millis > 600_000 {
+        return Err(error(name, "must be between 1 and 600000 (ten minutes)"));
+    }
+    Ok(std::time::Duration::from_millis(millis))
 }
 
 /// Each configured API version must be one the SDK knows (so that requests and the version
@@ -526,6 +549,8 @@ mod tests {
             ("SPELLHOST_DATABASE_URL", "mysql://x"),
             ("SPELLHOST_WORKERS", "0"),
             ("SPELLHOST_QUEUE_WAIT_MS_MAX", "0"),
+            ("SPELLHOST_COMPILE_WORKERS", "0"),
+            ("SPELLHOST_COMPILE_TIME_MS_MAX", "600001"),
             ("SPELLHOST_LEASE_TTL_MS", "100"),
             ("SPELLHOST_STRIPE_API_BASE", "ftp://x"),
             ("SPELLHOST_SELF_CHECK_INTERVAL_MS", "0"),

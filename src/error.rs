@@ -292,6 +292,11 @@ impl From<crate::registry::RegistryError> for ApiError {
                 ApiError::new(Code::InvalidSigner, error.to_string())
             }
             RegistryError::Gate(error) => error.into(),
+            RegistryError::Sandbox(crate::sandbox::SandboxError::Busy) => ApiError::new(
+                Code::Overloaded,
+                "every compile thread is busy; retry shortly",
+            )
+            .retry_after(1),
             RegistryError::Invalid { .. } => ApiError::bad_request(error.to_string()),
             other => ApiError::internal(other),
         }

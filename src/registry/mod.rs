@@ -444,6 +444,25 @@ impl Registry {
         })
         .await
         .map_err(|e| RegistryError::Internal(e.to_string()))??;
+        // Compiling is the gate's last check: a module the engine cannot compile, or not
+        // within the compile time limit, is refused here rather than published and failing
+        // every cast. It also puts the module in the cache for its first cast.
+        match self.sandbox.prepare_bounded(&module).await {
+            Ok(_) => {}
+            Err(SandboxError::Compile(message)) => {
+                return Err(
+                    GateError::ModuleInvalid(format!("the engine refused it: {message}")).into(),
+                );
+            }
+            Err(SandboxError::CompileTimeLimit(limit)) => {
+                return Err(GateError::ModuleTooComplex(format!(
+                    "compiling it took longer than the limit of {} ms",
+                    limit.as_millis()
+                ))
+                .into());
+            }
+            Err(other) => return Err(other.into()),
+        }
         let signed_by = module
             .signed_by()
             .cloned()
@@ -546,13 +565,6 @@ impl Registry {
             .remove(&(owner_handle.to_owned(), manifest.name.clone()));
         tracing::info!(spell.name = %spell, spell.version = %version, spell.digest = %module.digest(), "published");
         let digest = module.digest().to_string();
-        // Compile now, in the background, so the first cast does not pay for it.
-        let sandbox = self.sandbox.clone();
-        tokio::task::spawn_blocking(move || {
-            if let Err(error) = sandbox.prepare(&module) {
-                tracing::warn!(error = %error, "precompiling a published module failed");
-            }
-        });
         Ok(Published {
             spell,
             version,
@@ -804,8 +816,7 @@ impl Registry {
         .bind(version_id)
         .fetch_one(self.db.reader())
         .await?;
-        let sandbox = self.sandbox.clone();
-        tokio::task::spawn_blocking(move || -> Result<Arc<CompiledSpell>, RegistryError> {
+        let module = tokio::task::spawn_blocking(move || {
             // Authenticated at publish; here the bytes must still hash to the digest that was
             // verified then, and pass the gate's other checks again.
             let bundle = SpellBundle {
@@ -814,10 +825,11 @@ impl Registry {
                 sbom,
                 signature: None,
             };
-            let module = Verifier::verify(&bundle, SignaturePolicy::VerifiedAtPublish(&digest))?;
-            Ok(sandbox.prepare(&module)?.0)
+            Verifier::verify(&bundle, SignaturePolicy::VerifiedAtPublish(&digest))
         })
         .await
-        .map_err(|e| RegistryError::Internal(e.to_string()))?
+        .map_err(|e| RegistryError::Internal(e.to_string()))??;
+        // On the compile pool, never on a cast's worker or the blocking pool.
+        Ok(self.sandbox.prepare_bounded(&module).await?.0)
     }
 }

@@ -27,7 +27,9 @@ pub fn build(host: &HostLimits, instance_slots: u32) -> wasmtime::Result<Engine>
         .wasm_gc(false)
         .wasm_component_model(false)
         .cranelift_opt_level(OptLevel::Speed)
-        .parallel_compilation(true);
+        // One compile takes one thread of the compile pool, not every core: a module that
+        // is slow to compile must not slow the casts of others.
+        .parallel_compilation(false);
 
     let mut pool = PoolingAllocationConfig::default();
     pool.total_core_instances(instance_slots)

@@ -46,7 +46,19 @@ pub struct SandboxConfig {
     /// The longest a run may wait in the queue before it is refused as `Busy` instead of
     /// started. Bounds latency under overload, and bounds how long a cast's hold can live.
     pub queue_wait_max: Duration,
+    /// Threads that compile modules (at publish and on a cache miss), apart from the wasm
+    /// workers: a module that is slow to compile takes one of these, never a cast's worker.
+    pub compile_workers: usize,
+    /// How long a compile may take before the module is refused as `module_too_complex`.
+    /// Cranelift cannot be interrupted: the compile runs on to its end on its thread, which
+    /// the pool's size bounds, and its result is thrown away.
+    pub compile_time_max: Duration,
 }
+
+/// Compiles allowed to wait for a compile thread before new ones are refused as `Busy`.
+const COMPILE_QUEUE_DEPTH: usize = 16;
+/// How long a compile may wait for a compile thread before it is refused as `Busy`.
+const COMPILE_QUEUE_WAIT_MAX: Duration = Duration::from_secs(30);
 
 impl Default for SandboxConfig {
     fn default() -> Self {
@@ -58,6 +70,8 @@ impl Default for SandboxConfig {
             cached_modules_max: 256,
             artifacts: None,
             queue_wait_max: Duration::from_secs(2),
+            compile_workers: 1,
+            compile_time_max: Duration::from_secs(20),
         }
     }
 }
@@ -72,6 +86,8 @@ pub enum SandboxError {
     InputTooLarge { actual: usize, limit: u64 },
     #[error("the module could not be compiled: {0}")]
     Compile(String),
+    #[error("compiling the module took longer than the limit of {} ms", .0.as_millis())]
+    CompileTimeLimit(Duration),
     #[error("the sandbox worker stopped before answering")]
     WorkerLost,
 }
@@ -102,6 +118,8 @@ pub struct Sandbox {
     artifacts: Option<ArtifactStore>,
     pool: WorkerPool,
     queue_wait_max: Duration,
+    compiler: WorkerPool,
+    compile_time_max: Duration,
 }
 
 impl Sandbox {
@@ -129,8 +147,10 @@ impl Sandbox {
             modules: LruMap::new(config.cached_modules_max),
             counters: CacheCounters::default(),
             artifacts,
-            pool: WorkerPool::new(config.workers, config.queue_depth)?,
+            pool: WorkerPool::new("wasm", config.workers, config.queue_depth)?,
             queue_wait_max: config.queue_wait_max,
+            compiler: WorkerPool::new("compile", config.compile_workers, COMPILE_QUEUE_DEPTH)?,
+            compile_time_max: config.compile_time_max,
         })
     }
 
@@ -150,8 +170,45 @@ impl Sandbox {
         Some(spell)
     }
 
-    /// Compiles (or finds) the module. Compiling takes tens of milliseconds: call this from a
-    /// blocking context (`spawn_blocking`), never on the reactor.
+    /// Finds the module in memory, or compiles it on the compile pool within the compile time
+    /// limit. What the server uses, at publish and on a cast's cache miss; a full compile
+    /// queue is `Busy`.
+    pub async fn prepare_bounded(
+        self: &Arc<Self>,
+        module: &VerifiedModule,
+    ) -> Result<(Arc<CompiledSpell>, ModuleSource), SandboxError> {
+        if let Some(spell) = self.cached(module.digest()) {
+            return Ok((spell, ModuleSource::Memory));
+        }
+        let (started, has_started) = tokio::sync::oneshot::channel::<()>();
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let sandbox = Arc::clone(self);
+        let module = module.clone();
+        self.compiler
+            .try_submit(Box::new(move |_runtime| {
+                // Nobody waits any more when the caller gave up: skip a compile that had not
+                // started yet.
+                if sender.is_closed() || started.send(()).is_err() {
+                    return;
+                }
+                let _ = sender.send(sandbox.prepare(&module));
+            }))
+            .map_err(|_| SandboxError::Busy)?;
+        // The time limit counts from the compile's start: waiting behind other compiles makes
+        // the pool busy, not this module complex.
+        match tokio::time::timeout(COMPILE_QUEUE_WAIT_MAX, has_started).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(SandboxError::WorkerLost),
+            Err(_) => return Err(SandboxError::Busy),
+        }
+        match tokio::time::timeout(self.compile_time_max, receiver).await {
+            Ok(answer) => answer.map_err(|_| SandboxError::WorkerLost)?,
+            Err(_) => Err(SandboxError::CompileTimeLimit(self.compile_time_max)),
+        }
+    }
+
+    /// Compiles (or finds) the module on the calling thread, unbounded in time. For the CLI
+    /// and benchmarks, and for the compile pool's threads; never call it on the reactor.
     pub fn prepare(
         &self,
         module: &VerifiedModule,

@@ -1,4 +1,5 @@
-//! The bounded pool of threads that run wasm, so that wasm never runs on the async reactor.
+//! Bounded pools of threads: one runs wasm, so that wasm never runs on the async reactor; one
+//! compiles modules, so that compiling never takes a cast's worker.
 
 use std::panic::AssertUnwindSafe;
 
@@ -18,7 +19,8 @@ pub struct WorkerPool {
 pub struct QueueFull;
 
 impl WorkerPool {
-    pub fn new(workers: usize, queue_depth: usize) -> std::io::Result<Self> {
+    /// `name` prefixes the threads' names (`spellhost-wasm-0`, `spellhost-compile-0`, …).
+    pub fn new(name: &str, workers: usize, queue_depth: usize) -> std::io::Result<Self> {
         let (sender, receiver) = crossbeam_channel::bounded::<Job>(queue_depth);
         for index in 0..workers.max(1) {
             let receiver = receiver.clone();
@@ -26,7 +28,7 @@ impl WorkerPool {
                 .enable_time()
                 .build()?;
             std::thread::Builder::new()
-                .name(format!("spellhost-wasm-{index}"))
+                .name(format!("spellhost-{name}-{index}"))
                 .spawn(move || work(&runtime, &receiver))?;
         }
         Ok(WorkerPool { sender })

@@ -180,6 +180,9 @@ pub async fn spawn_app_with(backend: &Backend, extra: &[(&str, &str)]) -> TestAp
         // A cast that waits for a worker is refused after this long. On a busy machine the
         // default (2 s) would turn a slow test into a 503; here it only bounds a runaway test.
         ("SPELLHOST_QUEUE_WAIT_MS_MAX", "60000"),
+        // Likewise a publish's compile: unoptimized cranelift on a loaded machine can take
+        // seconds over `wordfreq`; the default (20 s) is a production bound.
+        ("SPELLHOST_COMPILE_TIME_MS_MAX", "300000"),
     ];
     vars.extend_from_slice(extra);
     let config = spellhost::config::Config::from_vars(&vars).expect("config");

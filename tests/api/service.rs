@@ -3,7 +3,7 @@
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::app::{error_code, spawn_app};
+use crate::app::{error_code, spawn_app, spawn_app_with};
 use crate::helpers::{manifest_text, new_signer, signed_bundle};
 use crate::on_both_databases;
 
@@ -124,6 +124,45 @@ on_both_databases! {
         let form = reqwest::multipart::Form::new().part("module", reqwest::multipart::Part::bytes(hello.module.clone()));
         let response = app.client.post(app.url("/v1/spells")).bearer_auth(&user.key).multipart(form).send().await.expect("request");
         assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        app.shutdown().await;
+    }
+
+    async fn a_module_that_compiles_too_slowly_is_refused_and_never_published(backend) {
+        // Compiling is the gate's last check. No module compiles within 1 ms, so every
+        // publish here meets the limit: refused with its code, and nothing is stored.
+        let app = spawn_app_with(&backend, &[("SPELLHOST_COMPILE_TIME_MS_MAX", "1")]).await;
+        let user = app.user("ada", 1_000_000).await;
+        app.register_demo_signer(&user).await;
+        let (status, body) = app.publish(&user, &crate::helpers::example_bundle("hello")).await;
+        assert_eq!((status, error_code(&body)), (StatusCode::UNPROCESSABLE_ENTITY, "module_too_complex"), "{body}");
+        assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("compiling")), "{body}");
+        let (status, body) = app.get("/v1/spells/ada/hello", Some(&user.key)).await;
+        assert_eq!((status, error_code(&body)), (StatusCode::NOT_FOUND, "spell_not_found"), "{body}");
+        let (status, body) = app.cast(&user, json!({"spell": "ada/hello", "input": {}})).await;
+        assert_eq!((status, error_code(&body)), (StatusCode::NOT_FOUND, "spell_not_found"), "{body}");
+        app.shutdown().await;
+    }
+
+    async fn a_module_the_engine_cannot_compile_is_refused_at_publish(backend) {
+        // Both pass the gate's validator (found by fuzzing, fuzz/README.md); the engine refuses
+        // them. Compiling at publish answers 422 instead of storing a version whose every
+        // cast would fail.
+        let app = spawn_app(&backend).await;
+        let user = app.user("ada", 1_000_000).await;
+        let (private_pem, _, public_pem) = new_signer();
+        let (status, body) = app.post("/v1/signers", Some(&user.key), crate::helpers::key_signer_body("ci", &private_pem, &public_pem, "ada")).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        for (name, functions) in [
+            ("externref", "(func (param externref))"),
+            ("tables", "(table 1 funcref) (table 1 funcref)"),
+        ] {
+            let wat = format!("(module (memory (export \"memory\") 1) {functions} (func (export \"_start\")))");
+            let bundle = signed_bundle(wat::parse_str(&wat).expect("wat"), &manifest_text(name, ""), &private_pem);
+            let (status, body) = app.publish(&user, &bundle).await;
+            assert_eq!((status, error_code(&body)), (StatusCode::UNPROCESSABLE_ENTITY, "module_invalid"), "{name}: {body}");
+            let (status, _) = app.get(&format!("/v1/spells/ada/{name}"), Some(&user.key)).await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{name} was not published");
+        }
         app.shutdown().await;
     }
 
