@@ -297,6 +297,15 @@ impl From<crate::registry::RegistryError> for ApiError {
                 "every compile thread is busy; retry shortly",
             )
             .retry_after(1),
+            // A cast's cache miss (publish answers this as `module_too_complex`): the compile
+            // runs on to its end and caches the module, so a retry finds it.
+            RegistryError::Sandbox(crate::sandbox::SandboxError::CompileTimeLimit(_)) => {
+                ApiError::new(
+                    Code::Overloaded,
+                    "the spell is still being compiled; retry shortly",
+                )
+                .retry_after(5)
+            }
             RegistryError::Invalid { .. } => ApiError::bad_request(error.to_string()),
             other => ApiError::internal(other),
         }
