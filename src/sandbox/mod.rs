@@ -51,7 +51,7 @@ pub struct SandboxConfig {
     pub compile_workers: usize,
     /// How long a compile may take before the module is refused as `module_too_complex`.
     /// Cranelift cannot be interrupted: the compile runs on to its end on its thread, which
-    /// the pool's size bounds, and its result is thrown away.
+    /// the pool's size bounds; its result is cached (a refused publish never names it).
     pub compile_time_max: Duration,
 }
 
