@@ -347,7 +347,18 @@ impl TestApp {
             std::fs::read_to_string(repo_path("spells/demo-key/spell.pub")).expect("demo key");
         let private =
             std::fs::read_to_string(repo_path("spells/demo-key/spell.key")).expect("demo key");
-        let body = crate::helpers::key_signer_body("demo", &private, &pem, &user.handle);
+        self.register_key_signer(user, "demo", &private, &pem).await;
+    }
+
+    /// Registers a key signer for `user` over HTTP, with its proof of possession.
+    pub async fn register_key_signer(
+        &self,
+        user: &TestUser,
+        name: &str,
+        private_pem: &str,
+        public_pem: &str,
+    ) {
+        let body = crate::helpers::key_signer_body(name, private_pem, public_pem, &user.handle);
         let (status, body) = self.post("/v1/signers", Some(&user.key), body).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
     }

@@ -150,8 +150,7 @@ on_both_databases! {
         let app = spawn_app(&backend).await;
         let user = app.user("ada", 1_000_000).await;
         let (private_pem, _, public_pem) = new_signer();
-        let (status, body) = app.post("/v1/signers", Some(&user.key), crate::helpers::key_signer_body("ci", &private_pem, &public_pem, "ada")).await;
-        assert_eq!(status, StatusCode::CREATED, "{body}");
+        app.register_key_signer(&user, "ci", &private_pem, &public_pem).await;
         for (name, functions) in [
             ("externref", "(func (param externref))"),
             ("tables", "(table 1 funcref) (table 1 funcref)"),
