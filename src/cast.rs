@@ -5,7 +5,7 @@ use crate::auth::Caller;
 use crate::money::quote::{self, Caps, PlanError};
 use crate::money::{self, Budget, CastRecord, HoldFor, MicroUsd, MoneyError, Refusal};
 use crate::registry::{RegistryError, SpellRef};
-use crate::sandbox::{RunReport, SandboxError};
+use crate::sandbox::{RunReport, SandboxError, Tenant};
 use crate::supply_chain::ModuleDigest;
 
 pub struct CastRequest {
@@ -46,6 +46,9 @@ pub enum CastError {
     },
     #[error("the sandbox is at capacity")]
     Overloaded,
+    /// The caller's own casts in flight fill its share; nothing ran, nothing was charged.
+    #[error("{limit} casts of this user are already in flight")]
+    TooManyConcurrent { limit: usize },
     #[error(transparent)]
     Sandbox(SandboxError),
     #[error(transparent)]
@@ -116,6 +119,7 @@ pub async fn cast(
     let run = app
         .sandbox
         .run(
+            Tenant(caller.user_id),
             resolved.compiled.clone(),
             request.input,
             limits.with_fuel_at_most(hold.fuel_cap),
@@ -128,7 +132,17 @@ pub async fn cast(
             drop(hold);
             app.metrics.active_holds.dec();
             return Err(match error {
-                SandboxError::Busy => CastError::Overloaded,
+                SandboxError::Busy => {
+                    app.metrics.casts_refused.with_label_values(&["busy"]).inc();
+                    CastError::Overloaded
+                }
+                SandboxError::TooManyConcurrent { limit } => {
+                    app.metrics
+                        .casts_refused
+                        .with_label_values(&["too_many_concurrent_casts"])
+                        .inc();
+                    CastError::TooManyConcurrent { limit }
+                }
                 other => CastError::Sandbox(other),
             });
         }
@@ -173,6 +187,7 @@ fn observe(app: &AppState, report: &RunReport, cost: MicroUsd) {
         .with_label_values(&[report.outcome.as_str()])
         .inc();
     metrics.cast_duration.observe(report.duration.as_secs_f64());
+    metrics.queue_wait.observe(report.queue_wait.as_secs_f64());
     metrics.fuel_consumed.inc_by(report.fuel_used);
     metrics
         .charged_microusd

@@ -386,9 +386,25 @@ fn sandbox_config(source: &Source) -> Result<SandboxConfig, ConfigError> {
         "SPELLHOST_COMPILE_TIME_MS_MAX",
         defaults.compile_time_max,
     )?;
+    let runs_max: usize = source.parse("SPELLHOST_RUNS_MAX", workers * 4)?;
+    if runs_max == 0 || runs_max > 4096 {
+        return Err(error("SPELLHOST_RUNS_MAX", "must be between 1 and 4096"));
+    }
+    let tenant_runs_max: usize = source.parse(
+        "SPELLHOST_USER_CONCURRENT_CASTS_MAX",
+        (workers * 2).min(runs_max),
+    )?;
+    if tenant_runs_max == 0 || tenant_runs_max > runs_max {
+        return Err(error(
+            "SPELLHOST_USER_CONCURRENT_CASTS_MAX",
+            "must be between 1 and SPELLHOST_RUNS_MAX",
+        ));
+    }
     Ok(SandboxConfig {
         limits,
         workers,
+        runs_max,
+        tenant_runs_max,
         compile_workers,
         compile_time_max,
         queue_depth: source.parse("SPELLHOST_QUEUE_DEPTH", workers * 64)?,
@@ -548,6 +564,8 @@ mod tests {
             ("SPELLHOST_SECRET_KEY", "short"),
             ("SPELLHOST_DATABASE_URL", "mysql://x"),
             ("SPELLHOST_WORKERS", "0"),
+            ("SPELLHOST_RUNS_MAX", "0"),
+            ("SPELLHOST_USER_CONCURRENT_CASTS_MAX", "0"),
             ("SPELLHOST_QUEUE_WAIT_MS_MAX", "0"),
             ("SPELLHOST_COMPILE_WORKERS", "0"),
             ("SPELLHOST_COMPILE_TIME_MS_MAX", "600001"),

@@ -51,6 +51,8 @@ pub enum Code {
     OutputTooLarge,
     FuelExhausted,
     Overloaded,
+    /// The caller's own casts fill its share of the sandbox (429); others are served.
+    TooManyConcurrentCasts,
     BillingDisabled,
     AmountOutOfRange,
     NoBillingAccount,
@@ -98,6 +100,7 @@ impl Code {
             Code::OutputTooLarge => "output_too_large",
             Code::FuelExhausted => "fuel_exhausted",
             Code::Overloaded => "overloaded",
+            Code::TooManyConcurrentCasts => "too_many_concurrent_casts",
             Code::NotReady => "not_ready",
             Code::BillingDisabled => "billing_disabled",
             Code::AmountOutOfRange => "amount_out_of_range",
@@ -146,6 +149,7 @@ impl Code {
             Code::Overloaded | Code::BillingDisabled | Code::NotReady => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            Code::TooManyConcurrentCasts => StatusCode::TOO_MANY_REQUESTS,
             Code::SignatureInvalid => StatusCode::BAD_REQUEST,
             Code::PaymentProviderError => StatusCode::BAD_GATEWAY,
             Code::Internal | Code::EventUnparseable | Code::EventApiVersionUnsupported => {

@@ -66,10 +66,14 @@ pub struct Metrics {
     /// How many runs the sandbox queue holds before refusing new ones (503): the denominator
     /// of queue saturation. Set from the configuration when `/metrics` is scraped.
     pub queue_capacity: IntGauge,
-    /// Time a run waited in the sandbox queue before a worker picked it up, seconds. Declared
-    /// here so that dashboards and alerts have one name; observed by the sandbox's submit
-    /// path (not wired yet: that code belongs to the sandbox).
+    /// Time a cast's run waited for a sandbox slot before it started, seconds.
     pub queue_wait: Histogram,
+    /// Runs holding a sandbox slot (computing or sleeping in a host call).
+    pub runs_in_flight: IntGauge,
+    /// Casts refused before they ran because the sandbox could not take them, by reason:
+    /// `busy` (503, the host is full) and `too_many_concurrent_casts` (429, the caller's own
+    /// share is full). No per-user label: the cardinality would grow with the users.
+    pub casts_refused: IntCounterVec,
     /// The highest ledger `seq` up to which the in-server self-check has verified the hash
     /// chain (links, hashes, running balances) without a break. Lags the head by at most one
     /// check interval while the chain is intact; stops moving at the first break.
@@ -200,11 +204,22 @@ impl Metrics {
             queue_wait: Histogram::with_opts(
                 HistogramOpts::new(
                     "spellhost_sandbox_queue_wait_seconds",
-                    "Time runs waited for a sandbox worker",
+                    "Time runs waited for a sandbox slot",
                 )
                 .buckets(vec![
                     0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0,
                 ]),
+            )?,
+            runs_in_flight: IntGauge::new(
+                "spellhost_sandbox_runs_in_flight",
+                "Runs holding a sandbox slot, computing or sleeping",
+            )?,
+            casts_refused: IntCounterVec::new(
+                Opts::new(
+                    "spellhost_casts_refused_total",
+                    "Casts the sandbox could not take, by reason",
+                ),
+                &["reason"],
             )?,
             ledger_verified_seq: IntGauge::new(
                 "spellhost_ledger_verified_seq",
@@ -275,6 +290,8 @@ impl Metrics {
         r.register(Box::new(metrics.recharge_notices_dropped.clone()))?;
         r.register(Box::new(metrics.queue_capacity.clone()))?;
         r.register(Box::new(metrics.queue_wait.clone()))?;
+        r.register(Box::new(metrics.runs_in_flight.clone()))?;
+        r.register(Box::new(metrics.casts_refused.clone()))?;
         r.register(Box::new(metrics.ledger_verified_seq.clone()))?;
         r.register(Box::new(metrics.ledger_head_seq.clone()))?;
         r.register(Box::new(metrics.ledger_verify_failures.clone()))?;

@@ -316,6 +316,8 @@ fn run_local(args: RunArgs) -> anyhow::Result<ExitCode> {
     // One worker: exactly the server's engine and limits, sized for one run at a time.
     let sandbox = Sandbox::new(SandboxConfig {
         workers: 1,
+        runs_max: 1,
+        tenant_runs_max: 1,
         queue_depth: 1,
         ..SandboxConfig::default()
     })?;

@@ -269,6 +269,13 @@ fn cast_error(error: CastError) -> ApiError {
             "all sandbox workers are busy; retry shortly",
         )
         .retry_after(1),
+        CastError::TooManyConcurrent { limit } => ApiError::new(
+            Code::TooManyConcurrentCasts,
+            format!(
+                "you already have {limit} casts running, the most one user may; retry when one has finished"
+            ),
+        )
+        .retry_after(1),
         CastError::Sandbox(error) => ApiError::internal(error),
         CastError::Money(error) => error.into(),
     }

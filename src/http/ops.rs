@@ -51,6 +51,9 @@ pub async fn metrics(State(app): State<App>) -> impl IntoResponse {
         .queue_depth
         .set(i64::try_from(app.sandbox.queue_depth()).unwrap_or(i64::MAX));
     metrics
+        .runs_in_flight
+        .set(i64::try_from(app.sandbox.runs_in_flight()).unwrap_or(i64::MAX));
+    metrics
         .queue_capacity
         .set(i64::try_from(app.config.sandbox.queue_depth).unwrap_or(i64::MAX));
     (

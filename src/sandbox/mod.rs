@@ -1,9 +1,15 @@
 //! The spell runtime. Knows wasmtime and nothing of HTTP or SQL.
 //!
-//! One [`Sandbox`] per process owns the engine, the module cache and the worker pool. A run
-//! takes a [`CompiledSpell`] (only obtainable from a [`VerifiedModule`]), the input bytes and
-//! [`RunLimits`], and returns a [`RunReport`] whose [`Outcome`] is typed and whose `fuel_used`
-//! is always set.
+//! One [`Sandbox`] per process owns the engine, the module cache, the fair run scheduler and
+//! the runtime that runs wasm. A run takes a [`CompiledSpell`] (only obtainable from a
+//! [`VerifiedModule`]), the input bytes and [`RunLimits`], and returns a [`RunReport`] whose
+//! [`Outcome`] is typed and whose `fuel_used` is always set.
+//!
+//! Runs are async stores on a multi-threaded runtime of their own (`spellhost-wasm-*`, one
+//! thread per core), apart from the HTTP runtime: a spell that computes yields to the others
+//! every [`FUEL_YIELD_INTERVAL`] of fuel, and a spell that sleeps in a host call holds no
+//! thread at all, only its slot. Slots are granted by the [`scheduler`]: at most `runs_max` at
+//! once, `tenant_runs_max` per user, the next free one to the least-served waiting user.
 
 mod cache;
 mod engine;
@@ -12,23 +18,26 @@ mod outcome;
 mod output;
 mod pool;
 mod run;
+pub mod scheduler;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use wasmtime::{Engine, InstancePre, Linker, Module};
 
 pub use cache::ModuleSource;
 pub use limits::{HostLimits, RunLimits};
 pub use outcome::{Outcome, RunReport};
-pub use run::FUEL_YIELD_INTERVAL;
+pub use run::{FUEL_YIELD_INTERVAL, HOST_FUEL_PER_BYTE};
+pub use scheduler::Tenant;
 
 use crate::supply_chain::{ManifestLimits, ModuleDigest, VerifiedModule};
 use cache::{ArtifactStore, CacheCounters, LruMap};
 use pool::WorkerPool;
 use run::SpellState;
+use scheduler::{Capacity, Refusal, Scheduler};
 
 /// How the sandbox is set up; every field has a laptop-friendly default.
 #[derive(Debug, Clone)]
@@ -36,15 +45,25 @@ pub struct SandboxConfig {
     pub limits: HostLimits,
     /// Threads that run wasm. Defaults to the number of cores: wasm is CPU-bound.
     pub workers: usize,
-    /// Runs allowed to wait for a worker before new ones are refused (503 with Retry-After).
-    /// 64 per worker keeps the worst queueing delay near 64 short casts.
+    /// Runs at once (slots), across users. Each holds an instance and up to the memory limit;
+    /// computing runs share the worker threads, taking turns at every fuel yield, and sleeping
+    /// ones hold no thread. 4 per worker lets short casts pass long ones while bounding memory
+    /// to `runs_max × memory_bytes_max`.
+    pub runs_max: usize,
+    /// Runs at once for one user; their next casts wait in that user's own queue. 2 per worker:
+    /// one user can fill the cores but never every slot.
+    pub tenant_runs_max: usize,
+    /// Runs allowed to wait for a slot. 64 per worker keeps the worst queueing delay near 64
+    /// short casts. One user alone may fill it; when it is full, a run of a user with fewer
+    /// waiting pushes out the newest of the user with the most (429 for that one).
     pub queue_depth: usize,
     /// Compiled modules kept in memory. Each costs its machine code (~1–3× the wasm size).
     pub cached_modules_max: usize,
     /// Where precompiled artifacts live, and the key that authenticates them.
     pub artifacts: Option<(PathBuf, [u8; 32])>,
-    /// The longest a run may wait in the queue before it is refused as `Busy` instead of
-    /// started. Bounds latency under overload, and bounds how long a cast's hold can live.
+    /// The longest a run may wait in the queue before it is refused (`Busy`, or
+    /// `TooManyConcurrent` when it waited behind its own user's runs) instead of started.
+    /// Bounds latency under overload, and bounds how long a cast's hold can live.
     pub queue_wait_max: Duration,
     /// Threads that compile modules (at publish and on a cache miss), apart from the wasm
     /// workers: a module that is slow to compile takes one of these, never a cast's worker.
@@ -66,6 +85,8 @@ impl Default for SandboxConfig {
         SandboxConfig {
             limits: HostLimits::default(),
             workers,
+            runs_max: workers * 4,
+            tenant_runs_max: workers * 2,
             queue_depth: workers * 64,
             cached_modules_max: 256,
             artifacts: None,
@@ -85,6 +106,10 @@ impl Default for SandboxConfig {
 pub enum SandboxError {
     #[error("all sandbox workers are busy")]
     Busy,
+    /// The caller's own runs fill its share: it waited the queue-wait limit behind them, or
+    /// its queue is full. Others are not affected.
+    #[error("this caller already has {limit} runs in flight")]
+    TooManyConcurrent { limit: usize },
     #[error("input is {actual} bytes; the limit is {limit}")]
     InputTooLarge { actual: usize, limit: u64 },
     #[error("the module could not be compiled: {0}")]
@@ -119,21 +144,22 @@ pub struct Sandbox {
     modules: LruMap<Arc<CompiledSpell>>,
     counters: CacheCounters,
     artifacts: Option<ArtifactStore>,
-    pool: WorkerPool,
-    queue_wait_max: Duration,
+    wasm: WasmRuntime,
+    scheduler: Arc<Scheduler>,
     compiler: WorkerPool,
     compile_time_max: Duration,
 }
 
 impl Sandbox {
     pub fn new(config: SandboxConfig) -> anyhow::Result<Self> {
-        // Each worker holds at most one live instance; the slack covers a store still being
-        // torn down while the next run starts.
+        // Each run slot holds at most one live instance; the slack covers a store still being
+        // torn down on each worker while the next run starts.
         // Slots also hold instances whose pages wait in a decommit batch: one batch per core.
         let parallelism = std::thread::available_parallelism()
             .map_or(2, |n| n.get())
             .min(16);
-        let slots = config.workers * 2 + 2 + parallelism * engine::DECOMMIT_BATCH;
+        let runs_max = config.runs_max.max(1);
+        let slots = runs_max + config.workers + 2 + parallelism * engine::DECOMMIT_BATCH;
         let instance_slots = u32::try_from(slots).unwrap_or(u32::MAX);
         let engine = engine::build(&config.limits, instance_slots)?;
         engine::spawn_epoch_ticker(&engine)?;
@@ -150,8 +176,15 @@ impl Sandbox {
             modules: LruMap::new(config.cached_modules_max),
             counters: CacheCounters::default(),
             artifacts,
-            pool: WorkerPool::new("wasm", config.workers, config.queue_depth)?,
-            queue_wait_max: config.queue_wait_max,
+            wasm: WasmRuntime::new(config.workers)?,
+            scheduler: Scheduler::new(
+                Capacity {
+                    slots: runs_max,
+                    tenant_limit: config.tenant_runs_max.clamp(1, runs_max),
+                    queue_max: config.queue_depth,
+                },
+                config.queue_wait_max,
+            ),
             compiler: WorkerPool::new("compile", config.compile_workers, COMPILE_QUEUE_DEPTH)?,
             compile_time_max: config.compile_time_max,
         })
@@ -264,32 +297,61 @@ impl Sandbox {
         Ok((module, ModuleSource::Compiled))
     }
 
-    /// Runs a spell on the worker pool and waits for its report without blocking the reactor.
+    /// Runs a spell for `tenant` once the scheduler grants it a slot, on the wasm runtime,
+    /// and waits for its report without blocking the caller's runtime. The run goes on to its
+    /// end (and keeps its slot) even if the caller stops waiting.
     pub async fn run(
         &self,
+        tenant: Tenant,
         spell: Arc<CompiledSpell>,
         input: Vec<u8>,
         limits: RunLimits,
     ) -> Result<RunReport, SandboxError> {
-        let receiver = self.submit(spell, input, limits)?;
-        receiver.await.map_err(|_| SandboxError::WorkerLost)?
+        if input.len() as u64 > self.limits.input_bytes_max {
+            return Err(SandboxError::InputTooLarge {
+                actual: input.len(),
+                limit: self.limits.input_bytes_max,
+            });
+        }
+        let slot = self
+            .scheduler
+            .admit(tenant)
+            .await
+            .map_err(|refused| match refused.refusal {
+                Refusal::TenantLimit => SandboxError::TooManyConcurrent {
+                    limit: self.scheduler.capacity().tenant_limit,
+                },
+                Refusal::Busy => SandboxError::Busy,
+            })?;
+        let engine = self.engine.clone();
+        let host = self.limits.clone();
+        let queue_wait = slot.waited;
+        let task = self.wasm.handle().spawn(async move {
+            let report = run::execute(&engine, &spell, &input, limits, &host).await;
+            drop(slot);
+            report
+        });
+        // A panic in the run is contained in its task; the caller sees a lost worker.
+        let mut report = task.await.map_err(|_| SandboxError::WorkerLost)?;
+        report.queue_wait = queue_wait;
+        Ok(report)
     }
 
-    /// Like [`run`](Self::run), for callers outside any async runtime (the CLI).
+    /// Like [`run`](Self::run), for callers outside any async runtime (the CLI), as
+    /// [`Tenant::LOCAL`].
     pub fn run_blocking(
         &self,
         spell: Arc<CompiledSpell>,
         input: Vec<u8>,
         limits: RunLimits,
     ) -> Result<RunReport, SandboxError> {
-        let receiver = self.submit(spell, input, limits)?;
-        receiver
-            .blocking_recv()
-            .map_err(|_| SandboxError::WorkerLost)?
+        self.wasm
+            .handle()
+            .block_on(self.run(Tenant::LOCAL, spell, input, limits))
     }
 
     /// Runs on the current thread. Only for a thread that is not a reactor thread and that
-    /// drives a single-threaded runtime (benchmarks); everything else uses the pool.
+    /// drives a single-threaded runtime (benchmarks); everything else uses the scheduler.
     pub async fn run_on_this_thread(
         &self,
         spell: &CompiledSpell,
@@ -297,37 +359,6 @@ impl Sandbox {
         limits: RunLimits,
     ) -> RunReport {
         run::execute(&self.engine, spell, input, limits, &self.limits).await
-    }
-
-    fn submit(
-        &self,
-        spell: Arc<CompiledSpell>,
-        input: Vec<u8>,
-        limits: RunLimits,
-    ) -> Result<tokio::sync::oneshot::Receiver<Result<RunReport, SandboxError>>, SandboxError> {
-        if input.len() as u64 > self.limits.input_bytes_max {
-            return Err(SandboxError::InputTooLarge {
-                actual: input.len(),
-                limit: self.limits.input_bytes_max,
-            });
-        }
-        let (sender, receiver) = tokio::sync::oneshot::channel();
-        let engine = self.engine.clone();
-        let host = self.limits.clone();
-        let start_by = Instant::now() + self.queue_wait_max;
-        self.pool
-            .try_submit(Box::new(move |runtime| {
-                // A run that waited too long is refused rather than started late: the caller
-                // has been told nothing yet and its hold must not outlive its limits.
-                if Instant::now() > start_by {
-                    let _ = sender.send(Err(SandboxError::Busy));
-                    return;
-                }
-                let report = runtime.block_on(run::execute(&engine, &spell, &input, limits, &host));
-                let _ = sender.send(Ok(report));
-            }))
-            .map_err(|_| SandboxError::Busy)?;
-        Ok(receiver)
     }
 
     pub fn cache_hits(&self) -> u64 {
@@ -339,8 +370,61 @@ impl Sandbox {
     pub fn artifacts_rejected(&self) -> u64 {
         self.artifacts.as_ref().map_or(0, ArtifactStore::rejected)
     }
+    /// Runs waiting for a slot.
     pub fn queue_depth(&self) -> usize {
-        self.pool.queue_depth()
+        self.scheduler.load().1
+    }
+
+    /// Runs holding a slot (running or sleeping in a host call).
+    pub fn runs_in_flight(&self) -> usize {
+        self.scheduler.load().0
+    }
+}
+
+/// The multi-threaded runtime that runs wasm, apart from the one that serves HTTP. Wasm polls
+/// for up to one fuel-yield interval (~1 ms) at a time, which is fine here and would not be on
+/// a reactor that also serves sockets.
+struct WasmRuntime {
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl WasmRuntime {
+    fn new(workers: usize) -> std::io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers.max(1))
+            .thread_name_fn(|| {
+                static NEXT: std::sync::atomic::AtomicUsize =
+                    std::sync::atomic::AtomicUsize::new(0);
+                format!("spellhost-wasm-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+            })
+            // A run that arrives from the HTTP runtime lands in the shared queue: look there
+            // every other poll (not every 61), or a new short cast would wait behind dozens
+            // of slices of the long ones already running.
+            .global_queue_interval(2)
+            // Timers (sleeping spells, deadlines) are checked as often.
+            .event_interval(2)
+            .enable_time()
+            .build()?;
+        Ok(WasmRuntime {
+            runtime: Some(runtime),
+        })
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        match &self.runtime {
+            Some(runtime) => runtime.handle(),
+            None => unreachable!("the runtime is only taken when the sandbox is dropped"),
+        }
+    }
+}
+
+impl Drop for WasmRuntime {
+    fn drop(&mut self) {
+        // The sandbox may be dropped inside another runtime (tests, shutdown), where a
+        // blocking shutdown would panic; runs still in flight are abandoned either way.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
     }
 }
 

@@ -51,5 +51,8 @@ pub struct RunReport {
     pub output: Vec<u8>,
     /// stderr, truncated to the host's stderr cap.
     pub stderr: Vec<u8>,
+    /// Wall time of the run itself, from instantiation to its end.
     pub duration: Duration,
+    /// Time the run waited for a slot before it started (zero outside the scheduler).
+    pub queue_wait: Duration,
 }

@@ -3,7 +3,7 @@
 //! stdout is part of the result: the first write past its cap stops the spell with a trap
 //! (`output_too_large`). stderr is diagnostics: past its cap the rest is silently dropped.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -34,16 +34,25 @@ pub struct CappedPipe {
     on_overflow: OnOverflow,
     buffer: Arc<Mutex<Vec<u8>>>,
     overflowed: Arc<AtomicBool>,
+    /// Bytes the spell handed to this pipe, kept or not: the host's work, which it is charged
+    /// for (shared with the run's other host I/O counters).
+    moved: Arc<AtomicU64>,
 }
 
 impl CappedPipe {
-    pub fn new(cap: usize, on_overflow: OnOverflow) -> Self {
+    pub fn new(cap: usize, on_overflow: OnOverflow, moved: Arc<AtomicU64>) -> Self {
         CappedPipe {
             cap,
             on_overflow,
             buffer: Arc::new(Mutex::new(Vec::new())),
             overflowed: Arc::new(AtomicBool::new(false)),
+            moved,
         }
+    }
+
+    fn count(&self, bytes: usize) {
+        self.moved
+            .fetch_add(u64::try_from(bytes).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
     /// Whether a write went past the cap (only tracked for [`OnOverflow::Trap`]).
@@ -76,6 +85,7 @@ impl StdoutStream for CappedPipe {
 #[async_trait::async_trait]
 impl OutputStream for CappedPipe {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        self.count(bytes.len());
         let mut buffer = self.buffer.lock().unwrap_or_else(|p| p.into_inner());
         let room = self.cap.saturating_sub(buffer.len());
         if bytes.len() <= room {
@@ -123,6 +133,7 @@ impl tokio::io::AsyncWrite for CappedPipe {
         _cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
+        self.count(buf.len());
         let mut buffer = self.buffer.lock().unwrap_or_else(|p| p.into_inner());
         let room = self.cap.saturating_sub(buffer.len());
         if buf.len() > room && self.on_overflow == OnOverflow::Trap {

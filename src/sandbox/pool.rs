@@ -1,5 +1,5 @@
-//! Bounded pools of threads: one runs wasm, so that wasm never runs on the async reactor; one
-//! compiles modules, so that compiling never takes a cast's worker.
+//! A bounded pool of threads that compiles modules, so that compiling (which cannot be
+//! interrupted) never runs on a reactor nor takes a thread that runs wasm.
 
 use std::panic::AssertUnwindSafe;
 
@@ -38,11 +38,6 @@ impl WorkerPool {
         self.sender.try_send(job).map_err(|error| match error {
             TrySendError::Full(_) | TrySendError::Disconnected(_) => QueueFull,
         })
-    }
-
-    /// Jobs waiting for a worker.
-    pub fn queue_depth(&self) -> usize {
-        self.sender.len()
     }
 }
 

@@ -57,11 +57,15 @@ pub fn signed_bundle(module: Vec<u8>, manifest: &str, private_pem: &str) -> Spel
     }
 }
 
+/// The WAT text of a hostile fixture in `spells/hostile/`.
+pub fn hostile_wat(name: &str) -> String {
+    std::fs::read_to_string(repo_path(&format!("spells/hostile/{name}.wat")))
+        .expect("fixture exists")
+}
+
 /// A hostile fixture from `spells/hostile/`, compiled from WAT, signed and verified.
 pub fn fixture(name: &str) -> VerifiedModule {
-    let wat = std::fs::read_to_string(repo_path(&format!("spells/hostile/{name}.wat")))
-        .expect("fixture exists");
-    verified_wat(&name.replace('_', "-"), &wat, "")
+    verified_wat(&name.replace('_', "-"), &hostile_wat(name), "")
 }
 
 pub fn verified_wat(name: &str, wat: &str, limits: &str) -> VerifiedModule {

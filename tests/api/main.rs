@@ -5,6 +5,7 @@ mod billing;
 mod billing_recharge;
 mod billing_recovery;
 mod budgets;
+mod fairness;
 mod gate;
 mod helpers;
 mod leases;

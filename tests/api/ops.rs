@@ -14,26 +14,13 @@ use serde_json::{Value, json};
 use spellhost::ops::files::{sqlite_file, with_suffix};
 
 use crate::app::{Backend, TestApp, TestUser, error_code, spawn_app, spawn_app_with};
-use crate::helpers::{manifest_text, new_signer, signed_bundle};
+use crate::helpers::{hostile_wat, manifest_text, new_signer, signed_bundle};
 use crate::on_both_databases;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_spellhost");
 
 /// How long a test waits for a condition: it only bounds a broken test, on a busy machine.
 const PATIENCE: Duration = Duration::from_secs(90);
-
-/// A spell that sleeps in `poll_oneoff` for an hour: it holds its worker, without burning
-/// CPU, until its wall-time limit ends it.
-const SLEEPER_WAT: &str = r#"(module
-  (import "wasi_snapshot_preview1" "poll_oneoff"
-    (func $poll (param i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (func (export "_start")
-    ;; One clock subscription at 0: tag 0 (clock) at 8, monotonic clock at 16, timeout at 24.
-    (i32.store8 (i32.const 8) (i32.const 0))
-    (i32.store (i32.const 16) (i32.const 1))
-    (i64.store (i32.const 24) (i64.const 3600000000000))
-    (drop (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))))"#;
 
 /// Polls `condition` until it holds, failing after [`PATIENCE`].
 async fn wait_for<F, Fut>(what: &str, mut condition: F)
@@ -171,12 +158,14 @@ on_both_databases! {
     async fn readyz_is_503_naming_the_sandbox_while_its_queue_is_full(backend) {
         let app = spawn_app_with(&backend, &[
             ("SPELLHOST_WORKERS", "1"),
+            ("SPELLHOST_RUNS_MAX", "1"),
+            ("SPELLHOST_USER_CONCURRENT_CASTS_MAX", "1"),
             ("SPELLHOST_QUEUE_DEPTH", "1"),
             ("SPELLHOST_WALL_MS_MAX", "30000"),
         ]).await;
         let user = app.user("ada", 10_000_000).await;
-        publish_signed(&app, &user, "sleeper", SLEEPER_WAT, "wall_ms_max = 30000\nfuel_max = 1000000").await;
-        // One sleeper holds the only worker and one waits in the queue of one. Casts that
+        publish_signed(&app, &user, "sleeper", &hostile_wat("sleeper"), "wall_ms_max = 30000\nfuel_max = 1000000").await;
+        // One sleeper holds the only slot and one waits in the queue of one. Casts that
         // arrive while the queue is still taken are refused at once and replaced.
         let deadline = Instant::now() + PATIENCE;
         let mut casts: Vec<tokio::task::JoinHandle<_>> = Vec::new();

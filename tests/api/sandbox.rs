@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use spellhost::sandbox::{Outcome, RunLimits, Sandbox};
+use spellhost::sandbox::{HOST_FUEL_PER_BYTE, Outcome, RunLimits, RunReport, Sandbox, Tenant};
 
 use crate::helpers::{compile, example, fixture, sandbox, verified_wat};
 
@@ -275,6 +275,8 @@ fn deadlines_stop_spells_never_before_the_wall_limit() {
 fn the_queue_refuses_work_beyond_its_depth_instead_of_growing() {
     let sandbox = spellhost::sandbox::Sandbox::new(spellhost::sandbox::SandboxConfig {
         workers: 1,
+        runs_max: 1,
+        tenant_runs_max: 1,
         queue_depth: 1,
         ..Default::default()
     })
@@ -288,9 +290,10 @@ fn the_queue_refuses_work_beyond_its_depth_instead_of_growing() {
     };
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let results = runtime.block_on(async {
-        let a = sandbox.run(spell.clone(), vec![], limits);
-        let b = sandbox.run(spell.clone(), vec![], limits);
-        let c = sandbox.run(spell.clone(), vec![], limits);
+        // Three users: one runs, one waits in the queue of one, one is refused.
+        let a = sandbox.run(Tenant(1), spell.clone(), vec![], limits);
+        let b = sandbox.run(Tenant(2), spell.clone(), vec![], limits);
+        let c = sandbox.run(Tenant(3), spell.clone(), vec![], limits);
         tokio::join!(a, b, c)
     });
     let busy = [&results.0, &results.1, &results.2]
@@ -311,4 +314,182 @@ fn input_larger_than_the_host_limit_is_refused_before_running() {
         sandbox.run_blocking(spell, huge, limits),
         Err(spellhost::sandbox::SandboxError::InputTooLarge { .. })
     ));
+}
+
+/// A spell that writes `calls` times `bytes` bytes of zeros to stderr (whose cap truncates
+/// quietly, so every call is pure host work).
+fn stderr_writer(calls: u32, bytes: u32) -> String {
+    format!(
+        r#"(module
+  (import "wasi_snapshot_preview1" "fd_write"
+    (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (func (export "_start")
+    (local $i i32)
+    (i32.store (i32.const 0) (i32.const 65536))
+    (i32.store (i32.const 4) (i32.const {bytes}))
+    (block $done
+      (loop $again
+        (br_if $done (i32.ge_u (local.get $i) (i32.const {calls})))
+        (drop (call $fd_write (i32.const 2) (i32.const 0) (i32.const 1) (i32.const 8)))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br $again)))))"#
+    )
+}
+
+/// A spell that asks `random_get` for `bytes` bytes, once.
+fn random_reader(bytes: u32) -> String {
+    format!(
+        r#"(module
+  (import "wasi_snapshot_preview1" "random_get"
+    (func $random_get (param i32 i32) (result i32)))
+  (memory (export "memory") 64)
+  (func (export "_start")
+    (if (call $random_get (i32.const 0) (i32.const {bytes})) (then unreachable))))"#
+    )
+}
+
+fn fuel_of(sandbox: &Sandbox, name: &str, wat: &str) -> RunReport {
+    let module = verified_wat(name, wat, "");
+    run(sandbox, &module, b"", |l| l)
+}
+
+#[test]
+fn bytes_moved_by_host_calls_are_charged_as_fuel() {
+    let sandbox = sandbox();
+    // The same loop, writing nothing or 64 KiB per call: the difference is the host's work.
+    let empty = fuel_of(&sandbox, "quiet", &stderr_writer(64, 0));
+    let loud = fuel_of(&sandbox, "loud", &stderr_writer(64, 65536));
+    assert_eq!(
+        (empty.outcome.clone(), loud.outcome.clone()),
+        (Outcome::Ok, Outcome::Ok)
+    );
+    let moved = 64 * 65536 * HOST_FUEL_PER_BYTE;
+    assert_eq!(
+        loud.fuel_used - empty.fuel_used,
+        moved,
+        "{} fuel without output, {} with 4 MiB written to stderr",
+        empty.fuel_used,
+        loud.fuel_used
+    );
+    // Randomness is charged for what the host generates (a word per byte asked for).
+    let none = fuel_of(&sandbox, "no-random", &random_reader(0));
+    let some = fuel_of(&sandbox, "random", &random_reader(512 * 1024));
+    assert_eq!(
+        (none.outcome.clone(), some.outcome.clone()),
+        (Outcome::Ok, Outcome::Ok)
+    );
+    assert_eq!(
+        some.fuel_used - none.fuel_used,
+        4 * 512 * 1024 * HOST_FUEL_PER_BYTE
+    );
+}
+
+#[test]
+fn host_work_the_fuel_cannot_pay_for_ends_the_run_as_out_of_fuel() {
+    let sandbox = sandbox();
+    let module = verified_wat("loud", &stderr_writer(1000, 65536), "");
+    let report = run(&sandbox, &module, b"", |l| l.with_fuel_at_most(1_000_000));
+    assert_eq!(report.outcome, Outcome::OutOfFuel, "{report:?}");
+    assert_eq!(report.fuel_used, 1_000_000, "all of the fuel, never more");
+}
+
+#[test]
+fn one_random_get_is_bounded_so_that_no_host_call_runs_long() {
+    let sandbox = sandbox();
+    let report = fuel_of(&sandbox, "greedy", &random_reader(2 * 1024 * 1024));
+    assert!(matches!(report.outcome, Outcome::Trapped(_)), "{report:?}");
+    assert_host_healthy(&sandbox);
+}
+
+/// Starts a run of `module` for `tenant` on the sandbox's runtime and returns its handle.
+fn start(
+    sandbox: &std::sync::Arc<Sandbox>,
+    runtime: &tokio::runtime::Runtime,
+    tenant: i64,
+    module: &spellhost::supply_chain::VerifiedModule,
+    limits: RunLimits,
+) -> tokio::task::JoinHandle<Result<RunReport, spellhost::sandbox::SandboxError>> {
+    let spell = compile(sandbox, module);
+    let sandbox = std::sync::Arc::clone(sandbox);
+    runtime.spawn(async move { sandbox.run(Tenant(tenant), spell, Vec::new(), limits).await })
+}
+
+#[test]
+fn a_spell_that_computes_or_sleeps_does_not_keep_the_only_worker_from_others() {
+    // One worker thread: before runs were async, either of these held it for its whole wall
+    // time and every other cast waited or was refused.
+    let sandbox = std::sync::Arc::new(
+        Sandbox::new(spellhost::sandbox::SandboxConfig {
+            workers: 1,
+            queue_wait_max: Duration::from_secs(60),
+            ..Default::default()
+        })
+        .expect("sandbox"),
+    );
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let long = RunLimits {
+        fuel: u64::MAX / 4,
+        wall_ms: 600_000,
+        ..sandbox.limits_for(&Default::default())
+    };
+    let spinner = start(&sandbox, &runtime, 1, &fixture("infinite_loop"), long);
+    let sleeper = start(&sandbox, &runtime, 2, &fixture("sleeper"), long);
+    while sandbox.runs_in_flight() < 2 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for _ in 0..20 {
+        assert_host_healthy(&sandbox);
+    }
+    assert!(
+        !spinner.is_finished() && !sleeper.is_finished(),
+        "both still run meanwhile"
+    );
+    assert_eq!(sandbox.runs_in_flight(), 2);
+    // Dropping the sandbox abandons them at their next yield.
+    spinner.abort();
+    sleeper.abort();
+}
+
+#[test]
+fn a_user_at_their_concurrency_limit_is_refused_while_others_run() {
+    let sandbox = std::sync::Arc::new(
+        Sandbox::new(spellhost::sandbox::SandboxConfig {
+            workers: 1,
+            runs_max: 4,
+            tenant_runs_max: 2,
+            queue_wait_max: Duration::from_millis(200),
+            ..Default::default()
+        })
+        .expect("sandbox"),
+    );
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let sleeper = fixture("sleeper");
+    let limits = RunLimits {
+        wall_ms: 600_000,
+        ..sandbox.limits_for(&Default::default())
+    };
+    let held = [
+        start(&sandbox, &runtime, 1, &sleeper, limits),
+        start(&sandbox, &runtime, 1, &sleeper, limits),
+    ];
+    while sandbox.runs_in_flight() < 2 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // The third waits behind its own two, then is refused as the user's own load.
+    let third = runtime.block_on(start(&sandbox, &runtime, 1, &sleeper, limits));
+    assert!(
+        matches!(
+            third,
+            Ok(Err(spellhost::sandbox::SandboxError::TooManyConcurrent {
+                limit: 2
+            }))
+        ),
+        "{third:?}"
+    );
+    // Another user is served at once.
+    assert_host_healthy(&sandbox);
+    for run in held {
+        run.abort();
+    }
 }

@@ -1,0 +1,692 @@
+//! Fair admission of runs to the sandbox: who runs next when runs must wait.
+//!
+//! The sandbox runs at most `slots` spells at once (each holds an instance and its memory).
+//! A tenant (a user) runs at most `tenant_limit` of them; its further runs wait in its own
+//! queue. The queues share `queue_max` places: a tenant alone may use them all, and when they
+//! are full an arriving run of a lighter tenant pushes out the newest waiting run of the
+//! tenant with the most waiting, so a backlog can never lock others out. When a slot frees, it goes to the waiting tenant that has had the least service,
+//! measured in microseconds of slot time: start-time fair queueing, where a tenant that
+//! becomes active starts at the current virtual time, so idleness banks no credit and a long
+//! past of heavy use is no penalty either. One tenant's backlog therefore delays another
+//! tenant's cast by at most the time until the next run ends, never by the backlog's length.
+//!
+//! [`FairQueue`] is the deterministic core (no clock of its own, no threads: every method takes
+//! what it needs), unit-tested below; [`Scheduler`] wraps it for async callers with a
+//! queue-wait limit.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+/// Whose run this is: a user id. The CLI and benchmarks run as [`Tenant::LOCAL`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Tenant(pub i64);
+
+impl Tenant {
+    /// The only tenant of a process that serves no users (the CLI, benchmarks).
+    pub const LOCAL: Tenant = Tenant(0);
+}
+
+/// How many runs may run and wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    /// Runs at once, across tenants.
+    pub slots: usize,
+    /// Runs at once for one tenant.
+    pub tenant_limit: usize,
+    /// Runs waiting, across tenants.
+    pub queue_max: usize,
+}
+
+/// A place in the queue, unique per [`FairQueue`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ticket(u64);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// A slot is taken for the run: start it.
+    Run(Ticket),
+    /// The run waits; a later [`FairQueue::finish`] grants it, or the caller gives up with
+    /// [`FairQueue::cancel`]. The queue was full when `Some`: the run that was pushed out to
+    /// make room (refused as [`Refusal::TenantLimit`]; its caller must be told).
+    Wait(Ticket, Option<(Tenant, Ticket)>),
+    /// Refused at once: the queue is full, and taking one of another tenant's places would
+    /// not make the queues more even (this tenant has the most waiting: `TenantLimit`;
+    /// they are even: `Busy`).
+    Refused(Refusal),
+}
+
+/// Why a run was not started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The tenant's own load: it had its limit of runs running for the whole wait, or the
+    /// queue is full and it has the most runs waiting. Answered 429.
+    TenantLimit,
+    /// The host was full for everyone for the whole wait: answered 503.
+    Busy,
+}
+
+#[derive(Debug, Default)]
+struct TenantState {
+    running: usize,
+    waiting: VecDeque<Ticket>,
+    /// Slot time received, in µs, on the queue's virtual clock.
+    service: u64,
+}
+
+impl TenantState {
+    fn idle(&self) -> bool {
+        self.running == 0 && self.waiting.is_empty()
+    }
+}
+
+#[derive(Debug)]
+pub struct FairQueue {
+    capacity: Capacity,
+    running: usize,
+    waiting: usize,
+    /// Only active tenants (running or waiting) are kept: memory is bounded by the runs.
+    tenants: HashMap<Tenant, TenantState>,
+    /// The service of the tenant served last: where a newly active tenant starts.
+    virtual_time: u64,
+    next_ticket: u64,
+}
+
+impl FairQueue {
+    pub fn new(capacity: Capacity) -> Self {
+        FairQueue {
+            capacity: Capacity {
+                slots: capacity.slots.max(1),
+                tenant_limit: capacity.tenant_limit.max(1),
+                ..capacity
+            },
+            running: 0,
+            waiting: 0,
+            tenants: HashMap::new(),
+            virtual_time: 0,
+            next_ticket: 0,
+        }
+    }
+
+    pub fn capacity(&self) -> Capacity {
+        self.capacity
+    }
+
+    /// Runs running now.
+    pub fn running(&self) -> usize {
+        self.running
+    }
+
+    /// Runs waiting now.
+    pub fn waiting(&self) -> usize {
+        self.waiting
+    }
+
+    /// A run of `tenant` arrives.
+    pub fn arrive(&mut self, tenant: Tenant) -> Admission {
+        let ticket = Ticket(self.next_ticket);
+        self.next_ticket += 1;
+        let virtual_time = self.virtual_time;
+        let capacity = self.capacity;
+        let state = self.tenants.entry(tenant).or_default();
+        if state.idle() {
+            state.service = state.service.max(virtual_time);
+        }
+        // A free slot means nobody eligible is waiting (`dispatch` fills free slots first).
+        if self.running < capacity.slots && state.running < capacity.tenant_limit {
+            state.running += 1;
+            self.running += 1;
+            return Admission::Run(ticket);
+        }
+        let mut evicted = None;
+        if self.waiting >= capacity.queue_max {
+            let mine = state.waiting.len();
+            // The tenant with the most waiting (ties: the highest id, to be deterministic).
+            let heaviest = self
+                .tenants
+                .iter()
+                .filter(|(other, _)| **other != tenant)
+                .map(|(other, state)| (state.waiting.len(), *other))
+                .max();
+            match heaviest {
+                // Its newest waiting run makes room, when that leaves the queues more even.
+                Some((theirs, heaviest)) if theirs > mine + 1 => {
+                    if let Some(pushed_out) = self
+                        .tenants
+                        .get_mut(&heaviest)
+                        .and_then(|state| state.waiting.pop_back())
+                    {
+                        self.waiting -= 1;
+                        evicted = Some((heaviest, pushed_out));
+                    }
+                }
+                heaviest => {
+                    let refusal = if mine > 0 && heaviest.is_none_or(|(theirs, _)| mine >= theirs) {
+                        Refusal::TenantLimit
+                    } else {
+                        Refusal::Busy
+                    };
+                    if self.tenants.get(&tenant).is_some_and(TenantState::idle) {
+                        self.tenants.remove(&tenant);
+                    }
+                    return Admission::Refused(refusal);
+                }
+            }
+        }
+        let state = self.tenants.entry(tenant).or_default();
+        state.waiting.push_back(ticket);
+        self.waiting += 1;
+        Admission::Wait(ticket, evicted)
+    }
+
+    /// A run of `tenant` ended after holding its slot for `service_us`. Returns the waiting
+    /// runs that now take the freed slot (at most one, but a caller must not rely on it).
+    pub fn finish(&mut self, tenant: Tenant, service_us: u64) -> Vec<(Tenant, Ticket)> {
+        if let Some(state) = self.tenants.get_mut(&tenant) {
+            state.running = state.running.saturating_sub(1);
+            state.service = state.service.saturating_add(service_us);
+            self.running = self.running.saturating_sub(1);
+            if state.idle() {
+                self.tenants.remove(&tenant);
+            }
+        }
+        self.dispatch()
+    }
+
+    /// The caller of `ticket` stops waiting. `Some(why)` if it was still waiting (it is
+    /// removed); `None` if it is not waiting: it was granted a slot, which the caller now
+    /// holds and must [`finish`](Self::finish).
+    pub fn cancel(&mut self, tenant: Tenant, ticket: Ticket) -> Option<Refusal> {
+        let state = self.tenants.get_mut(&tenant)?;
+        let position = state.waiting.iter().position(|t| *t == ticket)?;
+        state.waiting.remove(position);
+        self.waiting -= 1;
+        let why = if state.running >= self.capacity.tenant_limit {
+            Refusal::TenantLimit
+        } else {
+            Refusal::Busy
+        };
+        if state.idle() {
+            self.tenants.remove(&tenant);
+        }
+        Some(why)
+    }
+
+    /// Fills free slots with the waiting runs of the least-served eligible tenants.
+    fn dispatch(&mut self) -> Vec<(Tenant, Ticket)> {
+        let mut granted = Vec::new();
+        while self.running < self.capacity.slots {
+            let limit = self.capacity.tenant_limit;
+            // Least service first; among equals the tenant with fewer runs, then the oldest
+            // ticket (first come), so that the order is total and deterministic.
+            let next = self
+                .tenants
+                .iter()
+                .filter(|(_, state)| state.running < limit && !state.waiting.is_empty())
+                .min_by_key(|(_, state)| {
+                    (state.service, state.running, state.waiting.front().copied())
+                })
+                .map(|(tenant, _)| *tenant);
+            let Some(tenant) = next else { break };
+            let Some(state) = self.tenants.get_mut(&tenant) else {
+                break;
+            };
+            let Some(ticket) = state.waiting.pop_front() else {
+                break;
+            };
+            state.running += 1;
+            self.running += 1;
+            self.waiting -= 1;
+            self.virtual_time = self.virtual_time.max(state.service);
+            granted.push((tenant, ticket));
+        }
+        granted
+    }
+}
+
+/// The fair queue for async callers: [`admit`](Scheduler::admit) waits for a slot at most
+/// `wait_max`, and the [`Slot`] it returns gives the slot back when dropped.
+pub struct Scheduler {
+    inner: Mutex<Inner>,
+    wait_max: Duration,
+}
+
+/// What a waiting run is told: its slot, or that it was pushed out.
+type Answer = Result<(), Refusal>;
+
+struct Inner {
+    queue: FairQueue,
+    waiters: HashMap<Ticket, oneshot::Sender<Answer>>,
+}
+
+/// A slot held by one run; dropping it frees the slot and charges its time to the tenant.
+pub struct Slot {
+    scheduler: Arc<Scheduler>,
+    tenant: Tenant,
+    since: Instant,
+    /// How long the run waited for the slot.
+    pub waited: Duration,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let held = u64::try_from(self.since.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.scheduler.release(self.tenant, held);
+    }
+}
+
+/// A run that was not admitted, and how long it waited before that was decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotAdmitted {
+    pub refusal: Refusal,
+    pub waited: Duration,
+}
+
+impl Scheduler {
+    pub fn new(capacity: Capacity, wait_max: Duration) -> Arc<Self> {
+        Arc::new(Scheduler {
+            inner: Mutex::new(Inner {
+                queue: FairQueue::new(capacity),
+                waiters: HashMap::new(),
+            }),
+            wait_max,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // The state is consistent after every method, so a panic elsewhere leaves it usable.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn capacity(&self) -> Capacity {
+        self.lock().queue.capacity()
+    }
+
+    /// Runs running and runs waiting, now.
+    pub fn load(&self) -> (usize, usize) {
+        let inner = self.lock();
+        (inner.queue.running(), inner.queue.waiting())
+    }
+
+    /// Waits for a slot for a run of `tenant`, at most the queue-wait limit.
+    pub async fn admit(self: &Arc<Self>, tenant: Tenant) -> Result<Slot, NotAdmitted> {
+        let arrived = Instant::now();
+        let (ticket, granted) = {
+            let mut inner = self.lock();
+            match inner.queue.arrive(tenant) {
+                Admission::Run(_) => return Ok(self.slot(tenant, arrived)),
+                Admission::Refused(refusal) => {
+                    return Err(NotAdmitted {
+                        refusal,
+                        waited: Duration::ZERO,
+                    });
+                }
+                Admission::Wait(ticket, evicted) => {
+                    if let Some((_, pushed_out)) = evicted
+                        && let Some(waiter) = inner.waiters.remove(&pushed_out)
+                    {
+                        // Its caller may be gone already; then there is nothing to tell.
+                        let _ = waiter.send(Err(Refusal::TenantLimit));
+                    }
+                    let (sender, receiver) = oneshot::channel();
+                    inner.waiters.insert(ticket, sender);
+                    (ticket, receiver)
+                }
+            }
+        };
+        // Whatever ends the wait (grant, time-out, or the caller dropping this future), the
+        // guard leaves the queue consistent: a ticket is either cancelled or its slot freed.
+        // It owns the receiver, so a grant sent while it lives always reaches it.
+        let mut waiting = Waiting {
+            scheduler: self,
+            tenant,
+            ticket,
+            granted,
+            done: false,
+        };
+        let outcome = tokio::time::timeout(self.wait_max, &mut waiting.granted).await;
+        waiting.done = true;
+        match outcome {
+            Ok(Ok(Ok(()))) => Ok(self.slot(tenant, arrived)),
+            Ok(Ok(Err(refusal))) => Err(NotAdmitted {
+                refusal,
+                waited: arrived.elapsed(),
+            }),
+            // The sender is only dropped after it answered, never while this wait lives; a
+            // lost sender is treated like a time-out, which settles what became of the ticket.
+            Ok(Err(_)) | Err(_) => match self.give_up(tenant, ticket) {
+                Some(refusal) => Err(NotAdmitted {
+                    refusal,
+                    waited: arrived.elapsed(),
+                }),
+                // Answered just as the wait ended: granted, or pushed out.
+                None => match waiting.granted.try_recv() {
+                    Ok(Err(refusal)) => Err(NotAdmitted {
+                        refusal,
+                        waited: arrived.elapsed(),
+                    }),
+                    _ => Ok(self.slot(tenant, arrived)),
+                },
+            },
+        }
+    }
+
+    fn slot(self: &Arc<Self>, tenant: Tenant, arrived: Instant) -> Slot {
+        let since = Instant::now();
+        Slot {
+            scheduler: Arc::clone(self),
+            tenant,
+            since,
+            waited: since.saturating_duration_since(arrived),
+        }
+    }
+
+    /// Stops waiting: `Some(why)` if the ticket was still queued, `None` if it holds a slot.
+    fn give_up(&self, tenant: Tenant, ticket: Ticket) -> Option<Refusal> {
+        let mut inner = self.lock();
+        inner.waiters.remove(&ticket);
+        inner.queue.cancel(tenant, ticket)
+    }
+
+    fn release(&self, tenant: Tenant, held_us: u64) {
+        let mut inner = self.lock();
+        let mut freed = vec![(tenant, held_us)];
+        while let Some((tenant, held_us)) = freed.pop() {
+            for (next_tenant, ticket) in inner.queue.finish(tenant, held_us) {
+                let delivered = inner
+                    .waiters
+                    .remove(&ticket)
+                    .is_some_and(|sender| sender.send(Ok(())).is_ok());
+                // Nobody holds the ticket's receiver any more (cannot happen while its `Waiting`
+                // lives, which cancels the ticket first): free the slot rather than leak it.
+                if !delivered {
+                    freed.push((next_tenant, 0));
+                }
+            }
+        }
+    }
+}
+
+/// Cancels a ticket whose waiting future was dropped before it finished.
+struct Waiting<'a> {
+    scheduler: &'a Arc<Scheduler>,
+    tenant: Tenant,
+    ticket: Ticket,
+    granted: oneshot::Receiver<Answer>,
+    done: bool,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        if self.scheduler.give_up(self.tenant, self.ticket).is_none()
+            && matches!(self.granted.try_recv(), Ok(Ok(())))
+        {
+            // It had been granted (not pushed out): nobody will use the slot.
+            self.scheduler.release(self.tenant, 0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: Tenant = Tenant(1);
+    const B: Tenant = Tenant(2);
+    const C: Tenant = Tenant(3);
+
+    fn queue(slots: usize, tenant_limit: usize) -> FairQueue {
+        FairQueue::new(Capacity {
+            slots,
+            tenant_limit,
+            queue_max: 1000,
+        })
+    }
+
+    fn waits(queue: &mut FairQueue, tenant: Tenant) -> Ticket {
+        match queue.arrive(tenant) {
+            Admission::Wait(ticket, None) => ticket,
+            other => panic!("expected {tenant:?} to wait, got {other:?}"),
+        }
+    }
+
+    fn runs(queue: &mut FairQueue, tenant: Tenant) {
+        assert!(
+            matches!(queue.arrive(tenant), Admission::Run(_)),
+            "{tenant:?} runs at once"
+        );
+    }
+
+    /// Plays a closed system: each granted run holds its slot for its tenant's service time,
+    /// then ends (earliest end first); returns who was served, in order.
+    fn serve(
+        queue: &mut FairQueue,
+        running: Vec<(Tenant, u64)>,
+        cost: impl Fn(Tenant) -> u64,
+        n: usize,
+    ) -> Vec<Tenant> {
+        let mut clock = 0u64;
+        // (ends at, tenant, started at)
+        let mut in_flight: Vec<(u64, Tenant, u64)> =
+            running.into_iter().map(|(t, cost)| (cost, t, 0)).collect();
+        let mut order = Vec::new();
+        while order.len() < n {
+            in_flight.sort();
+            let (ends, tenant, started) = in_flight.remove(0);
+            clock = clock.max(ends);
+            for (next, _) in queue.finish(tenant, ends - started) {
+                order.push(next);
+                in_flight.push((clock + cost(next), next, clock));
+            }
+        }
+        order
+    }
+
+    #[test]
+    fn under_the_limits_a_run_starts_at_once() {
+        let mut queue = queue(4, 2);
+        runs(&mut queue, A);
+        runs(&mut queue, A);
+        runs(&mut queue, B);
+        assert_eq!((queue.running(), queue.waiting()), (3, 0));
+    }
+
+    #[test]
+    fn a_tenant_at_its_limit_waits_even_while_slots_are_free() {
+        let mut queue = queue(8, 2);
+        runs(&mut queue, A);
+        runs(&mut queue, A);
+        let third = waits(&mut queue, A);
+        runs(&mut queue, B);
+        // One of A's runs ends: its waiting run takes the slot.
+        assert_eq!(queue.finish(A, 100), vec![(A, third)]);
+        assert_eq!((queue.running(), queue.waiting()), (3, 0));
+    }
+
+    #[test]
+    fn a_light_tenant_is_served_before_a_heavy_tenants_backlog() {
+        // One slot; B has a backlog of ten, A arrives later with two.
+        let mut queue = queue(1, 1);
+        runs(&mut queue, B);
+        for _ in 0..10 {
+            waits(&mut queue, B);
+        }
+        waits(&mut queue, A);
+        waits(&mut queue, A);
+        // B's runs take 1000 µs, A's 10 µs: A is served at the first free slot and right
+        // after its own run, before B's backlog resumes.
+        let order = serve(
+            &mut queue,
+            vec![(B, 1000)],
+            |t| if t == A { 10 } else { 1000 },
+            4,
+        );
+        assert_eq!(order, vec![A, A, B, B]);
+    }
+
+    #[test]
+    fn two_equal_tenants_alternate() {
+        let mut queue = queue(1, 1);
+        runs(&mut queue, A);
+        for _ in 0..4 {
+            waits(&mut queue, A);
+            waits(&mut queue, B);
+        }
+        let order = serve(&mut queue, vec![(A, 50)], |_| 50, 8);
+        assert_eq!(order, vec![B, A, B, A, B, A, B, A]);
+    }
+
+    #[test]
+    fn three_tenants_share_by_service_not_by_count() {
+        // B's runs cost 3× A's and C's: each tenant receives the same slot time, so B is
+        // served a third as often.
+        let mut queue = queue(1, 1);
+        runs(&mut queue, A);
+        for _ in 0..40 {
+            waits(&mut queue, A);
+            waits(&mut queue, B);
+            waits(&mut queue, C);
+        }
+        let cost = |t: Tenant| if t == B { 300 } else { 100 };
+        let mut order = vec![A];
+        order.extend(serve(&mut queue, vec![(A, 100)], cost, 34));
+        let count = |t: Tenant| order.iter().filter(|x| **x == t).count();
+        assert_eq!((count(A), count(B), count(C)), (15, 5, 15), "{order:?}");
+        let slot_time = [A, B, C].map(|t| count(t) as u64 * cost(t));
+        assert_eq!(slot_time, [1500, 1500, 1500], "{order:?}");
+        // And no tenant waits long: B is never more than six grants from its next turn.
+        let gaps = order
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| **t == B)
+            .map(|(i, _)| i)
+            .collect::<Vec<_>>();
+        assert!(gaps.windows(2).all(|w| w[1] - w[0] <= 7), "{order:?}");
+    }
+
+    #[test]
+    fn a_tenant_that_was_idle_banks_no_credit() {
+        let mut queue = queue(1, 1);
+        // A ran alone for a long time ...
+        runs(&mut queue, A);
+        assert!(queue.finish(A, 1_000_000).is_empty());
+        // ... then B has the host alone for a long time.
+        runs(&mut queue, B);
+        waits(&mut queue, B);
+        assert_eq!(queue.finish(B, 5_000_000).len(), 1);
+        // A comes back while B is busy: neither is owed the other's idle time, they alternate.
+        for _ in 0..3 {
+            waits(&mut queue, A);
+            waits(&mut queue, B);
+        }
+        let order = serve(&mut queue, vec![(B, 100)], |_| 100, 6);
+        assert_eq!(order, vec![A, B, A, B, A, B]);
+    }
+
+    #[test]
+    fn a_full_queue_pushes_out_the_heaviest_backlog_not_a_newcomer() {
+        let mut queue = FairQueue::new(Capacity {
+            slots: 1,
+            tenant_limit: 1,
+            queue_max: 3,
+        });
+        runs(&mut queue, A);
+        // Alone, A may use every place in the queue ...
+        waits(&mut queue, A);
+        waits(&mut queue, A);
+        let newest = waits(&mut queue, A);
+        // ... and its next run is refused as its own load.
+        assert_eq!(queue.arrive(A), Admission::Refused(Refusal::TenantLimit));
+        // B arrives at a full queue: A's newest waiting run makes room.
+        let Admission::Wait(b, Some(evicted)) = queue.arrive(B) else {
+            panic!("B should wait, pushing one of A's out");
+        };
+        assert_eq!(evicted, (A, newest));
+        // C too; now A and B have one each besides C's, and C's next is its own load again.
+        assert!(matches!(queue.arrive(C), Admission::Wait(_, Some((A, _)))));
+        assert_eq!(queue.waiting(), 3);
+        assert_eq!(queue.arrive(B), Admission::Refused(Refusal::TenantLimit));
+        // One waiting each: a fourth tenant finds the host full for everyone.
+        assert_eq!(queue.arrive(Tenant(4)), Admission::Refused(Refusal::Busy));
+        // B is served before A's remaining backlog when the slot frees.
+        assert_eq!(queue.finish(A, 100), vec![(B, b)]);
+    }
+
+    #[test]
+    fn a_wait_that_ends_says_whether_the_tenant_or_the_host_was_full() {
+        let mut queue = queue(2, 1);
+        runs(&mut queue, A);
+        runs(&mut queue, B);
+        // A waits behind its own limit, C behind a full host.
+        let a = waits(&mut queue, A);
+        let c = waits(&mut queue, C);
+        assert_eq!(queue.cancel(A, a), Some(Refusal::TenantLimit));
+        assert_eq!(queue.cancel(C, c), Some(Refusal::Busy));
+        assert_eq!(queue.cancel(C, c), None, "a ticket is cancelled once");
+        assert_eq!((queue.running(), queue.waiting()), (2, 0));
+    }
+
+    #[test]
+    fn a_cancelled_ticket_is_never_granted_and_idle_tenants_are_forgotten() {
+        let mut queue = queue(1, 1);
+        runs(&mut queue, A);
+        let b = waits(&mut queue, B);
+        let c = waits(&mut queue, C);
+        assert!(queue.cancel(B, b).is_some());
+        assert_eq!(queue.finish(A, 10), vec![(C, c)]);
+        assert!(queue.finish(C, 10).is_empty());
+        assert!(queue.tenants.is_empty(), "{:?}", queue.tenants);
+    }
+
+    #[tokio::test]
+    async fn the_async_queue_refuses_a_run_that_waited_too_long_and_frees_slots_on_drop() {
+        let scheduler = Scheduler::new(
+            Capacity {
+                slots: 2,
+                tenant_limit: 1,
+                queue_max: 10,
+            },
+            Duration::from_millis(50),
+        );
+        let a = scheduler.admit(A).await.expect("a slot");
+        // A's second run waits behind A's own limit until the wait limit (a timer never fires
+        // early, so the lower bound is not a timing assumption).
+        let refused = scheduler.admit(A).await.err().expect("refused");
+        assert_eq!(refused.refusal, Refusal::TenantLimit);
+        assert!(refused.waited >= Duration::from_millis(50));
+        // A waiter is granted the slot its tenant frees.
+        let waiter = tokio::spawn({
+            let scheduler = Arc::clone(&scheduler);
+            async move { scheduler.admit(A).await.map(|slot| slot.waited) }
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(scheduler.load(), (1, 1));
+        drop(a);
+        assert!(waiter.await.expect("joins").is_ok());
+        assert_eq!(
+            scheduler.load(),
+            (0, 0),
+            "the waiter's slot was freed when it was dropped"
+        );
+        // A waiting future that is dropped leaves no ticket behind.
+        let b = scheduler.admit(B).await.expect("a slot");
+        let abandoned = tokio::spawn({
+            let scheduler = Arc::clone(&scheduler);
+            async move { scheduler.admit(B).await.is_ok() }
+        });
+        tokio::task::yield_now().await;
+        abandoned.abort();
+        let _ = abandoned.await;
+        assert_eq!(scheduler.load(), (1, 0));
+        drop(b);
+        assert_eq!(scheduler.load(), (0, 0));
+    }
+}
