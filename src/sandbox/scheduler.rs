@@ -366,11 +366,17 @@ impl Scheduler {
                 }),
                 // Answered just as the wait ended: granted, or pushed out.
                 None => match waiting.granted.try_recv() {
+                    Ok(Ok(())) => Ok(self.slot(tenant, arrived)),
                     Ok(Err(refusal)) => Err(NotAdmitted {
                         refusal,
                         waited: arrived.elapsed(),
                     }),
-                    _ => Ok(self.slot(tenant, arrived)),
+                    // Neither queued nor answered cannot happen (both are done under the
+                    // lock); never take a slot that was not granted.
+                    Err(_) => Err(NotAdmitted {
+                        refusal: Refusal::Busy,
+                        waited: arrived.elapsed(),
+                    }),
                 },
             },
         }
@@ -644,6 +650,92 @@ mod tests {
         assert_eq!(queue.finish(A, 10), vec![(C, c)]);
         assert!(queue.finish(C, 10).is_empty());
         assert!(queue.tenants.is_empty(), "{:?}", queue.tenants);
+    }
+
+    mod model {
+        use super::*;
+        use proptest::prelude::*;
+        use std::collections::HashSet;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Arrive(i64),
+            /// Ends the n-th running run (modulo how many run), after that much service.
+            Finish(usize, u64),
+            /// Gives up the n-th waiting ticket (modulo how many wait).
+            Cancel(usize),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                3 => (1i64..5).prop_map(Op::Arrive),
+                2 => (any::<usize>(), 0u64..1000).prop_map(|(n, us)| Op::Finish(n, us)),
+                1 => any::<usize>().prop_map(Op::Cancel),
+            ]
+        }
+
+        proptest! {
+            /// Whatever happens: the limits hold, counts add up, every ticket ends at most
+            /// once, and the queue is work-conserving (a free slot means nobody eligible
+            /// waits).
+            #[test]
+            fn the_limits_hold_and_no_slot_idles_while_someone_could_use_it(
+                slots in 1usize..5,
+                tenant_limit in 1usize..4,
+                queue_max in 0usize..8,
+                ops in proptest::collection::vec(op(), 1..200),
+            ) {
+                let mut queue = FairQueue::new(Capacity { slots, tenant_limit, queue_max });
+                let mut running: Vec<(Tenant, Ticket)> = Vec::new();
+                let mut waiting: Vec<(Tenant, Ticket)> = Vec::new();
+                let mut ended: HashSet<Ticket> = HashSet::new();
+                for op in ops {
+                    match op {
+                        Op::Arrive(t) => match queue.arrive(Tenant(t)) {
+                            Admission::Run(ticket) => running.push((Tenant(t), ticket)),
+                            Admission::Wait(ticket, evicted) => {
+                                if let Some(out) = evicted {
+                                    prop_assert!(waiting.contains(&out), "evicts a waiting run");
+                                    prop_assert!(out.0 != Tenant(t));
+                                    waiting.retain(|w| *w != out);
+                                    prop_assert!(ended.insert(out.1));
+                                }
+                                waiting.push((Tenant(t), ticket));
+                            }
+                            Admission::Refused(_) => {}
+                        },
+                        Op::Finish(n, us) if !running.is_empty() => {
+                            let (tenant, ticket) = running.remove(n % running.len());
+                            prop_assert!(ended.insert(ticket));
+                            for granted in queue.finish(tenant, us) {
+                                prop_assert!(waiting.contains(&granted), "grants a waiting run");
+                                waiting.retain(|w| *w != granted);
+                                running.push(granted);
+                            }
+                        }
+                        Op::Cancel(n) if !waiting.is_empty() => {
+                            let (tenant, ticket) = waiting.remove(n % waiting.len());
+                            prop_assert!(queue.cancel(tenant, ticket).is_some());
+                            prop_assert!(ended.insert(ticket));
+                        }
+                        _ => {}
+                    }
+                    prop_assert_eq!(queue.running(), running.len());
+                    prop_assert_eq!(queue.waiting(), waiting.len());
+                    prop_assert!(running.len() <= slots);
+                    prop_assert!(waiting.len() <= queue_max);
+                    let per = |set: &[(Tenant, Ticket)], t: Tenant| set.iter().filter(|(x, _)| *x == t).count();
+                    for (tenant, _) in &running {
+                        prop_assert!(per(&running, *tenant) <= tenant_limit);
+                    }
+                    if running.len() < slots {
+                        for (tenant, _) in &waiting {
+                            prop_assert!(per(&running, *tenant) >= tenant_limit, "{tenant:?} waits while a slot is free");
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[tokio::test]
