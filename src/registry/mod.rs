@@ -52,18 +52,53 @@ pub enum RegistryError {
 pub struct SpellRef {
     pub owner: String,
     pub name: String,
-    pub version: Option<semver::Version>,
+    pub version: Option<VersionSpec>,
+}
+
+/// What `@…` asks for, as cargo reads versions: a full version pins it (`@0.1.0`, also a
+/// pre-release such as `@1.0.0-rc.1`); anything else is a requirement (`@^0.1`, `@~1.2`, `@1`,
+/// `@>=1.2, <2`) resolved to the highest matching version. Requirements, like an unpinned cast,
+/// never pick a pre-release unless they name one (cargo's rule).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VersionSpec {
+    Exact(semver::Version),
+    Req(semver::VersionReq),
+}
+
+impl VersionSpec {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if let Ok(version) = semver::Version::parse(text) {
+            return Ok(VersionSpec::Exact(version));
+        }
+        semver::VersionReq::parse(text)
+            .map(VersionSpec::Req)
+            .map_err(|e| {
+                format!("version {text:?} is neither a version nor a requirement (^0.1, ~1.2, 1, >=1.2, <2): {e}")
+            })
+    }
+
+    pub fn matches(&self, version: &semver::Version) -> bool {
+        match self {
+            VersionSpec::Exact(wanted) => wanted == version,
+            VersionSpec::Req(req) => req.matches(version),
+        }
+    }
+}
+
+impl std::fmt::Display for VersionSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VersionSpec::Exact(version) => version.fmt(f),
+            VersionSpec::Req(req) => req.fmt(f),
+        }
+    }
 }
 
 impl std::str::FromStr for SpellRef {
     type Err = String;
     fn from_str(text: &str) -> Result<Self, String> {
         let (path, version) = match text.split_once('@') {
-            Some((path, version)) => {
-                let version = semver::Version::parse(version)
-                    .map_err(|e| format!("version {version:?} is not semver: {e}"))?;
-                (path, Some(version))
-            }
+            Some((path, version)) => (path, Some(VersionSpec::parse(version)?)),
             None => (text, None),
         };
         let (owner, name) = path
@@ -80,6 +115,40 @@ impl std::str::FromStr for SpellRef {
             version,
         })
     }
+}
+
+/// The version a cast resolves to among `(version, yanked)`: an exact pin, yanked or not (the
+/// caller refuses a yanked pin); else the highest matching version that is not yanked and, for
+/// an unpinned cast, not a pre-release. `Err(true)` when versions match but all are yanked.
+fn choose<T>(
+    spec: Option<&VersionSpec>,
+    versions: impl IntoIterator<Item = (semver::Version, bool, T)>,
+) -> Result<(semver::Version, bool, T), bool> {
+    let mut any_yanked = false;
+    let mut best: Option<(semver::Version, bool, T)> = None;
+    for (version, yanked, row) in versions {
+        let wanted = match spec {
+            Some(VersionSpec::Exact(exact)) => {
+                if *exact == version {
+                    return Ok((version, yanked, row));
+                }
+                continue;
+            }
+            Some(spec) => spec.matches(&version),
+            None => version.pre.is_empty(),
+        };
+        if !wanted {
+            continue;
+        }
+        if yanked {
+            any_yanked = true;
+            continue;
+        }
+        if best.as_ref().is_none_or(|(b, _, _)| version > *b) {
+            best = Some((version, yanked, row));
+        }
+    }
+    best.ok_or(any_yanked)
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -665,46 +734,40 @@ impl Registry {
         let mut rows = self.version_rows(&spell.owner, &spell.name, false).await?;
         // A pinned version this instance has not seen yet (published elsewhere a moment ago).
         if let Some(wanted) = &spell.version
-            && !rows.iter().any(|row| row.version == wanted.to_string())
+            && !rows.iter().any(|row| {
+                semver::Version::parse(&row.version).is_ok_and(|version| wanted.matches(&version))
+            })
         {
             rows = self.version_rows(&spell.owner, &spell.name, true).await?;
         }
         let parsed = rows.into_iter().filter_map(|row| {
-            semver::Version::parse(&row.version)
-                .ok()
-                .map(|version| (version, row))
+            let version = semver::Version::parse(&row.version).ok()?;
+            Some((version, row.yanked_at_ms.is_some(), row))
         });
-        let chosen = match &spell.version {
-            // A pinned version is cast even when newer ones exist, unless it is yanked.
-            Some(wanted) => match parsed.into_iter().find(|(version, _)| version == wanted) {
-                Some((_, row)) if row.yanked_at_ms.is_some() => {
-                    return Err(RegistryError::Yanked(format!("{name}@{wanted}")));
-                }
-                Some(found) => Some(found),
-                None => return Err(RegistryError::NotFound(format!("{name}@{wanted}"))),
-            },
-            None => {
-                let mut any = false;
-                let newest = parsed
-                    .inspect(|_| any = true)
-                    .filter(|(_, row)| row.yanked_at_ms.is_none())
-                    .max_by(|a, b| a.0.cmp(&b.0));
-                if newest.is_none() && any {
-                    return Err(RegistryError::Yanked(format!("every version of {name}")));
-                }
-                newest
-            }
+        let wanted = match &spell.version {
+            Some(spec) => format!("{name}@{spec}"),
+            None => name.clone(),
         };
-        let Some((
+        let (
             version,
             VersionRow {
                 id: version_id,
                 digest,
                 ..
             },
-        )) = chosen
-        else {
-            return Err(RegistryError::NotFound(name));
+        ) = match choose(spell.version.as_ref(), parsed) {
+            // A pinned version is cast even when newer ones exist, unless it is yanked.
+            Ok((version, true, _)) => {
+                return Err(RegistryError::Yanked(format!("{name}@{version}")));
+            }
+            Ok((version, false, row)) => (version, row),
+            Err(true) if spell.version.is_none() => {
+                return Err(RegistryError::Yanked(format!("every version of {name}")));
+            }
+            Err(true) => {
+                return Err(RegistryError::Yanked(format!("every version of {wanted}")));
+            }
+            Err(false) => return Err(RegistryError::NotFound(wanted)),
         };
         let digest =
             ModuleDigest::from_hex(&digest).map_err(|e| RegistryError::Internal(e.to_string()))?;
@@ -831,5 +894,65 @@ impl Registry {
         .map_err(|e| RegistryError::Internal(e.to_string()))??;
         // On the compile pool, never on a cast's worker or the blocking pool.
         Ok(self.sandbox.prepare_bounded(&module).await?.0)
+    }
+}
+
+#[cfg(test)]
+mod version_tests {
+    use super::*;
+
+    fn versions(list: &[(&str, bool)]) -> Vec<(semver::Version, bool, ())> {
+        list.iter()
+            .map(|(v, yanked)| (semver::Version::parse(v).expect("version"), *yanked, ()))
+            .collect()
+    }
+
+    fn chosen(spec: &str, list: &[(&str, bool)]) -> Result<String, bool> {
+        let spec = (!spec.is_empty()).then(|| VersionSpec::parse(spec).expect("spec"));
+        choose(spec.as_ref(), versions(list)).map(|(v, _, ())| v.to_string())
+    }
+
+    #[test]
+    fn unpinned_and_requirements_skip_pre_releases_and_yanked_versions() {
+        let list = [
+            ("1.0.0", false),
+            ("1.2.0", true),
+            ("1.1.0", false),
+            ("2.0.0-beta.1", false),
+        ];
+        assert_eq!(chosen("", &list), Ok("1.1.0".into()));
+        assert_eq!(chosen("^1", &list), Ok("1.1.0".into()));
+        assert_eq!(
+            chosen("~1.2", &list),
+            Err(true),
+            "only a yanked version matches"
+        );
+        assert_eq!(chosen("^3", &list), Err(false));
+        assert_eq!(chosen("2.0.0-beta.1", &list), Ok("2.0.0-beta.1".into()));
+        // An exact pin finds a yanked version too; the caller refuses it.
+        let yanked = choose(
+            Some(&VersionSpec::parse("1.2.0").expect("spec")),
+            versions(&list),
+        );
+        assert!(matches!(yanked, Ok((_, true, ()))));
+        assert_eq!(chosen("", &[("0.1.0-rc.1", false)]), Err(false));
+    }
+
+    #[test]
+    fn a_spell_reference_reads_versions_and_requirements() {
+        let spell: SpellRef = "ada/noop@^0.1".parse().expect("parses");
+        assert_eq!(
+            spell.version,
+            Some(VersionSpec::Req(
+                semver::VersionReq::parse("^0.1").expect("req")
+            ))
+        );
+        let pinned: SpellRef = "ada/noop@0.1.0".parse().expect("parses");
+        assert_eq!(
+            pinned.version,
+            Some(VersionSpec::Exact(semver::Version::new(0, 1, 0)))
+        );
+        let error = "ada/noop@latest".parse::<SpellRef>().expect_err("refused");
+        assert!(error.contains("\"latest\""), "{error}");
     }
 }

@@ -382,6 +382,54 @@ on_both_databases! {
         assert_eq!((status, error_code(&body)), (StatusCode::GONE, "version_yanked"), "{body}");
         app.shutdown().await;
     }
+
+    async fn versions_resolve_as_cargo_resolves_them(backend) {
+        let app = spawn_app(&backend).await;
+        let user = app.user("ada", 1_000_000).await;
+        let (private_pem, _, public_pem) = new_signer();
+        let (status, body) = add_signer(&app, &user, key_signer_body("laptop", &private_pem, &public_pem, "ada")).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        for version in ["0.1.0", "0.1.3", "0.2.0", "1.0.0", "1.0.4", "1.1.0", "2.0.0-rc.1"] {
+            let (status, body) = app.publish(&user, &noop_at(version, &private_pem)).await;
+            assert_eq!(status, StatusCode::CREATED, "{version}: {body}");
+        }
+        let cast = |spell: String| {
+            let (app, user) = (&app, &user);
+            async move { app.cast(user, json!({"spell": spell, "input": {}})).await }
+        };
+        for (wanted, resolved) in [
+            // Unpinned: the highest release, never a pre-release.
+            ("", "1.1.0"),
+            ("@^0.1", "0.1.3"),
+            ("@0.2", "0.2.0"),
+            ("@1", "1.1.0"),
+            ("@~1.0", "1.0.4"),
+            ("@>=0.1.1, <1", "0.2.0"),
+            ("@=1.0.0", "1.0.0"),
+            // A full version pins, also a pre-release; a requirement names one to match it.
+            ("@1.0.0", "1.0.0"),
+            ("@2.0.0-rc.1", "2.0.0-rc.1"),
+            ("@^2.0.0-rc.1", "2.0.0-rc.1"),
+        ] {
+            let (status, body) = cast(format!("ada/noop{wanted}")).await;
+            assert_eq!(status, StatusCode::OK, "{wanted}: {body}");
+            assert_eq!(body["version"], resolved, "{wanted}: {body}");
+        }
+        // `^2` does not match a pre-release of 2.0.0, as in cargo.
+        let (status, body) = cast("ada/noop@^2".into()).await;
+        assert_eq!((status, error_code(&body)), (StatusCode::NOT_FOUND, "spell_not_found"), "{body}");
+        assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("ada/noop@^2")), "{body}");
+        // Syntax no requirement has is a 400 that names the problem.
+        let (status, body) = cast("ada/noop@1.x.y!".into()).await;
+        assert_eq!((status, error_code(&body)), (StatusCode::BAD_REQUEST, "bad_request"), "{body}");
+        assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("1.x.y!")), "{body}");
+        // A yanked version leaves its requirement to the next one that matches.
+        let (status, _) = app.post("/v1/spells/ada/noop/versions/1.1.0/yank", Some(&user.key), json!({})).await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, body) = cast("ada/noop@^1".into()).await;
+        assert_eq!((status, body["version"].as_str()), (StatusCode::OK, Some("1.0.4")), "{body}");
+        app.shutdown().await;
+    }
 }
 
 #[tokio::test]
