@@ -9,6 +9,7 @@
 #
 # Environment:
 #   SPELLHOST_BENCH_DATABASE_URL  postgres://… to run on PostgreSQL (default: embedded SQLite)
+#   SPELLHOST_BENCH_BIN           a spellhost binary to run instead of building this checkout
 #   SPELLHOST_BENCH_INSTANCES     1 or 2 server processes on that database (2 needs PostgreSQL);
 #                                 the load is split evenly between them, one wrk per instance
 #   CEILING_DIR                   where the ceiling's sources are (default ../shared/ceiling);
@@ -30,9 +31,13 @@ if [[ "$INSTANCES" -gt 1 && "$DATABASE_URL" != postgres* ]]; then
   exit 1
 fi
 
-cargo build --quiet --release --manifest-path "$ROOT/Cargo.toml" --bin spellhost
-# Where cargo put it: CARGO_TARGET_DIR is honoured, as cargo itself does.
-BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/spellhost"
+# SPELLHOST_BENCH_BIN runs a binary built elsewhere (another commit, to compare in one run).
+BIN="${SPELLHOST_BENCH_BIN:-}"
+if [[ -z "$BIN" ]]; then
+  cargo build --quiet --release --manifest-path "$ROOT/Cargo.toml" --bin spellhost
+  # Where cargo put it: CARGO_TARGET_DIR is honoured, as cargo itself does.
+  BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/spellhost"
+fi
 DATA="$(mktemp -d)"
 PIDS=()
 cleanup() {

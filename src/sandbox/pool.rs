@@ -29,7 +29,10 @@ impl WorkerPool {
                 .build()?;
             std::thread::Builder::new()
                 .name(format!("spellhost-{name}-{index}"))
-                .spawn(move || work(&runtime, &receiver))?;
+                .spawn(move || {
+                    super::lower_cpu_priority();
+                    work(&runtime, &receiver)
+                })?;
         }
         Ok(WorkerPool { sender })
     }

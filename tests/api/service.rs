@@ -290,7 +290,7 @@ on_both_databases! {
         for (body, expected) in [
             (json!({"spell": "ada/nope"}), (StatusCode::NOT_FOUND, "spell_not_found")),
             (json!({"spell": "not a spell"}), (StatusCode::BAD_REQUEST, "bad_request")),
-            (json!({"spell": "ada/hello@1"}), (StatusCode::BAD_REQUEST, "bad_request")),
+            (json!({"spell": "ada/hello@latest"}), (StatusCode::BAD_REQUEST, "bad_request")),
             (json!({"spell": "ada/hello", "input": {}, "input_base64": ""}), (StatusCode::BAD_REQUEST, "bad_request")),
             (json!({"spell": "ada/hello", "input_base64": "!!"}), (StatusCode::BAD_REQUEST, "bad_request")),
             (json!({"spell": "ada/hello", "surprise": 1}), (StatusCode::BAD_REQUEST, "bad_request")),

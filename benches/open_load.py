@@ -1,0 +1,63 @@
+#!/usr/bin/env python3
+"""An open-model load generator: POSTs a body at a fixed rate, whatever the answers' latency.
+
+Latency is measured from each request's *scheduled* send time, so a stalled server shows as
+latency rather than as fewer requests (no coordinated omission, as wrk2 and oha -q do).
+
+    open_load.py URL BEARER_KEY BODY_JSON RATE_PER_SECOND SECONDS
+
+Prints one line: "sent ok non2xx p50_ms p99_ms max_ms". Standard library only.
+"""
+
+import http.client
+import sys
+import threading
+import time
+import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
+
+
+def main() -> None:
+    url, key, body, rate, seconds = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5])
+    target = urllib.parse.urlsplit(url)
+    local = threading.local()
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    payload = body.encode()
+
+    def connection() -> http.client.HTTPConnection:
+        if getattr(local, "conn", None) is None:
+            local.conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+        return local.conn
+
+    def one(scheduled: float) -> tuple[float, int]:
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        try:
+            conn = connection()
+            conn.request("POST", target.path, payload, headers)
+            response = conn.getresponse()
+            response.read()
+            status = response.status
+        except (OSError, http.client.HTTPException):
+            local.conn = None
+            status = 0
+        return (time.perf_counter() - scheduled) * 1000.0, status
+
+    count = int(rate * seconds)
+    start = time.perf_counter() + 0.2
+    # Enough threads that a slow answer never delays the next send.
+    with ThreadPoolExecutor(max_workers=64) as pool:
+        futures = [pool.submit(one, start + i / rate) for i in range(count)]
+        results = [f.result() for f in futures]
+    latencies = sorted(ms for ms, _ in results)
+    ok = sum(1 for _, status in results if 200 <= status < 300)
+
+    def pct(p: float) -> float:
+        return latencies[min(len(latencies) - 1, int(p * len(latencies)))] if latencies else 0.0
+
+    print(f"{count} {ok} {count - ok} {pct(0.50):.2f} {pct(0.99):.2f} {latencies[-1] if latencies else 0:.2f}")
+
+
+if __name__ == "__main__":
+    main()
