@@ -182,7 +182,7 @@ impl Sandbox {
             scheduler: Scheduler::new(
                 Capacity {
                     slots: runs_max,
-                    tenant_limit: config.tenant_runs_max.clamp(1, runs_max),
+                    tenant_limit: config.tenant_runs_max,
                     queue_max: config.queue_depth,
                 },
                 config.queue_wait_max,
@@ -343,8 +343,8 @@ impl Sandbox {
                     let _ = sender.send(Ok(report));
                 });
             }
-            Err(not_admitted) => {
-                let _ = sender.send(Err(refused(not_admitted.refusal)));
+            Err(refusal) => {
+                let _ = sender.send(Err(refused(refusal)));
             }
         });
         let mut receiver = receiver;
@@ -415,24 +415,6 @@ impl Sandbox {
     }
 }
 
-/// How much lower than the server's other threads the threads that run or compile wasm are
-/// scheduled (a nice value; 0 is normal, 19 the lowest).
-const SANDBOX_NICE: i32 = 5;
-
-/// Lowers the calling thread's CPU priority to [`SANDBOX_NICE`]. When every core computes
-/// wasm, the threads that serve HTTP, commit settlements and answer should run at once rather
-/// than after the kernel's next time slice; the kernel's scheduler stays work-conserving, so
-/// wasm keeps every cycle nobody else wants. Best effort: a refusal only costs latency. (On
-/// its own it did not move the noisy-neighbour figure measurably; benches/README.md.)
-fn lower_cpu_priority() {
-    #[cfg(target_os = "linux")]
-    if let Err(error) =
-        rustix::process::setpriority_process(Some(rustix::thread::gettid()), SANDBOX_NICE)
-    {
-        tracing::debug!(%error, "could not lower a sandbox thread's priority");
-    }
-}
-
 /// A ticket in the scheduler's queue, given up when its caller stops waiting.
 struct Waiting<'a> {
     scheduler: &'a Arc<Scheduler>,
@@ -476,7 +458,6 @@ impl WasmRuntime {
             .global_queue_interval(2)
             // Timers (sleeping spells, deadlines) are checked as often.
             .event_interval(2)
-            .on_thread_start(lower_cpu_priority)
             .enable_time()
             .build()?;
         Ok(WasmRuntime {

@@ -29,10 +29,7 @@ impl WorkerPool {
                 .build()?;
             std::thread::Builder::new()
                 .name(format!("spellhost-{name}-{index}"))
-                .spawn(move || {
-                    super::lower_cpu_priority();
-                    work(&runtime, &receiver)
-                })?;
+                .spawn(move || work(&runtime, &receiver))?;
         }
         Ok(WorkerPool { sender })
     }

@@ -253,11 +253,12 @@ impl FairQueue {
 /// its refusal, unless its caller gives up its ticket first ([`Scheduler::give_up`]).
 pub struct Scheduler {
     inner: Mutex<Inner>,
+    capacity: Capacity,
     wait_max: Duration,
 }
 
 /// Starts a run with its slot, or reports why it will not run.
-pub type Job = Box<dyn FnOnce(Result<Slot, NotAdmitted>) + Send>;
+pub type Job = Box<dyn FnOnce(Result<Slot, Refusal>) + Send>;
 
 struct Inner {
     queue: FairQueue,
@@ -281,18 +282,13 @@ impl Drop for Slot {
     }
 }
 
-/// A run that was not admitted, and how long it waited before that was decided.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NotAdmitted {
-    pub refusal: Refusal,
-    pub waited: Duration,
-}
-
 impl Scheduler {
     pub fn new(capacity: Capacity, wait_max: Duration) -> Arc<Self> {
+        let queue = FairQueue::new(capacity);
         Arc::new(Scheduler {
+            capacity: queue.capacity(),
             inner: Mutex::new(Inner {
-                queue: FairQueue::new(capacity),
+                queue,
                 jobs: HashMap::new(),
             }),
             wait_max,
@@ -306,8 +302,9 @@ impl Scheduler {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// The limits it was made with (fixed: read without the lock).
     pub fn capacity(&self) -> Capacity {
-        self.lock().queue.capacity()
+        self.capacity
     }
 
     /// How long a run may wait for its slot before its caller gives up.
@@ -335,21 +332,15 @@ impl Scheduler {
             }
             Admission::Refused(refusal) => {
                 drop(inner);
-                job(Err(NotAdmitted {
-                    refusal,
-                    waited: Duration::ZERO,
-                }));
+                job(Err(refusal));
                 None
             }
             Admission::Wait(ticket, evicted) => {
                 let pushed_out = evicted.and_then(|(_, out)| inner.jobs.remove(&out));
                 inner.jobs.insert(ticket, (job, now));
                 drop(inner);
-                if let Some((job, since)) = pushed_out {
-                    job(Err(NotAdmitted {
-                        refusal: Refusal::TenantLimit,
-                        waited: since.elapsed(),
-                    }));
+                if let Some((job, _)) = pushed_out {
+                    job(Err(Refusal::TenantLimit));
                 }
                 Some(ticket)
             }
@@ -714,7 +705,7 @@ mod tests {
             Duration::from_secs(1),
         );
         // Each job hands its outcome to the test; a slot is held until the test drops it.
-        let (sender, outcomes) = mpsc::channel::<(i64, Result<Slot, NotAdmitted>)>();
+        let (sender, outcomes) = mpsc::channel::<(i64, Result<Slot, Refusal>)>();
         let job = |id: i64| -> Job {
             let sender = sender.clone();
             Box::new(move |granted| {

@@ -363,6 +363,19 @@ impl TestApp {
         assert_eq!(status, StatusCode::CREATED, "{body}");
     }
 
+    /// Publishes a WAT module as `user/name` (version 1.0.0, manifest `[limits]` from
+    /// `limits`), signed with a fresh key registered for `user` under `name`.
+    pub async fn publish_wat(&self, user: &TestUser, name: &str, wat: &str, limits: &str) {
+        let (private_pem, _, public_pem) = crate::helpers::new_signer();
+        self.register_key_signer(user, name, &private_pem, &public_pem)
+            .await;
+        let module = wat::parse_str(wat).expect("valid WAT");
+        let manifest = crate::helpers::manifest_text(name, limits);
+        let bundle = crate::helpers::signed_bundle(module, &manifest, &private_pem);
+        let (status, body) = self.publish(user, &bundle).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+
     pub async fn publish(&self, user: &TestUser, bundle: &SpellBundle) -> (StatusCode, Value) {
         let mut form = reqwest::multipart::Form::new()
             .part(

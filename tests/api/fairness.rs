@@ -6,25 +6,12 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::app::{TestApp, TestUser, error_code, spawn_app_with};
-use crate::helpers::{hostile_wat, manifest_text, new_signer, signed_bundle};
+use crate::app::{TestApp, error_code, spawn_app_with};
+use crate::helpers::hostile_wat;
 use crate::on_both_databases;
 
 /// How long a test waits for a condition: it only bounds a broken test, on a busy machine.
 const PATIENCE: Duration = Duration::from_secs(90);
-
-async fn publish_sleeper(app: &TestApp, user: &TestUser) {
-    let (private_pem, _, public_pem) = new_signer();
-    let body = crate::helpers::key_signer_body("sleeper", &private_pem, &public_pem, &user.handle);
-    let (status, body) = app.post("/v1/signers", Some(&user.key), body).await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    let module = wat::parse_str(hostile_wat("sleeper")).expect("valid WAT");
-    let manifest = manifest_text("sleeper", "wall_ms_max = 60000\nfuel_max = 1000000");
-    let (status, body) = app
-        .publish(user, &signed_bundle(module, &manifest, &private_pem))
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-}
 
 /// The value of a metric line (`name` with its labels, as exposed) in `/metrics`.
 async fn metric(app: &TestApp, name: &str) -> f64 {
@@ -59,7 +46,7 @@ on_both_databases! {
             ("SPELLHOST_WALL_MS_MAX", "60000"),
         ]).await;
         let mallory = app.user("mallory", 100_000_000).await;
-        publish_sleeper(&app, &mallory).await;
+        app.publish_wat(&mallory, "sleeper", &hostile_wat("sleeper"), "wall_ms_max = 60000\nfuel_max = 1000000").await;
         let ada = app.user("ada", 10_000_000).await;
         app.publish_examples(&ada, &["hello"]).await;
 

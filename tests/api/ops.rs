@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use spellhost::ops::files::{sqlite_file, with_suffix};
 
 use crate::app::{Backend, TestApp, TestUser, error_code, spawn_app, spawn_app_with};
-use crate::helpers::{hostile_wat, manifest_text, new_signer, signed_bundle};
+use crate::helpers::hostile_wat;
 use crate::on_both_databases;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_spellhost");
@@ -47,17 +47,6 @@ async fn metric(app: &TestApp, name: &str) -> i64 {
 }
 
 /// Registers a fresh signer for `user` and publishes a spell signed by it.
-async fn publish_signed(app: &TestApp, user: &TestUser, name: &str, wat: &str, limits: &str) {
-    let (private_pem, _, public_pem) = new_signer();
-    let body = crate::helpers::key_signer_body(name, &private_pem, &public_pem, &user.handle);
-    let (status, body) = app.post("/v1/signers", Some(&user.key), body).await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    let module = wat::parse_str(wat).expect("valid WAT");
-    let bundle = signed_bundle(module, &manifest_text(name, limits), &private_pem);
-    let (status, body) = app.publish(user, &bundle).await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-}
-
 async fn hello(app: &TestApp, user: &TestUser) -> (StatusCode, Value) {
     // Every test user here has the handle `ada`.
     app.cast(
@@ -164,7 +153,7 @@ on_both_databases! {
             ("SPELLHOST_WALL_MS_MAX", "30000"),
         ]).await;
         let user = app.user("ada", 10_000_000).await;
-        publish_signed(&app, &user, "sleeper", &hostile_wat("sleeper"), "wall_ms_max = 30000\nfuel_max = 1000000").await;
+        app.publish_wat(&user, "sleeper", &hostile_wat("sleeper"), "wall_ms_max = 30000\nfuel_max = 1000000").await;
         // One sleeper holds the only slot and one waits in the queue of one. Casts that
         // arrive while the queue is still taken are refused at once and replaced.
         let deadline = Instant::now() + PATIENCE;
