@@ -192,15 +192,10 @@ fn cast_slow_in_background(
 
 /// Waits until the slow cast in flight has taken its hold.
 async fn wait_for_hold(client: &reqwest::Client, address: &str, key: &str) {
-    // Generous: on a busy machine the server may take a while to get to it.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while me(client, address, key).await["held_microusd"] == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the slow cast never took its hold"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the slow cast to take its hold", || async {
+        me(client, address, key).await["held_microusd"] != 0
+    })
+    .await;
 }
 
 async fn me(client: &reqwest::Client, address: &str, key: &str) -> Value {
@@ -443,20 +438,24 @@ async fn assert_acknowledged_casts_recorded_once(env: &Env, acked: &[(String, i6
     assert_eq!(verified["intact"], true, "{verified}");
 }
 
-/// Waits (generously) until nothing of `key`'s user is held: every lease returned or swept.
+/// Waits until nothing of `key`'s user is held: every lease returned or swept. How soon that
+/// happens (within a lease's TTL plus a sweep, seconds here) is printed, not asserted: on a
+/// loaded machine the wait is the machine's, and `eventually` bounds a broken sweeper.
 async fn wait_until_nothing_held(client: &reqwest::Client, address: &str, key: &str) -> Value {
     let started = Instant::now();
-    loop {
+    let last = std::sync::Mutex::new(Value::Null);
+    eventually("held money to come back on its own", || async {
         let body = me(client, address, key).await;
-        if body["held_microusd"] == 0 {
-            return body;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "held money comes back within a minute: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        let done = body["held_microusd"] == 0;
+        *last.lock().expect("lock") = body;
+        done
+    })
+    .await;
+    eprintln!(
+        "held money came back {:?} after the restart",
+        started.elapsed()
+    );
+    last.into_inner().expect("lock")
 }
 
 on_both_databases! {
