@@ -11,6 +11,7 @@
 //! thread at all, only its slot. Slots are granted by the [`scheduler`]: at most `runs_max` at
 //! once, `tenant_runs_max` per user, the next free one to the least-served waiting user.
 
+mod blocked;
 mod cache;
 mod engine;
 mod limits;
