@@ -3,7 +3,9 @@
 use crate::AppState;
 use crate::auth::Caller;
 use crate::money::quote::{self, Caps, PlanError};
-use crate::money::{self, Budget, CastRecord, HoldFor, MicroUsd, MoneyError, Refusal};
+use crate::money::{
+    self, Budget, CastRecord, Cost, HoldFor, MicroUsd, MoneyError, Pricing, Refusal,
+};
 use crate::registry::{RegistryError, SpellRef};
 use crate::sandbox::{RunReport, SandboxError, Tenant};
 use crate::supply_chain::ModuleDigest;
@@ -22,7 +24,11 @@ pub struct CastResult {
     pub version: String,
     pub digest: ModuleDigest,
     pub report: RunReport,
+    /// What was charged (`breakdown.total()`).
     pub cost: MicroUsd,
+    pub breakdown: Cost,
+    /// The blocked time billed, in whole ms.
+    pub blocked_ms: u64,
     pub balance_after: MicroUsd,
     /// The budgets that govern the cast, as they are after it.
     pub budgets: Vec<Budget>,
@@ -96,6 +102,7 @@ pub async fn cast(
             spell_fuel_max: limits.fuel,
             caller_fuel_max: request.max_fuel,
             caller_cost_max: request.max_cost,
+            wall_ms: limits.wall_ms,
         },
         &app.config.pricing,
     )?;
@@ -122,7 +129,9 @@ pub async fn cast(
             Tenant(caller.user_id),
             resolved.compiled.clone(),
             request.input,
-            limits.with_fuel_at_most(hold.fuel_cap),
+            limits
+                .with_fuel_at_most(hold.fuel_cap)
+                .with_blocked_ms_at_most(hold.blocked_ms_max),
         )
         .await;
     let report = match run {
@@ -154,6 +163,7 @@ pub async fn cast(
         outcome: report.outcome.as_str(),
         fuel_used: report.fuel_used,
         duration_us: u64::try_from(report.duration.as_micros()).unwrap_or(u64::MAX),
+        blocked_ms: Pricing::billed_ms(report.blocked),
     };
     let settled = app.money.settle(hold, &record).await;
     app.metrics.active_holds.dec();
@@ -167,7 +177,8 @@ pub async fn cast(
         .budget_soft_limit_crossings
         .inc_by(settlement.soft_limits_crossed.len() as u64);
     tracing::debug!(cast.id = %cast_id, spell.digest = %resolved.digest, cast.outcome = report.outcome.as_str(),
-        cast.fuel_used = report.fuel_used, cast.cost_microusd = settlement.cost.get(), "cast settled");
+        cast.fuel_used = report.fuel_used, cast.blocked_ms = settlement.blocked_ms,
+        cast.cost_microusd = settlement.cost.get(), "cast settled");
     Ok(CastResult {
         cast_id,
         spell: resolved.spell,
@@ -175,6 +186,8 @@ pub async fn cast(
         digest: resolved.digest,
         report,
         cost: settlement.cost,
+        breakdown: settlement.breakdown,
+        blocked_ms: settlement.blocked_ms,
         balance_after: settlement.balance_after,
         budgets: settlement.budgets,
     })
