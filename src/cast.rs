@@ -7,7 +7,7 @@ use crate::money::{
     self, Budget, CastRecord, Cost, HoldFor, MicroUsd, MoneyError, Pricing, Refusal,
 };
 use crate::registry::{RegistryError, SpellRef};
-use crate::sandbox::{RunReport, SandboxError, Tenant};
+use crate::sandbox::{Lane, RunFor, RunReport, SandboxError, Tenant};
 use crate::supply_chain::ModuleDigest;
 
 pub struct CastRequest {
@@ -55,6 +55,9 @@ pub enum CastError {
     /// The caller's own casts in flight fill its share; nothing ran, nothing was charged.
     #[error("{limit} casts of this user are already in flight")]
     TooManyConcurrent { limit: usize },
+    /// The key's own limit: its casts in flight fill it; nothing ran, nothing was charged.
+    #[error("{limit} casts through this key are already in flight")]
+    TooManyConcurrentForKey { limit: usize },
     #[error(transparent)]
     Sandbox(SandboxError),
     #[error(transparent)]
@@ -123,10 +126,19 @@ pub async fn cast(
         }
     })?;
     app.metrics.active_holds.inc();
+    // A key with a limit of its own is a lane of its user's queue; it came with the cached
+    // key row, so this costs no database work.
+    let lane = caller.concurrent_casts_max.map(|max| Lane {
+        id: caller.key_id.as_str().into(),
+        limit: usize::try_from(max.get()).unwrap_or(usize::MAX),
+    });
     let run = app
         .sandbox
         .run(
-            Tenant(caller.user_id),
+            RunFor {
+                tenant: Tenant(caller.user_id),
+                lane,
+            },
             resolved.compiled.clone(),
             request.input,
             limits
@@ -140,20 +152,20 @@ pub async fn cast(
             // The run never happened: the hold goes back to the lease, in memory.
             drop(hold);
             app.metrics.active_holds.dec();
-            return Err(match error {
-                SandboxError::Busy => {
-                    app.metrics.casts_refused.with_label_values(&["busy"]).inc();
-                    CastError::Overloaded
+            let refused = match error {
+                SandboxError::Busy => CastError::Overloaded,
+                SandboxError::TooManyConcurrent { limit } => CastError::TooManyConcurrent { limit },
+                SandboxError::TooManyConcurrentForKey { limit } => {
+                    CastError::TooManyConcurrentForKey { limit }
                 }
-                SandboxError::TooManyConcurrent { limit } => {
-                    app.metrics
-                        .casts_refused
-                        .with_label_values(&["too_many_concurrent_casts"])
-                        .inc();
-                    CastError::TooManyConcurrent { limit }
-                }
-                other => CastError::Sandbox(other),
-            });
+                other => return Err(CastError::Sandbox(other)),
+            };
+            let reason = match refused {
+                CastError::Overloaded => "busy",
+                _ => "too_many_concurrent_casts",
+            };
+            app.metrics.casts_refused.with_label_values(&[reason]).inc();
+            return Err(refused);
         }
     };
     let record = CastRecord {

@@ -292,6 +292,13 @@ fn cast_error(error: CastError) -> ApiError {
             ),
         )
         .retry_after(1),
+        CastError::TooManyConcurrentForKey { limit } => ApiError::new(
+            Code::TooManyConcurrentCasts,
+            format!(
+                "this API key already has {limit} casts running, the most it may (its concurrent_casts_max); retry when one has finished"
+            ),
+        )
+        .retry_after(1),
         CastError::Sandbox(error) => ApiError::internal(error),
         CastError::Money(error) => error.into(),
     }
