@@ -3,9 +3,11 @@
 use crate::AppState;
 use crate::auth::Caller;
 use crate::money::quote::{self, Caps, PlanError};
-use crate::money::{self, Budget, CastRecord, HoldFor, MicroUsd, MoneyError, Refusal};
+use crate::money::{
+    self, Budget, CastRecord, Cost, HoldFor, MicroUsd, MoneyError, Pricing, Refusal,
+};
 use crate::registry::{RegistryError, SpellRef};
-use crate::sandbox::{RunReport, SandboxError, Tenant};
+use crate::sandbox::{Lane, RunFor, RunReport, SandboxError, Tenant};
 use crate::supply_chain::ModuleDigest;
 
 pub struct CastRequest {
@@ -22,7 +24,11 @@ pub struct CastResult {
     pub version: String,
     pub digest: ModuleDigest,
     pub report: RunReport,
+    /// What was charged (`breakdown.total()`).
     pub cost: MicroUsd,
+    pub breakdown: Cost,
+    /// The blocked time billed, in whole ms.
+    pub blocked_ms: u64,
     pub balance_after: MicroUsd,
     /// The budgets that govern the cast, as they are after it.
     pub budgets: Vec<Budget>,
@@ -49,6 +55,9 @@ pub enum CastError {
     /// The caller's own casts in flight fill its share; nothing ran, nothing was charged.
     #[error("{limit} casts of this user are already in flight")]
     TooManyConcurrent { limit: usize },
+    /// The key's own limit: its casts in flight fill it; nothing ran, nothing was charged.
+    #[error("{limit} casts through this key are already in flight")]
+    TooManyConcurrentForKey { limit: usize },
     #[error(transparent)]
     Sandbox(SandboxError),
     #[error(transparent)]
@@ -96,6 +105,7 @@ pub async fn cast(
             spell_fuel_max: limits.fuel,
             caller_fuel_max: request.max_fuel,
             caller_cost_max: request.max_cost,
+            wall_ms: limits.wall_ms,
         },
         &app.config.pricing,
     )?;
@@ -116,13 +126,24 @@ pub async fn cast(
         }
     })?;
     app.metrics.active_holds.inc();
+    // A key with a limit of its own is a lane of its user's queue; it came with the cached
+    // key row, so this costs no database work.
+    let lane = caller.concurrent_casts_max.map(|max| Lane {
+        id: caller.key_id.as_str().into(),
+        limit: usize::try_from(max.get()).unwrap_or(usize::MAX),
+    });
     let run = app
         .sandbox
         .run(
-            Tenant(caller.user_id),
+            RunFor {
+                tenant: Tenant(caller.user_id),
+                lane,
+            },
             resolved.compiled.clone(),
             request.input,
-            limits.with_fuel_at_most(hold.fuel_cap),
+            limits
+                .with_fuel_at_most(hold.fuel_cap)
+                .with_blocked_ms_at_most(hold.blocked_ms_max),
         )
         .await;
     let report = match run {
@@ -131,20 +152,20 @@ pub async fn cast(
             // The run never happened: the hold goes back to the lease, in memory.
             drop(hold);
             app.metrics.active_holds.dec();
-            return Err(match error {
-                SandboxError::Busy => {
-                    app.metrics.casts_refused.with_label_values(&["busy"]).inc();
-                    CastError::Overloaded
+            let refused = match error {
+                SandboxError::Busy => CastError::Overloaded,
+                SandboxError::TooManyConcurrent { limit } => CastError::TooManyConcurrent { limit },
+                SandboxError::TooManyConcurrentForKey { limit } => {
+                    CastError::TooManyConcurrentForKey { limit }
                 }
-                SandboxError::TooManyConcurrent { limit } => {
-                    app.metrics
-                        .casts_refused
-                        .with_label_values(&["too_many_concurrent_casts"])
-                        .inc();
-                    CastError::TooManyConcurrent { limit }
-                }
-                other => CastError::Sandbox(other),
-            });
+                other => return Err(CastError::Sandbox(other)),
+            };
+            let reason = match refused {
+                CastError::Overloaded => "busy",
+                _ => "too_many_concurrent_casts",
+            };
+            app.metrics.casts_refused.with_label_values(&[reason]).inc();
+            return Err(refused);
         }
     };
     let record = CastRecord {
@@ -154,6 +175,7 @@ pub async fn cast(
         outcome: report.outcome.as_str(),
         fuel_used: report.fuel_used,
         duration_us: u64::try_from(report.duration.as_micros()).unwrap_or(u64::MAX),
+        blocked_ms: Pricing::billed_ms(report.blocked),
     };
     let settled = app.money.settle(hold, &record).await;
     app.metrics.active_holds.dec();
@@ -167,7 +189,8 @@ pub async fn cast(
         .budget_soft_limit_crossings
         .inc_by(settlement.soft_limits_crossed.len() as u64);
     tracing::debug!(cast.id = %cast_id, spell.digest = %resolved.digest, cast.outcome = report.outcome.as_str(),
-        cast.fuel_used = report.fuel_used, cast.cost_microusd = settlement.cost.get(), "cast settled");
+        cast.fuel_used = report.fuel_used, cast.blocked_ms = settlement.blocked_ms,
+        cast.cost_microusd = settlement.cost.get(), "cast settled");
     Ok(CastResult {
         cast_id,
         spell: resolved.spell,
@@ -175,6 +198,8 @@ pub async fn cast(
         digest: resolved.digest,
         report,
         cost: settlement.cost,
+        breakdown: settlement.breakdown,
+        blocked_ms: settlement.blocked_ms,
         balance_after: settlement.balance_after,
         budgets: settlement.budgets,
     })

@@ -201,6 +201,10 @@ impl Config {
                 "SPELLHOST_CAST_BASE_FEE_MICROUSD",
                 defaults.cast_base_fee_microusd,
             )?,
+            price_microusd_per_wall_ms: source.parse(
+                "SPELLHOST_PRICE_MICROUSD_PER_WALL_MS",
+                defaults.price_microusd_per_wall_ms,
+            )?,
         };
         let sandbox = sandbox_config(&source)?;
         let secret = match source.text("SPELLHOST_SECRET_KEY") {
@@ -561,6 +565,7 @@ mod tests {
             ("SPELLHOST_LISTEN", "not-an-address"),
             ("SPELLHOST_PRICE_PER_BILLION_FUEL_MICROUSD", "-1"),
             ("SPELLHOST_CAST_BASE_FEE_MICROUSD", "1.5"),
+            ("SPELLHOST_PRICE_MICROUSD_PER_WALL_MS", "-1"),
             ("SPELLHOST_SECRET_KEY", "short"),
             ("SPELLHOST_DATABASE_URL", "mysql://x"),
             ("SPELLHOST_WORKERS", "0"),

@@ -35,12 +35,14 @@ fn operation(u: &mut Unstructured) -> Result<Operation> {
             } else {
                 None
             },
+            wall_ms: u.int_in_range(0..=1_999)?,
             key: u.int_in_range(0..=1)?,
             spell: u.int_in_range(0..=1)?,
         },
         5 | 6 => Operation::Settle {
             which: u.int_in_range(0..=7)?,
             fuel_used: u.int_in_range(0..=119_999_999)?,
+            blocked_ms: u.int_in_range(0..=2_999)?,
         },
         7 => Operation::Release {
             which: u.int_in_range(0..=7)?,

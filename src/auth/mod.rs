@@ -5,6 +5,7 @@ pub mod keys;
 pub mod scopes;
 
 use std::collections::HashMap;
+use std::num::NonZeroU32;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -75,6 +76,8 @@ pub struct Caller {
     pub scopes: KeyScopes,
     pub allowed_spells: AllowedSpells,
     pub expires_at_ms: Option<i64>,
+    /// The key's own limit on casts in flight, if it has one (the user's limit binds too).
+    pub concurrent_casts_max: Option<NonZeroU32>,
 }
 
 impl Caller {
@@ -91,6 +94,11 @@ impl Caller {
         {
             return Err(AuthError::Escalation("a later expiry"));
         }
+        if let Some(own) = self.concurrent_casts_max
+            && spec.concurrent_casts_max.is_none_or(|new| new > own)
+        {
+            return Err(AuthError::Escalation("a higher concurrent_casts_max"));
+        }
         Ok(())
     }
 }
@@ -102,6 +110,8 @@ pub struct KeySpec {
     pub scopes: KeyScopes,
     pub allowed_spells: AllowedSpells,
     pub expires_at_ms: Option<i64>,
+    /// Casts in flight through this key at most (`None`: only the user's limit).
+    pub concurrent_casts_max: Option<NonZeroU32>,
 }
 
 impl KeySpec {
@@ -112,6 +122,7 @@ impl KeySpec {
             scopes: KeyScopes::ALL,
             allowed_spells: AllowedSpells::ANY,
             expires_at_ms: None,
+            concurrent_casts_max: None,
         }
     }
 }
@@ -127,6 +138,7 @@ struct KeyRow {
     allowed_spells: Option<String>,
     expires_at_ms: Option<i64>,
     last_used_at_ms: Option<i64>,
+    concurrent_casts_max: Option<i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -166,6 +178,7 @@ pub struct KeyInfo {
     pub created_at_ms: i64,
     pub expires_at_ms: Option<i64>,
     pub last_used_at_ms: Option<i64>,
+    pub concurrent_casts_max: Option<NonZeroU32>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -177,6 +190,14 @@ struct KeyListRow {
     created_at_ms: i64,
     expires_at_ms: Option<i64>,
     last_used_at_ms: Option<i64>,
+    concurrent_casts_max: Option<i64>,
+}
+
+/// A stored limit (a CHECK keeps it positive; anything else reads as no limit of its own).
+fn stored_limit(value: Option<i64>) -> Option<NonZeroU32> {
+    value
+        .and_then(|v| u32::try_from(v).ok())
+        .and_then(NonZeroU32::new)
 }
 
 pub struct Authenticator {
@@ -258,6 +279,7 @@ impl Authenticator {
             scopes: KeyScopes::from_stored(&row.scopes),
             allowed_spells: AllowedSpells::from_stored(row.allowed_spells.as_deref()),
             expires_at_ms: row.expires_at_ms,
+            concurrent_casts_max: stored_limit(row.concurrent_casts_max),
         })
     }
 
@@ -278,7 +300,7 @@ impl Authenticator {
         }
         let row: Option<KeyRow> = sqlx::query_as(
             "SELECT k.user_id, k.secret_hash, k.deleted_at_ms, u.handle, u.is_admin, k.scopes, \
-             k.allowed_spells, k.expires_at_ms, k.last_used_at_ms \
+             k.allowed_spells, k.expires_at_ms, k.last_used_at_ms, k.concurrent_casts_max \
              FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.id = $1",
         )
         .bind(key_id)
@@ -403,7 +425,8 @@ impl Authenticator {
         let created_at_ms = self.db.now_ms();
         sqlx::query(
             "INSERT INTO api_keys (id, user_id, name, secret_hash, created_at_ms, scopes, \
-             allowed_spells, expires_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+             allowed_spells, expires_at_ms, concurrent_casts_max) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(key.id())
         .bind(user_id)
@@ -413,6 +436,7 @@ impl Authenticator {
         .bind(spec.scopes.to_stored())
         .bind(spec.allowed_spells.to_stored())
         .bind(spec.expires_at_ms)
+        .bind(spec.concurrent_casts_max.map(|max| i64::from(max.get())))
         .execute(self.db.writer())
         .await?;
         self.rows
@@ -427,6 +451,7 @@ impl Authenticator {
             created_at_ms,
             expires_at_ms: spec.expires_at_ms,
             last_used_at_ms: None,
+            concurrent_casts_max: spec.concurrent_casts_max,
         };
         Ok((key, info))
     }
@@ -434,7 +459,7 @@ impl Authenticator {
     pub async fn list_keys(&self, user_id: i64) -> Result<Vec<KeyInfo>, AuthError> {
         let rows: Vec<KeyListRow> = sqlx::query_as(
             "SELECT id, name, scopes, allowed_spells, created_at_ms, expires_at_ms, \
-             last_used_at_ms FROM api_keys \
+             last_used_at_ms, concurrent_casts_max FROM api_keys \
              WHERE user_id = $1 AND deleted_at_ms IS NULL ORDER BY created_at_ms, id",
         )
         .bind(user_id)
@@ -450,6 +475,7 @@ impl Authenticator {
                 created_at_ms: row.created_at_ms,
                 expires_at_ms: row.expires_at_ms,
                 last_used_at_ms: row.last_used_at_ms,
+                concurrent_casts_max: stored_limit(row.concurrent_casts_max),
             })
             .collect())
     }

@@ -1,4 +1,4 @@
-//! `spellhost serve --demo`: a newcomer's first run. A demo user with $1.00 of demo credit and
+//! `spellhost serve --demo`: a newcomer's first run. A demo user with $10.00 of demo credit and
 //! a fresh API key, the demo signer registered, the example spells published, and a
 //! ready-to-paste `curl` line.
 
@@ -11,7 +11,10 @@ use spellhost::registry::{NewSigner, RegistryError};
 use spellhost::supply_chain::{Signature, SpellBundle};
 
 const DEMO_HANDLE: &str = "demo";
-const DEMO_CREDIT: MicroUsd = MicroUsd::new(1_000_000);
+/// $10: every example's worst case fits several times over. A cast holds its whole wall limit
+/// of blocked time (`hello`: 2 s × 700 µ$/ms = $1.40 at the default price), and a balance that
+/// could not hold one would answer the newcomer's first cast with a 402.
+const DEMO_CREDIT: MicroUsd = MicroUsd::new(10_000_000);
 
 /// The demo signer's public key and the example spells, built into the binary so the demo
 /// works from any directory.

@@ -353,6 +353,8 @@ pub fn report_json(report: &RunReport, digest: &ModuleDigest) -> serde_json::Val
         "stderr": String::from_utf8_lossy(&report.stderr),
         "fuel_used": report.fuel_used,
         "duration_us": u64::try_from(report.duration.as_micros()).unwrap_or(u64::MAX),
+        // What the server would bill as blocked time (whole ms, rounded up).
+        "blocked_ms": spellhost::money::Pricing::billed_ms(report.blocked),
         "digest": digest.to_string(),
     });
     match serde_json::from_slice::<serde_json::Value>(&report.output) {

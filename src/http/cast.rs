@@ -122,7 +122,23 @@ fn charge_fields(result: &CastResult) -> Map<String, Value> {
     fields.insert("digest".into(), result.digest.to_string().into());
     fields.insert("outcome".into(), result.report.outcome.as_str().into());
     fields.insert("fuel_used".into(), result.report.fuel_used.into());
+    // The run's wall time, and the part of it blocked in host calls that was billed (whole
+    // ms, rounded up); computing is billed by fuel, never by time.
+    let wall_ms = result.report.duration.as_nanos().div_ceil(1_000_000);
+    fields.insert(
+        "wall_ms".into(),
+        u64::try_from(wall_ms).unwrap_or(u64::MAX).into(),
+    );
+    fields.insert("blocked_ms".into(), result.blocked_ms.into());
     fields.insert("cost_microusd".into(), result.cost.get().into());
+    fields.insert(
+        "cost".into(),
+        json!({
+            "base_microusd": result.breakdown.base.get(),
+            "fuel_microusd": result.breakdown.fuel.get(),
+            "wall_microusd": result.breakdown.wall.get(),
+        }),
+    );
     fields.insert("balance_microusd".into(), result.balance_after.get().into());
     fields.insert(
         "duration_us".into(),
@@ -273,6 +289,13 @@ fn cast_error(error: CastError) -> ApiError {
             Code::TooManyConcurrentCasts,
             format!(
                 "you already have {limit} casts running, the most one user may; retry when one has finished"
+            ),
+        )
+        .retry_after(1),
+        CastError::TooManyConcurrentForKey { limit } => ApiError::new(
+            Code::TooManyConcurrentCasts,
+            format!(
+                "this API key already has {limit} casts running, the most it may (its concurrent_casts_max); retry when one has finished"
             ),
         )
         .retry_after(1),

@@ -1,3 +1,5 @@
+use std::num::NonZeroU32;
+
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
@@ -18,6 +20,8 @@ pub struct NewKey {
     scopes: Option<Vec<String>>,
     allowed_spells: Option<Vec<String>>,
     expires_at: Option<String>,
+    /// Casts in flight through this key at most; the user's limit binds as well.
+    concurrent_casts_max: Option<u64>,
 }
 
 fn auth_error(error: AuthError) -> ApiError {
@@ -54,11 +58,26 @@ fn parse(body: NewKey, now_ms: i64) -> Result<KeySpec, ApiError> {
             None => return Err(ApiError::bad_request("expires_at is not an RFC 3339 time")),
         },
     };
+    let concurrent_casts_max = match body.concurrent_casts_max {
+        None => None,
+        Some(max) => Some(
+            u32::try_from(max)
+                .ok()
+                .and_then(NonZeroU32::new)
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "concurrent_casts_max must be a positive integer up to {}",
+                        u32::MAX
+                    ))
+                })?,
+        ),
+    };
     Ok(KeySpec {
         name: body.name,
         scopes,
         allowed_spells,
         expires_at_ms,
+        concurrent_casts_max,
     })
 }
 
@@ -84,6 +103,7 @@ fn key_json(info: &KeyInfo) -> Value {
         "created_at_ms": info.created_at_ms,
         "expires_at": info.expires_at_ms.map(rfc3339),
         "last_used_at": info.last_used_at_ms.map(rfc3339),
+        "concurrent_casts_max": info.concurrent_casts_max.map(NonZeroU32::get),
     })
 }
 

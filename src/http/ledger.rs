@@ -6,6 +6,7 @@ use crate::App;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::money::LedgerEntry;
+use crate::money::ledger::LEDGER_COLUMNS;
 
 /// Entries per page when the client does not say; at most `PAGE_MAX`.
 const PAGE_DEFAULT: i64 = 50;
@@ -25,10 +26,9 @@ pub async fn list(
     Query(page): Query<Page>,
 ) -> Result<axum::Json<Value>, ApiError> {
     let limit = page.limit.unwrap_or(PAGE_DEFAULT).clamp(1, PAGE_MAX);
-    let entries: Vec<LedgerEntry> = sqlx::query_as(
-        "SELECT seq, user_id, kind, amount_microusd, balance_after_microusd, reference, created_at_ms, prev_hash, hash \
-         FROM ledger WHERE user_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-    )
+    let entries: Vec<LedgerEntry> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {LEDGER_COLUMNS} FROM ledger WHERE user_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+    )))
     .bind(caller.user_id)
     .bind(page.after.unwrap_or(0))
     .bind(limit)
@@ -45,7 +45,7 @@ pub async fn list(
             json!({
                 "seq": e.seq, "kind": e.kind, "amount_microusd": e.amount_microusd,
                 "balance_after_microusd": e.balance_after_microusd, "reference": e.reference,
-                "created_at_ms": e.created_at_ms, "hash": e.hash,
+                "created_at_ms": e.created_at_ms, "wall_microusd": e.wall_microusd, "hash": e.hash,
             })
         })
         .collect();

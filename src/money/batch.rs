@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use super::budgets::Budget;
 use super::ledger::{EntryKind, LedgerEntry};
 use super::store::{Arg, Conn, FailPoints, Row};
-use super::{MicroUsd, MoneyError};
+use super::{Cost, MicroUsd, MoneyError};
 
 /// A lease a cast's worst case was held on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,8 +31,10 @@ pub struct SettleRequest {
     pub outcome: String,
     pub fuel_used: u64,
     pub duration_us: u64,
-    /// What the run costs: at most its worst case.
-    pub cost: MicroUsd,
+    /// Blocked time billed, in ms.
+    pub blocked_ms: u64,
+    /// What the run costs, by component: in total at most its worst case.
+    pub cost: Cost,
     pub leases: Vec<LeaseRef>,
     /// Every budget that governs the cast, held on or not.
     pub budget_ids: Vec<String>,
@@ -44,6 +46,8 @@ pub struct Settled {
     /// What was charged: the cost, or less when a lease had expired and the money left
     /// could not pay all of it (never an overdraft).
     pub cost: MicroUsd,
+    /// `cost` by component (what was forgiven comes off blocked time first, then fuel).
+    pub breakdown: Cost,
     pub balance_after: MicroUsd,
     pub ledger_seq: i64,
     /// The budgets that govern the cast, as they are after it.
@@ -87,7 +91,8 @@ pub struct Plan {
 #[derive(Debug, Clone)]
 pub struct CastRow {
     pub request: SettleRequest,
-    pub cost: MicroUsd,
+    /// What was charged, by component.
+    pub cost: Cost,
     pub ledger_seq: i64,
     /// The batch's time, as on its ledger entry: usage by time range then adds up exactly to
     /// the ledger's cast entries over the same range.
@@ -112,7 +117,7 @@ pub fn plan(mut state: State, requests: &[SettleRequest]) -> Result<Plan, MoneyE
             .users
             .get(&request.user_id)
             .ok_or(MoneyError::UnknownUser)?;
-        let cost = request.cost.get();
+        let cost = request.cost.total().get();
         // What pools whose lease is gone can still take.
         let mut cap = cost;
         let mut late = false;
@@ -142,6 +147,8 @@ pub fn plan(mut state: State, requests: &[SettleRequest]) -> Result<Plan, MoneyE
         }
         let charge = cost.min(cap);
         debug_assert!((0..=cost).contains(&charge));
+        let breakdown = request.cost.at_most(MicroUsd::new(charge));
+        debug_assert_eq!(breakdown.total().get(), charge);
         // The live leases give up the charge; the rest of their hold stays leased.
         let user = state.users.entry(request.user_id).or_insert(user);
         for lease in &request.leases {
@@ -196,6 +203,7 @@ pub fn plan(mut state: State, requests: &[SettleRequest]) -> Result<Plan, MoneyE
             balance_after_microusd: user.balance,
             reference: request.cast_id.clone(),
             created_at_ms: state.now_ms,
+            wall_microusd: Some(breakdown.wall.get()),
             prev_hash: state.head_hash.clone(),
             hash: String::new(),
         };
@@ -204,12 +212,13 @@ pub fn plan(mut state: State, requests: &[SettleRequest]) -> Result<Plan, MoneyE
         state.head_hash = entry.hash.clone();
         out.casts.push(CastRow {
             request: request.clone(),
-            cost: MicroUsd::new(charge),
+            cost: breakdown,
             ledger_seq: entry.seq,
             created_at_ms: state.now_ms,
         });
         out.results.push(Settled {
             cost: MicroUsd::new(charge),
+            breakdown,
             balance_after: MicroUsd::new(user.balance),
             ledger_seq: entry.seq,
             budgets: after,
@@ -262,6 +271,7 @@ async fn read(
         .query(
             &format!(
                 "SELECT c.id AS id, c.cost_microusd AS cost_microusd, c.ledger_seq AS ledger_seq, \
+                 c.base_microusd AS base_microusd, c.wall_microusd AS wall_microusd, \
                  l.balance_after_microusd AS balance_after_microusd FROM casts c \
                  JOIN ledger l ON l.seq = c.ledger_seq WHERE c.id IN ({})",
                 placeholders(1, ids.len())
@@ -365,10 +375,20 @@ async fn read(
 fn already_settled(row: &Row, requests: &[SettleRequest]) -> Result<(String, Settled), MoneyError> {
     let id = row.text("id")?;
     debug_assert!(requests.iter().any(|r| r.cast_id == id));
+    let cost = row.int("cost_microusd")?;
+    // Casts recorded before the breakdown (0008) were base fee and fuel: all of it is shown
+    // as fuel.
+    let base = row.opt_int("base_microusd")?.unwrap_or(0);
+    let wall = row.opt_int("wall_microusd")?.unwrap_or(0);
     Ok((
         id,
         Settled {
-            cost: MicroUsd::new(row.int("cost_microusd")?),
+            cost: MicroUsd::new(cost),
+            breakdown: Cost {
+                base: MicroUsd::new(base),
+                fuel: MicroUsd::new(cost - base - wall),
+                wall: MicroUsd::new(wall),
+            },
             balance_after: MicroUsd::new(row.int("balance_after_microusd")?),
             ledger_seq: row.int("ledger_seq")?,
             budgets: Vec::new(),
@@ -378,7 +398,8 @@ fn already_settled(row: &Row, requests: &[SettleRequest]) -> Result<(String, Set
     ))
 }
 
-/// Ledger rows per INSERT: 9 parameters each, well inside SQLite's limit.
+/// Rows per INSERT: 10 parameters each for the ledger, 16 for casts, well inside SQLite's
+/// limit.
 const ROWS_PER_INSERT: usize = 64;
 
 async fn write(
@@ -398,6 +419,7 @@ async fn write(
                     Arg::Int(e.balance_after_microusd),
                     Arg::from(e.reference.as_str()),
                     Arg::Int(e.created_at_ms),
+                    Arg::from(e.wall_microusd),
                     Arg::from(e.prev_hash.as_str()),
                     Arg::from(e.hash.as_str()),
                 ]
@@ -406,8 +428,8 @@ async fn write(
         conn.execute(
             &format!(
                 "INSERT INTO ledger (seq, user_id, kind, amount_microusd, balance_after_microusd, \
-                 reference, created_at_ms, prev_hash, hash) VALUES {}",
-                values_rows(chunk.len(), 9)
+                 reference, created_at_ms, wall_microusd, prev_hash, hash) VALUES {}",
+                values_rows(chunk.len(), 10)
             ),
             args,
         )
@@ -418,8 +440,9 @@ async fn write(
         conn.execute(
             &format!(
                 "INSERT INTO casts (id, user_id, spell, version, digest, outcome, fuel_used, \
-                 cost_microusd, duration_us, ledger_seq, created_at_ms, key_id) VALUES {}",
-                values_rows(chunk.len(), 12)
+                 cost_microusd, duration_us, ledger_seq, created_at_ms, key_id, blocked_ms, \
+                 base_microusd, fuel_microusd, wall_microusd) VALUES {}",
+                values_rows(chunk.len(), 16)
             ),
             args,
         )
@@ -462,8 +485,9 @@ async fn write(
     Ok(())
 }
 
-fn cast_args(row: &CastRow) -> [Arg; 12] {
+fn cast_args(row: &CastRow) -> [Arg; 16] {
     let r = &row.request;
+    let int = |value: u64| Arg::Int(i64::try_from(value).unwrap_or(i64::MAX));
     [
         Arg::from(r.cast_id.as_str()),
         Arg::Int(r.user_id),
@@ -471,12 +495,16 @@ fn cast_args(row: &CastRow) -> [Arg; 12] {
         Arg::from(r.version.as_str()),
         Arg::from(r.digest.as_str()),
         Arg::from(r.outcome.as_str()),
-        Arg::Int(i64::try_from(r.fuel_used).unwrap_or(i64::MAX)),
-        Arg::Int(row.cost.get()),
-        Arg::Int(i64::try_from(r.duration_us).unwrap_or(i64::MAX)),
+        int(r.fuel_used),
+        Arg::Int(row.cost.total().get()),
+        int(r.duration_us),
         Arg::Int(row.ledger_seq),
         Arg::Int(row.created_at_ms),
         Arg::from(r.key_id.as_str()),
+        int(r.blocked_ms),
+        Arg::Int(row.cost.base.get()),
+        Arg::Int(row.cost.fuel.get()),
+        Arg::Int(row.cost.wall.get()),
     ]
 }
 

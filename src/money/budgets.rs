@@ -515,14 +515,21 @@ pub async fn delete(db: &Db, user_id: i64, condition: Condition<'_>) -> Result<b
 pub struct Spend {
     pub cast_count: i64,
     pub fuel_used: i64,
+    /// Blocked time billed, in ms.
+    pub blocked_ms: i64,
+    /// Everything charged, the blocked time's part included.
     pub cost_microusd: i64,
+    /// The part of `cost_microusd` that paid for blocked time.
+    pub wall_microusd: i64,
 }
 
 impl Spend {
     fn add(&mut self, other: &Spend) {
         self.cast_count += other.cast_count;
         self.fuel_used = self.fuel_used.saturating_add(other.fuel_used);
+        self.blocked_ms = self.blocked_ms.saturating_add(other.blocked_ms);
         self.cost_microusd = self.cost_microusd.saturating_add(other.cost_microusd);
+        self.wall_microusd = self.wall_microusd.saturating_add(other.wall_microusd);
     }
 }
 
@@ -567,7 +574,9 @@ struct UsageRow {
     outcome: String,
     cast_count: i64,
     fuel_used: i64,
+    blocked_ms: i64,
     cost_microusd: i64,
+    wall_microusd: i64,
 }
 
 /// A user's spend over `[from_ms, to_ms)`, from the durable cast records (each written in the
@@ -590,7 +599,9 @@ pub async fn usage(
     let rows: Vec<UsageRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {group} AS group_key, outcome, CAST(COUNT(*) AS BIGINT) AS cast_count, \
          CAST(COALESCE(SUM(fuel_used), 0) AS BIGINT) AS fuel_used, \
-         CAST(COALESCE(SUM(cost_microusd), 0) AS BIGINT) AS cost_microusd \
+         CAST(COALESCE(SUM(blocked_ms), 0) AS BIGINT) AS blocked_ms, \
+         CAST(COALESCE(SUM(cost_microusd), 0) AS BIGINT) AS cost_microusd, \
+         CAST(COALESCE(SUM(wall_microusd), 0) AS BIGINT) AS wall_microusd \
          FROM casts WHERE user_id = $1 AND created_at_ms >= $2 AND created_at_ms < $3 \
          GROUP BY {group}, outcome"
     )))
@@ -615,7 +626,9 @@ pub async fn usage(
         let spend = Spend {
             cast_count: row.cast_count,
             fuel_used: row.fuel_used,
+            blocked_ms: row.blocked_ms,
             cost_microusd: row.cost_microusd,
+            wall_microusd: row.wall_microusd,
         };
         for group in [&mut total, groups.entry(key).or_default()] {
             group.spend.add(&spend);

@@ -26,7 +26,7 @@ use super::batch::{LeaseRef, SettleRequest, Settled};
 use super::budgets::Budget;
 use super::quote::{self, FuelBound, Plan, Refusal};
 use super::store::{Arg, Conn, Row, Store};
-use super::{MicroUsd, MoneyError, Pricing};
+use super::{Cost, MicroUsd, MoneyError, Pricing};
 use crate::store::Db;
 
 /// How long a lease lives without renewal, by default (`SPELLHOST_LEASE_TTL_MS`). Short enough
@@ -210,6 +210,8 @@ pub struct LeaseHold {
     pub amount: MicroUsd,
     pub fuel_cap: u64,
     pub bound: FuelBound,
+    /// The most blocked time the run may be billed for (and may spend).
+    pub blocked_ms_max: u64,
     /// The budgets that govern the cast, as this instance knows them.
     pub budgets: Vec<Budget>,
     leases: Vec<(Pool, String)>,
@@ -237,7 +239,11 @@ impl Drop for LeaseHold {
 /// What settling a cast did.
 #[derive(Debug, Clone)]
 pub struct Settlement {
+    /// What was charged: `breakdown.total()`.
     pub cost: MicroUsd,
+    pub breakdown: Cost,
+    /// The blocked time billed, in ms (at most the hold's `blocked_ms_max`).
+    pub blocked_ms: u64,
     pub balance_after: MicroUsd,
     pub ledger_seq: i64,
     pub budgets: Vec<Budget>,
@@ -253,6 +259,8 @@ pub struct CastRecord<'a> {
     pub outcome: &'a str,
     pub fuel_used: u64,
     pub duration_us: u64,
+    /// Time blocked in host calls, in whole ms rounded up ([`Pricing::billed_ms`]).
+    pub blocked_ms: u64,
 }
 
 impl Inner {
@@ -291,6 +299,7 @@ impl Inner {
             amount: plan.worst_case,
             fuel_cap: plan.fuel_cap,
             bound: plan.bound,
+            blocked_ms_max: plan.blocked_ms_max,
             budgets: pools.into_iter().filter_map(|(_, b)| b).collect(),
             leases,
             released: false,
@@ -1050,12 +1059,14 @@ impl Money {
         mut hold: LeaseHold,
         record: &CastRecord<'_>,
     ) -> Result<Settlement, MoneyError> {
-        let cost = self
+        let blocked_ms = record.blocked_ms.min(hold.blocked_ms_max);
+        let charge = self
             .inner
             .pricing
-            .cost(record.fuel_used.min(hold.fuel_cap))
-            .min(hold.amount);
-        debug_assert!(cost <= hold.amount);
+            .charge(record.fuel_used.min(hold.fuel_cap), blocked_ms);
+        debug_assert!(charge.total() <= hold.amount, "{charge:?} > {hold:?}");
+        let charge = charge.at_most(hold.amount);
+        let cost = charge.total();
         self.inner.release(&mut hold, cost.get(), true);
         let request = SettleRequest {
             cast_id: hold.request.cast_id.clone(),
@@ -1067,7 +1078,8 @@ impl Money {
             outcome: record.outcome.to_owned(),
             fuel_used: record.fuel_used,
             duration_us: record.duration_us,
-            cost,
+            blocked_ms,
+            cost: charge,
             leases: hold
                 .leases
                 .iter()
@@ -1088,6 +1100,8 @@ impl Money {
         }
         Ok(Settlement {
             cost: settled.cost,
+            breakdown: settled.breakdown,
+            blocked_ms,
             balance_after: settled.balance_after,
             ledger_seq: settled.ledger_seq,
             budgets: settled.budgets,

@@ -1,7 +1,10 @@
 //! The append-only, gapless, hash-chained ledger.
 //!
 //! `hash = sha256(prev_hash ‖ canonical entry)` where the canonical entry is the JSON array
-//! `[seq, user_id, kind, amount_microusd, balance_after_microusd, reference, created_at_ms]`.
+//! `[seq, user_id, kind, amount_microusd, balance_after_microusd, reference, created_at_ms]`,
+//! with `wall_microusd` appended for the entries that carry it (casts settled since migration
+//! 0008: the part of the amount that paid for blocked time). Entries without it hash exactly
+//! as before, so an older chain still verifies; one with it cannot lose it unnoticed.
 //! Appends lock the single `ledger_head` row, which makes `seq` gapless under concurrency: a
 //! rolled-back transaction takes its increment with it.
 
@@ -42,6 +45,11 @@ impl EntryKind {
     }
 }
 
+/// The columns of [`LedgerEntry`], for every `SELECT` of entries: one forgotten would fail
+/// to decode rather than be hashed as absent.
+pub const LEDGER_COLUMNS: &str = "seq, user_id, kind, amount_microusd, balance_after_microusd, \
+     reference, created_at_ms, wall_microusd, prev_hash, hash";
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct LedgerEntry {
     pub seq: i64,
@@ -51,6 +59,9 @@ pub struct LedgerEntry {
     pub balance_after_microusd: i64,
     pub reference: String,
     pub created_at_ms: i64,
+    /// A cast's charge for blocked time (µ$, part of `-amount_microusd`); `None` on every
+    /// other entry and on casts settled before wall-time pricing.
+    pub wall_microusd: Option<i64>,
     pub prev_hash: String,
     pub hash: String,
 }
@@ -58,18 +69,23 @@ pub struct LedgerEntry {
 impl LedgerEntry {
     /// The hash this entry must carry, given its fields and `prev_hash`.
     pub fn expected_hash(&self) -> String {
-        entry_hash(
-            &self.prev_hash,
-            &(
-                self.seq,
-                self.user_id,
-                self.kind.as_str(),
-                self.amount_microusd,
-                self.balance_after_microusd,
-                self.reference.as_str(),
-                self.created_at_ms,
-            ),
-        )
+        let fields = (
+            self.seq,
+            self.user_id,
+            self.kind.as_str(),
+            self.amount_microusd,
+            self.balance_after_microusd,
+            self.reference.as_str(),
+            self.created_at_ms,
+        );
+        match self.wall_microusd {
+            None => entry_hash(&self.prev_hash, &fields),
+            Some(wall) => {
+                let (seq, user, kind, amount, after, reference, at) = fields;
+                let extended = (seq, user, kind, amount, after, reference, at, wall);
+                entry_hash(&self.prev_hash, &extended)
+            }
+        }
     }
 }
 
@@ -109,6 +125,7 @@ pub async fn append_entry(
         balance_after_microusd: balance_after.get(),
         reference: reference.to_owned(),
         created_at_ms,
+        wall_microusd: None,
         prev_hash,
         hash: String::new(),
     };
@@ -231,10 +248,9 @@ pub async fn verify_chain_anchored(
     let mut prev_hash = GENESIS_HASH.to_owned();
     let mut running: std::collections::HashMap<i64, i64> = Default::default();
     loop {
-        let page: Vec<LedgerEntry> = sqlx::query_as(
-            "SELECT seq, user_id, kind, amount_microusd, balance_after_microusd, reference, \
-             created_at_ms, prev_hash, hash FROM ledger WHERE seq >= $1 ORDER BY seq LIMIT $2",
-        )
+        let page: Vec<LedgerEntry> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {LEDGER_COLUMNS} FROM ledger WHERE seq >= $1 ORDER BY seq LIMIT $2"
+        )))
         .bind(expected_seq)
         .bind(VERIFY_PAGE)
         .fetch_all(&mut *snapshot)
@@ -358,6 +374,35 @@ mod tests {
     }
 
     #[test]
+    fn entries_without_a_wall_part_hash_as_before_and_the_wall_part_is_chained() {
+        let mut entry = LedgerEntry {
+            seq: 1,
+            user_id: 7,
+            kind: "cast".into(),
+            amount_microusd: -5,
+            balance_after_microusd: 95,
+            reference: "cast_x".into(),
+            created_at_ms: 1_000,
+            wall_microusd: None,
+            prev_hash: GENESIS_HASH.into(),
+            hash: String::new(),
+        };
+        // The hash of this entry as every version before wall-time pricing computed it.
+        let mut hasher = Sha256::new();
+        hasher.update([0u8; 32]);
+        hasher.update(br#"[1,7,"cast",-5,95,"cast_x",1000]"#);
+        assert_eq!(entry.expected_hash(), hex::encode(hasher.finalize()));
+        let before = entry.expected_hash();
+        entry.wall_microusd = Some(3);
+        let with_wall = entry.expected_hash();
+        assert_ne!(with_wall, before);
+        entry.wall_microusd = Some(4);
+        assert_ne!(entry.expected_hash(), with_wall, "the wall part is chained");
+        entry.wall_microusd = Some(0);
+        assert_ne!(entry.expected_hash(), before, "zero is not absent");
+    }
+
+    #[test]
     fn a_running_total_that_overflows_breaks_the_chain() {
         let mut running = std::collections::HashMap::from([(1, i64::MAX)]);
         let mut entry = LedgerEntry {
@@ -368,6 +413,7 @@ mod tests {
             balance_after_microusd: i64::MIN,
             reference: "x".into(),
             created_at_ms: 0,
+            wall_microusd: None,
             prev_hash: GENESIS_HASH.into(),
             hash: String::new(),
         };

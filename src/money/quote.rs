@@ -1,7 +1,8 @@
 //! The 402 rule, as pure functions: what a cast may burn and cost at worst under its caps, and
 //! whether the balance and every budget that applies can hold that worst case. A cast is held
 //! at its worst case or refused before anything runs, so neither the balance nor a budget ever
-//! binds in the middle of a run.
+//! binds in the middle of a run. The worst case is the cost of the fuel cap plus the blocked
+//! time a run could be billed: all of its wall limit.
 
 use super::budgets::Budget;
 use super::{MicroUsd, Pricing};
@@ -15,6 +16,8 @@ pub struct Caps {
     pub caller_fuel_max: Option<u64>,
     /// The caller's `max_cost_microusd`.
     pub caller_cost_max: Option<MicroUsd>,
+    /// The run's wall limit: the most it can be blocked in host calls.
+    pub wall_ms: u64,
 }
 
 /// What decided a run's fuel cap. A run that exhausts its cap ends `fuel_exhausted` (422)
@@ -27,11 +30,15 @@ pub enum FuelBound {
     Spell,
 }
 
-/// The fuel cap of a cast and its worst-case cost: what is held before it runs.
+/// The fuel cap and blocked-time budget of a cast and its worst-case cost: what is held before
+/// it runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Plan {
     pub fuel_cap: u64,
     pub bound: FuelBound,
+    /// The most blocked time the run may be billed (and may spend): its wall limit, unless
+    /// the caller's `max_cost_microusd` lowered it.
+    pub blocked_ms_max: u64,
     pub worst_case: MicroUsd,
 }
 
@@ -42,6 +49,11 @@ pub enum PlanError {
 }
 
 /// The smallest of the caps, and what it costs at worst.
+///
+/// When the caller's `max_cost_microusd` cannot pay for the fuel cap and the whole wall limit
+/// of blocked time, both shrink in proportion to their worst-case costs, so that the run keeps
+/// the shape its limits give it (the wall limit itself stays: computing is not billed by
+/// time). A cheap computing cast then still runs, with little or no time it may spend asleep.
 pub fn plan(caps: Caps, pricing: &Pricing) -> Result<Plan, PlanError> {
     let (mut fuel_cap, mut bound) = (caps.spell_fuel_max, FuelBound::Spell);
     if let Some(caller) = caps.caller_fuel_max
@@ -49,23 +61,44 @@ pub fn plan(caps: Caps, pricing: &Pricing) -> Result<Plan, PlanError> {
     {
         (fuel_cap, bound) = (caller, FuelBound::Caller);
     }
+    let mut blocked_ms_max = caps.wall_ms;
     if let Some(cost_max) = caps.caller_cost_max {
+        let full = pricing.charge(fuel_cap, blocked_ms_max);
+        if full.total() > cost_max {
+            blocked_ms_max = blocked_share(full, cost_max, blocked_ms_max);
+        }
         let minimum = pricing.cost(fuel_cap.min(1));
-        let affordable = pricing
-            .affordable_fuel(cost_max)
+        let affordable = cost_max
+            .checked_sub(pricing.wall_cost(blocked_ms_max))
+            .and_then(|left| pricing.affordable_fuel(left))
             .filter(|&fuel| fuel >= fuel_cap.min(1))
             .ok_or(PlanError::CostCapBelowMinimum { minimum })?;
         if affordable < fuel_cap {
             (fuel_cap, bound) = (affordable, FuelBound::Caller);
         }
     }
-    let worst_case = pricing.cost(fuel_cap);
+    let worst_case = pricing.charge(fuel_cap, blocked_ms_max).total();
     debug_assert!(caps.caller_cost_max.is_none_or(|max| worst_case <= max));
+    debug_assert!(blocked_ms_max <= caps.wall_ms);
     Ok(Plan {
         fuel_cap,
         bound,
+        blocked_ms_max,
         worst_case,
     })
+}
+
+/// The blocked time a cost cap leaves to a run whose worst case `full` (for `blocked_ms`)
+/// exceeds it: the wall part's share of what is left after the base fee, rounded down.
+fn blocked_share(full: super::Cost, cost_max: MicroUsd, blocked_ms: u64) -> u64 {
+    let parts = u128::try_from(full.fuel.get().saturating_add(full.wall.get())).unwrap_or(0);
+    if full.wall.get() <= 0 || parts == 0 {
+        // Blocked time is free: nothing to share.
+        return blocked_ms;
+    }
+    let left = u128::try_from(cost_max.get().saturating_sub(full.base.get())).unwrap_or(0);
+    let share = u128::from(blocked_ms) * left / parts;
+    u64::try_from(share).unwrap_or(blocked_ms).min(blocked_ms)
 }
 
 /// What could not hold a cast's worst case.
@@ -116,8 +149,11 @@ pub fn check(
     let Some((available, binding)) = tightest else {
         return Ok(());
     };
-    let affordable_max_fuel = pricing
-        .affordable_fuel(least_available)
+    // What is left for fuel once the blocked time is held: a smaller `max_fuel` cannot make
+    // room for the wall part.
+    let affordable_max_fuel = least_available
+        .checked_sub(pricing.wall_cost(plan.blocked_ms_max))
+        .and_then(|left| pricing.affordable_fuel(left))
         .map(|fuel| fuel.min(plan.fuel_cap))
         .filter(|&fuel| fuel >= 1);
     Err(Box::new(Refusal {
@@ -140,6 +176,15 @@ mod tests {
             spell_fuel_max: spell,
             caller_fuel_max: fuel,
             caller_cost_max: cost.map(MicroUsd::new),
+            wall_ms: 0,
+        }
+    }
+
+    /// Fuel at the default price, blocked time at 10 µ$/ms.
+    fn walled() -> Pricing {
+        Pricing {
+            price_microusd_per_wall_ms: 10,
+            ..Pricing::default()
         }
     }
 
@@ -217,6 +262,77 @@ mod tests {
         assert_eq!(refused.binding, Binding::Budget(tight));
         assert_eq!(refused.available, MicroUsd::new(50));
         assert_eq!(refused.affordable_max_fuel, Some(490_000));
+    }
+
+    #[test]
+    fn the_worst_case_holds_the_whole_wall_limit_of_blocked_time() {
+        let pricing = walled();
+        let plan = plan(
+            Caps {
+                wall_ms: 2_000,
+                ..caps(1_000_000, None, None)
+            },
+            &pricing,
+        )
+        .expect("plan");
+        // 101 µ$ of fuel cap and 20 000 µ$ of blocked time.
+        assert_eq!(plan.blocked_ms_max, 2_000);
+        assert_eq!(plan.worst_case, MicroUsd::new(20_101));
+        // The quote's largest max_fuel leaves room for the blocked time: of 20 051 µ$,
+        // 20 000 hold the wall part and 51 pay the base fee and 500 000 fuel.
+        let refused = check(&plan, MicroUsd::new(20_051), &[], &pricing).expect_err("short");
+        assert_eq!(refused.required, MicroUsd::new(20_101));
+        assert_eq!(refused.affordable_max_fuel, Some(500_000));
+        // No max_fuel helps when the wall part alone does not fit.
+        let refused = check(&plan, MicroUsd::new(20_000), &[], &pricing).expect_err("short");
+        assert_eq!(refused.affordable_max_fuel, None);
+    }
+
+    #[test]
+    fn a_cost_cap_shrinks_fuel_and_blocked_time_in_proportion() {
+        let pricing = walled();
+        let capped = |cost: i64| {
+            plan(
+                Caps {
+                    wall_ms: 2_000,
+                    ..caps(1_000_000, None, Some(cost))
+                },
+                &pricing,
+            )
+        };
+        // Enough for everything: nothing shrinks.
+        let roomy = capped(20_101).expect("plan");
+        assert_eq!((roomy.fuel_cap, roomy.blocked_ms_max), (1_000_000, 2_000));
+        assert_eq!(roomy.bound, FuelBound::Spell);
+        // Half of what is left after the base fee: half the blocked time (1 000 ms, 10 000 µ$),
+        // the rest buys fuel (50 µ$: 500 000).
+        let half = capped(10_051).expect("plan");
+        assert_eq!((half.fuel_cap, half.blocked_ms_max), (500_000, 1_000));
+        assert_eq!(half.bound, FuelBound::Caller);
+        assert_eq!(half.worst_case, MicroUsd::new(10_051));
+        // A cap of a few µ$ still runs a short computing cast, with no time to sleep.
+        let tiny = capped(5).expect("plan");
+        assert_eq!((tiny.fuel_cap, tiny.blocked_ms_max), (40_000, 0));
+        assert!(tiny.worst_case <= MicroUsd::new(5));
+        assert_eq!(
+            capped(1),
+            Err(PlanError::CostCapBelowMinimum {
+                minimum: MicroUsd::new(2)
+            })
+        );
+        // Free blocked time is never shrunk.
+        let free = plan(
+            Caps {
+                wall_ms: 2_000,
+                ..caps(1_000_000, None, Some(11))
+            },
+            &Pricing {
+                price_microusd_per_wall_ms: 0,
+                ..pricing
+            },
+        )
+        .expect("plan");
+        assert_eq!((free.fuel_cap, free.blocked_ms_max), (100_000, 2_000));
     }
 
     #[test]

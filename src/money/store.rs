@@ -37,6 +37,8 @@ pub enum Arg {
     Text(String),
     /// A NULL in a text column.
     NullText,
+    /// A NULL in an integer column.
+    NullInt,
 }
 
 impl From<i64> for Arg {
@@ -54,6 +56,11 @@ impl From<String> for Arg {
         Arg::Text(value)
     }
 }
+impl From<Option<i64>> for Arg {
+    fn from(value: Option<i64>) -> Self {
+        value.map_or(Arg::NullInt, Arg::Int)
+    }
+}
 impl From<Option<String>> for Arg {
     fn from(value: Option<String>) -> Self {
         value.map_or(Arg::NullText, Arg::Text)
@@ -66,7 +73,7 @@ impl rusqlite::ToSql for Arg {
         Ok(match self {
             Arg::Int(value) => ToSqlOutput::Borrowed(ValueRef::Integer(*value)),
             Arg::Text(text) => ToSqlOutput::Borrowed(ValueRef::Text(text.as_bytes())),
-            Arg::NullText => ToSqlOutput::Borrowed(ValueRef::Null),
+            Arg::NullText | Arg::NullInt => ToSqlOutput::Borrowed(ValueRef::Null),
         })
     }
 }
@@ -634,6 +641,7 @@ fn bind_all<'q>(
             Arg::Int(value) => query.bind(value),
             Arg::Text(text) => query.bind(text),
             Arg::NullText => query.bind(None::<String>),
+            Arg::NullInt => query.bind(None::<i64>),
         };
     }
     query

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use crate::App;
 use crate::money::LedgerEntry;
+use crate::money::ledger::LEDGER_COLUMNS;
 use crate::store::Db;
 use crate::telemetry::Metrics;
 
@@ -107,11 +108,10 @@ pub async fn verify_tail(db: &Db, verified_seq: i64) -> Result<TailCheck, sqlx::
     let mut walk = Walk::new(from);
     let mut next = from;
     while next <= through {
-        let page: Vec<LedgerEntry> = sqlx::query_as(
-            "SELECT seq, user_id, kind, amount_microusd, balance_after_microusd, reference, \
-             created_at_ms, prev_hash, hash FROM ledger WHERE seq >= $1 AND seq <= $2 \
-             ORDER BY seq LIMIT $3",
-        )
+        let page: Vec<LedgerEntry> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {LEDGER_COLUMNS} FROM ledger WHERE seq >= $1 AND seq <= $2 \
+             ORDER BY seq LIMIT $3"
+        )))
         .bind(next)
         .bind(through)
         .bind(PAGE_ENTRIES)

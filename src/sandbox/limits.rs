@@ -59,6 +59,10 @@ pub struct RunLimits {
     pub wall_ms: u64,
     pub memory_bytes: u64,
     pub output_bytes: u64,
+    /// Milliseconds the run may spend blocked in host calls, all together: what the caller's
+    /// `max_cost_microusd` pays for at the wall-time price. `None`: only the wall limit bounds
+    /// it. A host call still blocked when it is spent ends the run (`deadline_exceeded`).
+    pub blocked_ms: Option<u64>,
 }
 
 impl RunLimits {
@@ -70,12 +74,22 @@ impl RunLimits {
             wall_ms: capped(manifest.wall_ms_max, host.wall_ms_max),
             memory_bytes: capped(manifest.memory_bytes_max, host.memory_bytes_max),
             output_bytes: capped(manifest.output_bytes_max, host.output_bytes_max),
+            blocked_ms: None,
         }
     }
 
     /// Lowers (never raises) the fuel cap.
     pub fn with_fuel_at_most(mut self, fuel: u64) -> Self {
         self.fuel = self.fuel.min(fuel);
+        self
+    }
+
+    /// Lowers (never raises) the blocked-time budget.
+    pub fn with_blocked_ms_at_most(mut self, blocked_ms: u64) -> Self {
+        self.blocked_ms = Some(
+            self.blocked_ms
+                .map_or(blocked_ms, |own| own.min(blocked_ms)),
+        );
         self
     }
 

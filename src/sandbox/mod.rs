@@ -11,6 +11,7 @@
 //! thread at all, only its slot. Slots are granted by the [`scheduler`]: at most `runs_max` at
 //! once, `tenant_runs_max` per user, the next free one to the least-served waiting user.
 
+mod blocked;
 mod cache;
 mod engine;
 mod limits;
@@ -31,7 +32,7 @@ pub use cache::ModuleSource;
 pub use limits::{HostLimits, RunLimits};
 pub use outcome::{Outcome, RunReport};
 pub use run::{FUEL_YIELD_INTERVAL, HOST_FUEL_PER_BYTE};
-pub use scheduler::Tenant;
+pub use scheduler::{Lane, RunFor, Tenant};
 
 use crate::supply_chain::{ManifestLimits, ModuleDigest, VerifiedModule};
 use cache::{ArtifactStore, CacheCounters, LruMap};
@@ -112,6 +113,9 @@ pub enum SandboxError {
     /// its queue is full. Others are not affected.
     #[error("this caller already has {limit} runs in flight")]
     TooManyConcurrent { limit: usize },
+    /// Like `TooManyConcurrent`, for the lane the run came through (an API key's own limit).
+    #[error("this key already has {limit} runs in flight")]
+    TooManyConcurrentForKey { limit: usize },
     #[error("input is {actual} bytes; the limit is {limit}")]
     InputTooLarge { actual: usize, limit: u64 },
     #[error("the module could not be compiled: {0}")]
@@ -299,12 +303,13 @@ impl Sandbox {
         Ok((module, ModuleSource::Compiled))
     }
 
-    /// Runs a spell for `tenant` once the scheduler grants it a slot, on the wasm runtime,
-    /// and waits for its report without blocking the caller's runtime. The run goes on to its
-    /// end (and keeps its slot) even if the caller stops waiting.
+    /// Runs a spell for a tenant (through one of its lanes, or not) once the scheduler grants
+    /// it a slot, on the wasm runtime, and waits for its report without blocking the caller's
+    /// runtime. The run goes on to its end (and keeps its slot) even if the caller stops
+    /// waiting.
     pub async fn run(
         &self,
-        tenant: Tenant,
+        who: impl Into<RunFor>,
         spell: Arc<CompiledSpell>,
         input: Vec<u8>,
         limits: RunLimits,
@@ -315,14 +320,18 @@ impl Sandbox {
                 limit: self.limits.input_bytes_max,
             });
         }
+        let who = who.into();
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let tenant_limit = self.scheduler.capacity().tenant_limit;
+        let lane_limit = who.lane.as_ref().map_or(tenant_limit, |lane| lane.limit);
         let refused = move |refusal: Refusal| match refusal {
             Refusal::TenantLimit => SandboxError::TooManyConcurrent {
                 limit: tenant_limit,
             },
+            Refusal::LaneLimit => SandboxError::TooManyConcurrentForKey { limit: lane_limit },
             Refusal::Busy => SandboxError::Busy,
         };
+        let tenant = who.tenant;
         let engine = self.engine.clone();
         let host = self.limits.clone();
         let wasm = self.wasm.handle().clone();
@@ -348,7 +357,7 @@ impl Sandbox {
             }
         });
         let mut receiver = receiver;
-        if let Some(ticket) = self.scheduler.submit(tenant, job) {
+        if let Some(ticket) = self.scheduler.submit(who, job) {
             // The ticket is given up after the wait limit, or when this future is dropped.
             let mut waiting = Waiting {
                 scheduler: &self.scheduler,

@@ -53,6 +53,11 @@ pub struct RunReport {
     pub stderr: Vec<u8>,
     /// Wall time of the run itself, from instantiation to its end.
     pub duration: Duration,
+    /// Time the run spent blocked in host calls (sleeping in `poll_oneoff`), not counting its
+    /// turns on a shared thread nor the time a woken run waited for one (see `blocked.rs`):
+    /// what wall-time pricing bills. At most the wall time, and the run's blocked-time budget
+    /// but for the moment it takes to stop.
+    pub blocked: Duration,
     /// Time the run waited for a slot before it started (zero outside the scheduler).
     pub queue_wait: Duration,
 }

@@ -12,6 +12,7 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi::{I32Exit, WasiCtxBuilder};
 
+use super::blocked::{HostCallState, Metered};
 use super::output::{CappedPipe, OnOverflow};
 use super::{CompiledSpell, HostLimits, Outcome, RunLimits, RunReport};
 
@@ -50,6 +51,8 @@ pub struct SpellState {
     host_bytes_charged: u64,
     /// When the run's wall-time limit ends it.
     wall_deadline: Instant,
+    /// Whether the run is in a host call or yielding, for the blocked-time meter.
+    host: Arc<HostCallState>,
 }
 
 impl SpellState {
@@ -226,6 +229,7 @@ async fn run_once(
             output: Vec::new(),
             stderr: Vec::new(),
             duration: Duration::ZERO,
+            blocked: Duration::ZERO,
             queue_wait: Duration::ZERO,
         };
         return (report, None);
@@ -235,20 +239,33 @@ async fn run_once(
         engine, spell, input, limits, host, &stdout, &stderr, host_bytes,
     );
 
-    let wall = Duration::from_millis(limits.wall_ms) + HOST_CALL_GRACE;
-    let result = tokio::time::timeout(wall, call_start(pre, &mut store)).await;
+    let wall = Duration::from_millis(limits.wall_ms);
+    let blocked_max = limits.blocked_ms.map_or(wall, Duration::from_millis);
+    let host_calls = Arc::clone(&store.data().host);
+    let mut blocked = Duration::ZERO;
+    let metered = Metered::new(
+        Box::pin(call_start(pre, &mut store)),
+        host_calls,
+        wall,
+        blocked_max,
+        &mut blocked,
+    );
+    // The meter ends a host call blocked at the deadline; this ends anything else that would
+    // outlive it.
+    let result = tokio::time::timeout(wall + HOST_CALL_GRACE, metered).await;
     let duration = started.elapsed();
 
     let remaining = store.get_fuel().unwrap_or(0);
     let fuel_used = limits.fuel.saturating_sub(remaining);
     let refused = store.data().limiter.refused;
     let trap = match &result {
-        Ok(Err(error)) => error.downcast_ref::<Trap>().copied(),
+        Ok(Ok(Err(error))) => error.downcast_ref::<Trap>().copied(),
         _ => None,
     };
     let outcome = match result {
-        Err(_elapsed) => Outcome::DeadlineExceeded,
-        Ok(result) => classify(result, refused, stdout.overflowed()),
+        // Timed out, or blocked in a host call at the deadline or past the budget.
+        Err(_) | Ok(Err(_)) => Outcome::DeadlineExceeded,
+        Ok(Ok(result)) => classify(result, refused, stdout.overflowed()),
     };
     let report = RunReport {
         outcome,
@@ -256,6 +273,7 @@ async fn run_once(
         output: stdout.take(),
         stderr: stderr.take(),
         duration,
+        blocked,
         queue_wait: Duration::ZERO,
     };
     (report, trap)
@@ -303,20 +321,22 @@ fn new_store(
         host_bytes,
         host_bytes_charged: 0,
         wall_deadline,
+        host: Arc::default(),
     };
     let mut store = Store::new(engine, state);
     store.limiter(|state| &mut state.limiter);
     // Both calls only fail when fuel is disabled in the engine, which it never is.
     let _ = store.set_fuel(limits.fuel);
     let _ = store.fuel_async_yield_interval(Some(FUEL_YIELD_INTERVAL));
-    store.call_hook(charge_host_call);
+    store.call_hook(on_host_call);
     // Every epoch tick that finds the spell in wasm either ends it (its wall time is up) or
-    // makes it yield its thread to the other runs for a turn.
+    // makes it yield its thread to the other runs for a turn (a turn is not blocked time).
     store.set_epoch_deadline(SLICE_TICKS);
     store.epoch_deadline_callback(|store| {
         if Instant::now() >= store.data().wall_deadline {
             return Ok(UpdateDeadline::Interrupt);
         }
+        store.data().host.yielding.store(true, Ordering::Relaxed);
         Ok(UpdateDeadline::YieldCustom(
             SLICE_TICKS,
             Box::pin(tokio::task::yield_now()),
@@ -325,21 +345,28 @@ fn new_store(
     store
 }
 
-/// Charges a host call when it returns to wasm: [`HOST_FUEL_PER_BYTE`] for each byte it moved.
-/// A call the remaining fuel cannot pay for ends the run as out of fuel, with all of its fuel
-/// used.
+/// Marks host calls for the blocked-time meter ([`super::blocked`]), and charges a host call
+/// when it returns to wasm: [`HOST_FUEL_PER_BYTE`] for each byte it moved. A call the remaining
+/// fuel cannot pay for ends the run as out of fuel, with all of its fuel used.
 ///
 /// The hook also runs around wasmtime's own libcalls (`memory.copy`, `memory.grow`, epoch and
 /// fuel checks), which move no bytes of ours: those cost nothing here, so that fuel stays
 /// deterministic (epoch checks depend on timing) and a `memcpy` is not billed as a host call.
 /// That is also why there is no flat fee per call: the hook cannot tell a WASI call from a
 /// libcall.
-fn charge_host_call(
+fn on_host_call(
     mut store: wasmtime::StoreContextMut<'_, SpellState>,
     hook: CallHook,
 ) -> wasmtime::Result<()> {
-    if !matches!(hook, CallHook::ReturningFromHost) {
-        return Ok(());
+    match hook {
+        CallHook::CallingHost => {
+            store.data().host.in_host.store(true, Ordering::Relaxed);
+            return Ok(());
+        }
+        CallHook::ReturningFromHost => {
+            store.data().host.in_host.store(false, Ordering::Relaxed);
+        }
+        CallHook::CallingWasm | CallHook::ReturningFromWasm => return Ok(()),
     }
     let state = store.data_mut();
     let moved = state.host_bytes.load(Ordering::Relaxed);

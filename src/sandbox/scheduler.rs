@@ -10,6 +10,11 @@
 //! past of heavy use is no penalty either. One tenant's backlog therefore delays another
 //! tenant's cast by at most the time until the next run ends, never by the backlog's length.
 //!
+//! A run may also come through a *lane* of its tenant (an API key) with a limit of its own:
+//! at most that many of the lane's runs at once, the tenant's limit binding as well. A run
+//! whose lane is full waits in its tenant's queue like one over the tenant's limit, and the
+//! tenant's other lanes pass it.
+//!
 //! [`FairQueue`] is the deterministic core (no clock of its own, no threads: every method takes
 //! what it needs), unit-tested below; [`Scheduler`] wraps it for async callers with a
 //! queue-wait limit.
@@ -27,6 +32,28 @@ pub struct Tenant(pub i64);
 impl Tenant {
     /// The only tenant of a process that serves no users (the CLI, benchmarks).
     pub const LOCAL: Tenant = Tenant(0);
+}
+
+/// A tenant's sub-queue with a limit of its own (an API key's `concurrent_casts_max`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Lane {
+    /// Unique within the tenant.
+    pub id: Arc<str>,
+    /// Runs at once through this lane (at least 1); the tenant's limit binds too.
+    pub limit: usize,
+}
+
+/// Whose run this is, and through which lane, if the tenant's limit is not the only one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RunFor {
+    pub tenant: Tenant,
+    pub lane: Option<Lane>,
+}
+
+impl From<Tenant> for RunFor {
+    fn from(tenant: Tenant) -> Self {
+        RunFor { tenant, lane: None }
+    }
 }
 
 /// How many runs may run and wait.
@@ -64,6 +91,8 @@ pub enum Refusal {
     /// The tenant's own load: it had its limit of runs running for the whole wait, or the
     /// queue is full and it has the most runs waiting. Answered 429.
     TenantLimit,
+    /// The lane's own load: it had its limit of runs running for the whole wait. Answered 429.
+    LaneLimit,
     /// The host was full for everyone for the whole wait: answered 503.
     Busy,
 }
@@ -71,7 +100,9 @@ pub enum Refusal {
 #[derive(Debug, Default)]
 struct TenantState {
     running: usize,
-    waiting: VecDeque<Ticket>,
+    /// Runs running per lane that has any.
+    lanes: HashMap<Arc<str>, usize>,
+    waiting: VecDeque<(Ticket, Option<Lane>)>,
     /// Slot time received, in µs, on the queue's virtual clock.
     service: u64,
 }
@@ -79,6 +110,40 @@ struct TenantState {
 impl TenantState {
     fn idle(&self) -> bool {
         self.running == 0 && self.waiting.is_empty()
+    }
+
+    fn lane_full(&self, lane: Option<&Lane>) -> bool {
+        lane.is_some_and(|lane| self.lanes.get(&lane.id).copied().unwrap_or(0) >= lane.limit)
+    }
+
+    /// The first waiting run (oldest) that may start now, under a tenant limit of `limit`.
+    fn next_eligible(&self, limit: usize) -> Option<(usize, Ticket)> {
+        if self.running >= limit {
+            return None;
+        }
+        self.waiting
+            .iter()
+            .position(|(_, lane)| !self.lane_full(lane.as_ref()))
+            .map(|index| (index, self.waiting[index].0))
+    }
+
+    fn start(&mut self, lane: Option<&Lane>) {
+        self.running += 1;
+        if let Some(lane) = lane {
+            *self.lanes.entry(Arc::clone(&lane.id)).or_default() += 1;
+        }
+    }
+
+    fn end(&mut self, lane: Option<&Lane>) {
+        self.running = self.running.saturating_sub(1);
+        if let Some(lane) = lane
+            && let Some(count) = self.lanes.get_mut(&lane.id)
+        {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.lanes.remove(&lane.id);
+            }
+        }
     }
 }
 
@@ -124,8 +189,9 @@ impl FairQueue {
         self.waiting
     }
 
-    /// A run of `tenant` arrives.
-    pub fn arrive(&mut self, tenant: Tenant) -> Admission {
+    /// A run of a tenant (through a lane, or not) arrives.
+    pub fn arrive(&mut self, who: impl Into<RunFor>) -> Admission {
+        let RunFor { tenant, lane } = who.into();
         let ticket = Ticket(self.next_ticket);
         self.next_ticket += 1;
         let virtual_time = self.virtual_time;
@@ -135,8 +201,11 @@ impl FairQueue {
             state.service = state.service.max(virtual_time);
         }
         // A free slot means nobody eligible is waiting (`dispatch` fills free slots first).
-        if self.running < capacity.slots && state.running < capacity.tenant_limit {
-            state.running += 1;
+        if self.running < capacity.slots
+            && state.running < capacity.tenant_limit
+            && !state.lane_full(lane.as_ref())
+        {
+            state.start(lane.as_ref());
             self.running += 1;
             return Admission::Run(ticket);
         }
@@ -153,7 +222,7 @@ impl FairQueue {
             match heaviest {
                 // Its newest waiting run makes room, when that leaves the queues more even.
                 Some((theirs, heaviest)) if theirs > mine + 1 => {
-                    if let Some(pushed_out) = self
+                    if let Some((pushed_out, _)) = self
                         .tenants
                         .get_mut(&heaviest)
                         .and_then(|state| state.waiting.pop_back())
@@ -176,16 +245,18 @@ impl FairQueue {
             }
         }
         let state = self.tenants.entry(tenant).or_default();
-        state.waiting.push_back(ticket);
+        state.waiting.push_back((ticket, lane));
         self.waiting += 1;
         Admission::Wait(ticket, evicted)
     }
 
-    /// A run of `tenant` ended after holding its slot for `service_us`. Returns the waiting
-    /// runs that now take the freed slot (at most one, but a caller must not rely on it).
-    pub fn finish(&mut self, tenant: Tenant, service_us: u64) -> Vec<(Tenant, Ticket)> {
+    /// A run (of a tenant, through its lane) ended after holding its slot for `service_us`.
+    /// Returns the waiting runs that now take the freed slot (at most one, but a caller must
+    /// not rely on it).
+    pub fn finish(&mut self, who: impl Into<RunFor>, service_us: u64) -> Vec<(RunFor, Ticket)> {
+        let RunFor { tenant, lane } = who.into();
         if let Some(state) = self.tenants.get_mut(&tenant) {
-            state.running = state.running.saturating_sub(1);
+            state.end(lane.as_ref());
             state.service = state.service.saturating_add(service_us);
             self.running = self.running.saturating_sub(1);
             if state.idle() {
@@ -200,11 +271,13 @@ impl FairQueue {
     /// holds and must [`finish`](Self::finish).
     pub fn cancel(&mut self, tenant: Tenant, ticket: Ticket) -> Option<Refusal> {
         let state = self.tenants.get_mut(&tenant)?;
-        let position = state.waiting.iter().position(|t| *t == ticket)?;
-        state.waiting.remove(position);
+        let position = state.waiting.iter().position(|(t, _)| *t == ticket)?;
+        let (_, lane) = state.waiting.remove(position)?;
         self.waiting -= 1;
         let why = if state.running >= self.capacity.tenant_limit {
             Refusal::TenantLimit
+        } else if state.lane_full(lane.as_ref()) {
+            Refusal::LaneLimit
         } else {
             Refusal::Busy
         };
@@ -214,8 +287,9 @@ impl FairQueue {
         Some(why)
     }
 
-    /// Fills free slots with the waiting runs of the least-served eligible tenants.
-    fn dispatch(&mut self) -> Vec<(Tenant, Ticket)> {
+    /// Fills free slots with the waiting runs of the least-served eligible tenants (a tenant's
+    /// oldest run whose lane is not full).
+    fn dispatch(&mut self) -> Vec<(RunFor, Ticket)> {
         let mut granted = Vec::new();
         while self.running < self.capacity.slots {
             let limit = self.capacity.tenant_limit;
@@ -224,23 +298,24 @@ impl FairQueue {
             let next = self
                 .tenants
                 .iter()
-                .filter(|(_, state)| state.running < limit && !state.waiting.is_empty())
-                .min_by_key(|(_, state)| {
-                    (state.service, state.running, state.waiting.front().copied())
+                .filter_map(|(tenant, state)| {
+                    let (index, ticket) = state.next_eligible(limit)?;
+                    Some(((state.service, state.running, ticket), *tenant, index))
                 })
-                .map(|(tenant, _)| *tenant);
-            let Some(tenant) = next else { break };
+                .min_by_key(|(order, _, _)| *order)
+                .map(|(_, tenant, index)| (tenant, index));
+            let Some((tenant, index)) = next else { break };
             let Some(state) = self.tenants.get_mut(&tenant) else {
                 break;
             };
-            let Some(ticket) = state.waiting.pop_front() else {
+            let Some((ticket, lane)) = state.waiting.remove(index) else {
                 break;
             };
-            state.running += 1;
+            state.start(lane.as_ref());
             self.running += 1;
             self.waiting -= 1;
             self.virtual_time = self.virtual_time.max(state.service);
-            granted.push((tenant, ticket));
+            granted.push((RunFor { tenant, lane }, ticket));
         }
         granted
     }
@@ -269,7 +344,7 @@ struct Inner {
 /// starts the next job.
 pub struct Slot {
     scheduler: Arc<Scheduler>,
-    tenant: Tenant,
+    who: RunFor,
     since: Instant,
     /// How long the run waited for the slot: zero exactly when it started at once.
     pub waited: Duration,
@@ -278,7 +353,7 @@ pub struct Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         let held = u64::try_from(self.since.elapsed().as_micros()).unwrap_or(u64::MAX);
-        Scheduler::release(&self.scheduler, self.tenant, held);
+        Scheduler::release(&self.scheduler, self.who.clone(), held);
     }
 }
 
@@ -318,16 +393,17 @@ impl Scheduler {
         (inner.queue.running(), inner.queue.waiting())
     }
 
-    /// Submits a run of `tenant`: `job` is called at once (with a slot, or refused), or later
-    /// from whichever thread frees a slot. `Some(ticket)` while it waits: the caller gives the
+    /// Submits a run: `job` is called at once (with a slot, or refused), or later from
+    /// whichever thread frees a slot. `Some(ticket)` while it waits: the caller gives the
     /// ticket up with [`give_up`](Self::give_up) after [`wait_max`](Self::wait_max).
-    pub fn submit(self: &Arc<Self>, tenant: Tenant, job: Job) -> Option<Ticket> {
+    pub fn submit(self: &Arc<Self>, who: impl Into<RunFor>, job: Job) -> Option<Ticket> {
+        let who = who.into();
         let now = Instant::now();
         let mut inner = self.lock();
-        match inner.queue.arrive(tenant) {
+        match inner.queue.arrive(who.clone()) {
             Admission::Run(_) => {
                 drop(inner);
-                job(Ok(self.slot(tenant, None)));
+                job(Ok(self.slot(who, None)));
                 None
             }
             Admission::Refused(refusal) => {
@@ -358,9 +434,9 @@ impl Scheduler {
         Some(refusal)
     }
 
-    /// A slot for `tenant`; `arrived` is when it started waiting, `None` for no wait at all
+    /// A slot for `who`; `arrived` is when it started waiting, `None` for no wait at all
     /// (`waited` is then exactly zero, which callers read as "started at once").
-    fn slot(self: &Arc<Self>, tenant: Tenant, arrived: Option<Instant>) -> Slot {
+    fn slot(self: &Arc<Self>, who: RunFor, arrived: Option<Instant>) -> Slot {
         let since = Instant::now();
         let waited = arrived.map_or(Duration::ZERO, |arrived| {
             since
@@ -369,16 +445,16 @@ impl Scheduler {
         });
         Slot {
             scheduler: Arc::clone(self),
-            tenant,
+            who,
             since,
             waited,
         }
     }
 
-    fn release(self: &Arc<Self>, tenant: Tenant, held_us: u64) {
+    fn release(self: &Arc<Self>, who: RunFor, held_us: u64) {
         let granted: Vec<_> = {
             let mut inner = self.lock();
-            let tickets = inner.queue.finish(tenant, held_us);
+            let tickets = inner.queue.finish(who, held_us);
             tickets
                 .into_iter()
                 .map(|(next, ticket)| (next, inner.jobs.remove(&ticket)))
@@ -412,17 +488,19 @@ mod tests {
         })
     }
 
-    fn waits(queue: &mut FairQueue, tenant: Tenant) -> Ticket {
-        match queue.arrive(tenant) {
+    fn waits(queue: &mut FairQueue, who: impl Into<RunFor>) -> Ticket {
+        let who = who.into();
+        match queue.arrive(who.clone()) {
             Admission::Wait(ticket, None) => ticket,
-            other => panic!("expected {tenant:?} to wait, got {other:?}"),
+            other => panic!("expected {who:?} to wait, got {other:?}"),
         }
     }
 
-    fn runs(queue: &mut FairQueue, tenant: Tenant) {
+    fn runs(queue: &mut FairQueue, who: impl Into<RunFor>) {
+        let who = who.into();
         assert!(
-            matches!(queue.arrive(tenant), Admission::Run(_)),
-            "{tenant:?} runs at once"
+            matches!(queue.arrive(who.clone()), Admission::Run(_)),
+            "{who:?} runs at once"
         );
     }
 
@@ -444,6 +522,7 @@ mod tests {
             let (ends, tenant, started) = in_flight.remove(0);
             clock = clock.max(ends);
             for (next, _) in queue.finish(tenant, ends - started) {
+                let next = next.tenant;
                 order.push(next);
                 in_flight.push((clock + cost(next), next, clock));
             }
@@ -468,7 +547,7 @@ mod tests {
         let third = waits(&mut queue, A);
         runs(&mut queue, B);
         // One of A's runs ends: its waiting run takes the slot.
-        assert_eq!(queue.finish(A, 100), vec![(A, third)]);
+        assert_eq!(queue.finish(A, 100), vec![(RunFor::from(A), third)]);
         assert_eq!((queue.running(), queue.waiting()), (3, 0));
     }
 
@@ -578,7 +657,7 @@ mod tests {
         // One waiting each: a fourth tenant finds the host full for everyone.
         assert_eq!(queue.arrive(Tenant(4)), Admission::Refused(Refusal::Busy));
         // B is served before A's remaining backlog when the slot frees.
-        assert_eq!(queue.finish(A, 100), vec![(B, b)]);
+        assert_eq!(queue.finish(A, 100), vec![(RunFor::from(B), b)]);
     }
 
     #[test]
@@ -602,9 +681,63 @@ mod tests {
         let b = waits(&mut queue, B);
         let c = waits(&mut queue, C);
         assert!(queue.cancel(B, b).is_some());
-        assert_eq!(queue.finish(A, 10), vec![(C, c)]);
+        assert_eq!(queue.finish(A, 10), vec![(RunFor::from(C), c)]);
         assert!(queue.finish(C, 10).is_empty());
         assert!(queue.tenants.is_empty(), "{:?}", queue.tenants);
+    }
+
+    /// A run of `tenant` through the lane `key` of limit `limit`.
+    fn via(tenant: Tenant, key: &str, limit: usize) -> RunFor {
+        RunFor {
+            tenant,
+            lane: Some(Lane {
+                id: key.into(),
+                limit,
+            }),
+        }
+    }
+
+    #[test]
+    fn a_key_at_its_own_limit_waits_while_its_users_other_keys_run() {
+        let mut queue = queue(8, 4);
+        let ci = via(A, "ci", 1);
+        runs(&mut queue, ci.clone());
+        let second = waits(&mut queue, ci.clone());
+        // The user's other keys, limited or not, are not held up by the CI key's limit.
+        runs(&mut queue, via(A, "app", 2));
+        runs(&mut queue, A);
+        assert_eq!((queue.running(), queue.waiting()), (3, 1));
+        // The CI key's run ends: its waiting run takes the slot.
+        assert_eq!(queue.finish(ci.clone(), 100), vec![(ci.clone(), second)]);
+        // Given up while waiting behind its key's limit: the key's load, not the host's.
+        let third = waits(&mut queue, ci.clone());
+        assert_eq!(queue.cancel(A, third), Some(Refusal::LaneLimit));
+    }
+
+    #[test]
+    fn the_users_limit_binds_a_key_whose_own_limit_is_higher() {
+        let mut queue = queue(8, 2);
+        let generous = via(A, "k", 5);
+        runs(&mut queue, generous.clone());
+        runs(&mut queue, generous.clone());
+        let third = waits(&mut queue, generous.clone());
+        assert_eq!(queue.cancel(A, third), Some(Refusal::TenantLimit));
+    }
+
+    #[test]
+    fn a_freed_slot_goes_to_a_users_later_run_when_the_oldest_ones_key_is_full() {
+        let mut queue = queue(2, 2);
+        let ci = via(A, "ci", 1);
+        runs(&mut queue, ci.clone());
+        runs(&mut queue, B);
+        // The host is full: A's next CI run (its key is full too) and A's other run wait.
+        let blocked = waits(&mut queue, ci.clone());
+        let other = waits(&mut queue, A);
+        // B's slot frees: A's oldest run cannot take it, A's other one does.
+        assert_eq!(queue.finish(B, 10), vec![(RunFor::from(A), other)]);
+        // A's CI run ends: now the waiting CI run may start.
+        assert_eq!(queue.finish(ci.clone(), 10), vec![(ci, blocked)]);
+        assert_eq!((queue.running(), queue.waiting()), (2, 0));
     }
 
     mod model {
@@ -612,9 +745,23 @@ mod tests {
         use proptest::prelude::*;
         use std::collections::HashSet;
 
+        /// The lanes a tenant's runs may come through (id, limit), or none.
+        const LANES: [Option<(&str, usize)>; 3] = [None, Some(("k1", 1)), Some(("k2", 2))];
+
+        fn run_for(tenant: i64, lane: usize) -> RunFor {
+            RunFor {
+                tenant: Tenant(tenant),
+                lane: LANES[lane % LANES.len()].map(|(id, limit)| Lane {
+                    id: id.into(),
+                    limit,
+                }),
+            }
+        }
+
         #[derive(Debug, Clone)]
         enum Op {
-            Arrive(i64),
+            /// A run of a tenant through one of [`LANES`].
+            Arrive(i64, usize),
             /// Ends the n-th running run (modulo how many run), after that much service.
             Finish(usize, u64),
             /// Gives up the n-th waiting ticket (modulo how many wait).
@@ -623,16 +770,16 @@ mod tests {
 
         fn op() -> impl Strategy<Value = Op> {
             prop_oneof![
-                3 => (1i64..5).prop_map(Op::Arrive),
+                3 => (1i64..5, 0usize..3).prop_map(|(t, lane)| Op::Arrive(t, lane)),
                 2 => (any::<usize>(), 0u64..1000).prop_map(|(n, us)| Op::Finish(n, us)),
                 1 => any::<usize>().prop_map(Op::Cancel),
             ]
         }
 
         proptest! {
-            /// Whatever happens: the limits hold, counts add up, every ticket ends at most
-            /// once, and the queue is work-conserving (a free slot means nobody eligible
-            /// waits).
+            /// Whatever happens: the limits (host, tenant, lane) hold, counts add up, every
+            /// ticket ends at most once, and the queue is work-conserving (a free slot means
+            /// nobody eligible waits).
             #[test]
             fn the_limits_hold_and_no_slot_idles_while_someone_could_use_it(
                 slots in 1usize..5,
@@ -641,36 +788,43 @@ mod tests {
                 ops in proptest::collection::vec(op(), 1..200),
             ) {
                 let mut queue = FairQueue::new(Capacity { slots, tenant_limit, queue_max });
-                let mut running: Vec<(Tenant, Ticket)> = Vec::new();
-                let mut waiting: Vec<(Tenant, Ticket)> = Vec::new();
+                let mut running: Vec<(RunFor, Ticket)> = Vec::new();
+                let mut waiting: Vec<(RunFor, Ticket)> = Vec::new();
                 let mut ended: HashSet<Ticket> = HashSet::new();
                 for op in ops {
                     match op {
-                        Op::Arrive(t) => match queue.arrive(Tenant(t)) {
-                            Admission::Run(ticket) => running.push((Tenant(t), ticket)),
-                            Admission::Wait(ticket, evicted) => {
-                                if let Some(out) = evicted {
-                                    prop_assert!(waiting.contains(&out), "evicts a waiting run");
-                                    prop_assert!(out.0 != Tenant(t));
-                                    waiting.retain(|w| *w != out);
-                                    prop_assert!(ended.insert(out.1));
+                        Op::Arrive(t, lane) => {
+                            let who = run_for(t, lane);
+                            match queue.arrive(who.clone()) {
+                                Admission::Run(ticket) => running.push((who, ticket)),
+                                Admission::Wait(ticket, evicted) => {
+                                    if let Some((tenant, out)) = evicted {
+                                        let index = waiting.iter().position(|(_, w)| *w == out);
+                                        prop_assert!(index.is_some(), "evicts a waiting run");
+                                        let (evicted, _) = waiting.remove(index.unwrap_or(0));
+                                        prop_assert_eq!(evicted.tenant, tenant);
+                                        prop_assert!(tenant != Tenant(t));
+                                        prop_assert!(ended.insert(out));
+                                    }
+                                    waiting.push((who, ticket));
                                 }
-                                waiting.push((Tenant(t), ticket));
+                                Admission::Refused(_) => {}
                             }
-                            Admission::Refused(_) => {}
-                        },
+                        }
                         Op::Finish(n, us) if !running.is_empty() => {
-                            let (tenant, ticket) = running.remove(n % running.len());
+                            let (who, ticket) = running.remove(n % running.len());
                             prop_assert!(ended.insert(ticket));
-                            for granted in queue.finish(tenant, us) {
-                                prop_assert!(waiting.contains(&granted), "grants a waiting run");
-                                waiting.retain(|w| *w != granted);
-                                running.push(granted);
+                            for (granted_for, granted) in queue.finish(who, us) {
+                                let index = waiting.iter().position(|(_, w)| *w == granted);
+                                prop_assert!(index.is_some(), "grants a waiting run");
+                                let run = waiting.remove(index.unwrap_or(0));
+                                prop_assert_eq!(&run.0, &granted_for);
+                                running.push(run);
                             }
                         }
                         Op::Cancel(n) if !waiting.is_empty() => {
-                            let (tenant, ticket) = waiting.remove(n % waiting.len());
-                            prop_assert!(queue.cancel(tenant, ticket).is_some());
+                            let (who, ticket) = waiting.remove(n % waiting.len());
+                            prop_assert!(queue.cancel(who.tenant, ticket).is_some());
                             prop_assert!(ended.insert(ticket));
                         }
                         _ => {}
@@ -679,13 +833,23 @@ mod tests {
                     prop_assert_eq!(queue.waiting(), waiting.len());
                     prop_assert!(running.len() <= slots);
                     prop_assert!(waiting.len() <= queue_max);
-                    let per = |set: &[(Tenant, Ticket)], t: Tenant| set.iter().filter(|(x, _)| *x == t).count();
-                    for (tenant, _) in &running {
-                        prop_assert!(per(&running, *tenant) <= tenant_limit);
+                    let of_tenant = |t: Tenant| running.iter().filter(|(w, _)| w.tenant == t).count();
+                    let of_lane = |who: &RunFor| {
+                        running.iter().filter(|(w, _)| w.tenant == who.tenant && w.lane == who.lane).count()
+                    };
+                    for (who, _) in &running {
+                        prop_assert!(of_tenant(who.tenant) <= tenant_limit);
+                        if let Some(lane) = &who.lane {
+                            prop_assert!(of_lane(who) <= lane.limit, "{who:?} over its lane's limit");
+                        }
                     }
                     if running.len() < slots {
-                        for (tenant, _) in &waiting {
-                            prop_assert!(per(&running, *tenant) >= tenant_limit, "{tenant:?} waits while a slot is free");
+                        for (who, _) in &waiting {
+                            let lane_full = who.lane.as_ref().is_some_and(|lane| of_lane(who) >= lane.limit);
+                            prop_assert!(
+                                of_tenant(who.tenant) >= tenant_limit || lane_full,
+                                "{who:?} waits while a slot is free"
+                            );
                         }
                     }
                 }

@@ -183,6 +183,10 @@ pub async fn spawn_app_with(backend: &Backend, extra: &[(&str, &str)]) -> TestAp
         // Likewise a publish's compile: unoptimized cranelift on a loaded machine can take
         // seconds over `wordfreq`; the default (20 s) is a production bound.
         ("SPELLHOST_COMPILE_TIME_MS_MAX", "300000"),
+        // Blocked time is free unless a test prices it (`tests/api/wall_pricing.rs`): the
+        // other tests' amounts are fuel arithmetic, and the default price would hold hundreds
+        // of thousands of µ$ of wall time for every cast.
+        ("SPELLHOST_PRICE_MICROUSD_PER_WALL_MS", "0"),
     ];
     vars.extend_from_slice(extra);
     let config = spellhost::config::Config::from_vars(&vars).expect("config");

@@ -294,10 +294,10 @@ async fn rewrite_consistently(app: &TestApp, seq: i64, amount: i64) {
         .execute(db.writer())
         .await
         .expect("drop trigger");
-    let entries: Vec<LedgerEntry> = sqlx::query_as(
-        "SELECT seq, user_id, kind, amount_microusd, balance_after_microusd, reference, created_at_ms, prev_hash, hash \
-         FROM ledger ORDER BY seq",
-    )
+    let entries: Vec<LedgerEntry> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {} FROM ledger ORDER BY seq",
+        spellhost::money::ledger::LEDGER_COLUMNS
+    )))
     .fetch_all(db.reader())
     .await
     .expect("entries");

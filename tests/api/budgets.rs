@@ -315,7 +315,7 @@ on_both_databases! {
         let ada = app.user("ada", 10_000_000).await;
         let created = budget(&app, &ada, json!({"scope": {"type": "account"}, "period": "day", "hard_limit_microusd": 1_000_000})).await;
         let db = &app.app.db;
-        let caps = Caps { spell_fuel_max: 1_000_000, caller_fuel_max: None, caller_cost_max: None };
+        let caps = Caps { spell_fuel_max: 1_000_000, caller_fuel_max: None, caller_cost_max: None, wall_ms: 0 };
         let request = HoldFor {
             user_id: ada.id, key_id: ada.key[4..16].to_owned(), spell: "ada/slow".into(),
             cast_id: "cast_midnight".into(),
@@ -324,7 +324,7 @@ on_both_databases! {
         assert!(budgets(&app, &ada).await[0]["held_microusd"].as_i64().is_some_and(|h| h >= 101), "leased");
         let yesterday = db.now_ms();
         db.clock().advance(to_next_midnight(&app));
-        let record = CastRecord { spell: "ada/slow", version: "1.0.0", digest: "00", outcome: "ok", fuel_used: 500_000, duration_us: 1 };
+        let record = CastRecord { spell: "ada/slow", version: "1.0.0", digest: "00", outcome: "ok", fuel_used: 500_000, duration_us: 1, blocked_ms: 0 };
         let settled = app.app.money.settle(hold, &record).await.expect("settle");
         app.app.money.return_all().await.expect("leases given back");
         let listed = &budgets(&app, &ada).await[0];

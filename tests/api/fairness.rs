@@ -93,3 +93,67 @@ on_both_databases! {
         app.assert_money_invariants(&ada).await;
     }
 }
+
+on_both_databases! {
+    async fn a_keys_own_concurrency_limit_binds_that_key_only(backend) {
+        let app = spawn_app_with(&backend, &[
+            ("SPELLHOST_WORKERS", "1"),
+            ("SPELLHOST_RUNS_MAX", "4"),
+            ("SPELLHOST_USER_CONCURRENT_CASTS_MAX", "3"),
+            ("SPELLHOST_QUEUE_WAIT_MS_MAX", "500"),
+        ]).await;
+        let ada = app.user("ada", 100_000_000).await;
+        app.publish_wat(&ada, "sleeper", &hostile_wat("sleeper"), "wall_ms_max = 5000\nfuel_max = 1000000").await;
+        app.publish_examples(&ada, &["hello"]).await;
+
+        // The field is a positive integer, listed with the key, and a limited key cannot make
+        // a key without a limit or with a higher one.
+        for bad in [json!(0), json!(-1), json!("2"), json!(1.5)] {
+            let (status, body) = app.post("/v1/keys", Some(&ada.key), json!({"name": "bad", "concurrent_casts_max": bad})).await;
+            assert!(status == StatusCode::BAD_REQUEST || status == StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {status} {body}");
+        }
+        let ci = app.key_for(&ada, json!({"name": "ci", "concurrent_casts_max": 1})).await;
+        let (status, keys) = app.get("/v1/keys", Some(&ada.key)).await;
+        assert_eq!(status, StatusCode::OK, "{keys}");
+        let limits: Vec<&Value> = keys["keys"].as_array().expect("keys").iter().map(|k| &k["concurrent_casts_max"]).collect();
+        assert_eq!(limits, [&Value::Null, &json!(1)], "{keys}");
+        for escalation in [json!({"name": "more"}), json!({"name": "more", "concurrent_casts_max": 2})] {
+            let (status, body) = app.post("/v1/keys", Some(&ci.key), escalation).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+            assert_eq!(error_code(&body), "insufficient_scope", "{body}");
+        }
+        let (status, body) = app.post("/v1/keys", Some(&ci.key), json!({"name": "same", "concurrent_casts_max": 1})).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+
+        // The CI key's one cast sleeps in its slot ...
+        let sleeping = tokio::spawn(
+            app.client.post(app.url("/v1/cast")).bearer_auth(&ci.key)
+                .json(&json!({"spell": "ada/sleeper"})).send(),
+        );
+        wait_for_metric(&app, "spellhost_sandbox_runs_in_flight", 1.0).await;
+        // ... so its next waits behind it, then is refused as the key's own load ...
+        let refused = app.client.post(app.url("/v1/cast")).bearer_auth(&ci.key)
+            .json(&json!({"spell": "ada/hello", "input": {"name": "CI"}})).send().await.expect("sent");
+        assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(refused.headers().contains_key("retry-after"));
+        let body: Value = refused.json().await.expect("json");
+        assert_eq!(error_code(&body), "too_many_concurrent_casts", "{body}");
+        assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("key")), "{body}");
+        // ... while the same user's other key is served, far below the user's limit.
+        for _ in 0..3 {
+            let (status, body) = app.cast(&ada, json!({"spell": "ada/hello", "input": {"name": "Ada"}})).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+        assert!(!sleeping.is_finished(), "the CI key's cast still sleeps");
+        assert_eq!(
+            metric(&app, "spellhost_casts_refused_total{reason=\"too_many_concurrent_casts\"}").await,
+            1.0
+        );
+        // Once the sleeper ends, the key casts again.
+        let finished = sleeping.await.expect("joins").expect("sent");
+        assert_eq!(finished.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        let (status, body) = app.cast(&ci, json!({"spell": "ada/hello", "input": {"name": "CI"}})).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        app.assert_money_invariants(&ada).await;
+    }
+}

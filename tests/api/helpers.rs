@@ -63,6 +63,23 @@ pub fn hostile_wat(name: &str) -> String {
         .expect("fixture exists")
 }
 
+/// A spell that sleeps `ms` milliseconds in `poll_oneoff` (one relative monotonic clock
+/// subscription, as `sleeper.wat`), then exits 0 having written nothing.
+pub fn napper_wat(ms: u64) -> String {
+    let nanos = ms * 1_000_000;
+    format!(
+        r#"(module
+  (import "wasi_snapshot_preview1" "poll_oneoff"
+    (func $poll (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "_start")
+    (i32.store8 (i32.const 8) (i32.const 0))
+    (i32.store (i32.const 16) (i32.const 1))
+    (i64.store (i32.const 24) (i64.const {nanos}))
+    (drop (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))))"#
+    )
+}
+
 /// A hostile fixture from `spells/hostile/`, compiled from WAT, signed and verified.
 pub fn fixture(name: &str) -> VerifiedModule {
     verified_wat(&name.replace('_', "-"), &hostile_wat(name), "")

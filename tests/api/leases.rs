@@ -23,6 +23,7 @@ fn plan(fuel_cap: u64) -> money::Plan {
         spell_fuel_max: fuel_cap,
         caller_fuel_max: None,
         caller_cost_max: None,
+        wall_ms: 0,
     };
     quote::plan(caps, &Pricing::default()).expect("plan")
 }
@@ -35,6 +36,7 @@ fn record(fuel_used: u64) -> CastRecord<'static> {
         outcome: "ok",
         fuel_used,
         duration_us: 1,
+        blocked_ms: 0,
     }
 }
 

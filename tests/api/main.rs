@@ -17,3 +17,4 @@ mod service;
 mod sigstore;
 mod sigstore_fake;
 mod stripe_fake;
+mod wall_pricing;

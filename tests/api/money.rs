@@ -66,7 +66,7 @@ on_both_databases! {
         let user = app.user("ada", 1_000_000).await;
         // A second instance on the same database takes a hold, then dies without settling.
         let other = Money::new(db, &app.database_url(), Pricing::default(), LEASE_TTL_MS).expect("instance");
-        let hold = other.hold(hold_for(user.id, "cast_crashed", "k1", "m/a"), plan(1_000_000, None)).await.expect("hold");
+        let hold = other.hold(hold_for(user.id, "cast_crashed", "k1", "m/a"), plan(1_000_000, None, 1_000)).await.expect("hold");
         let leased = money::balance(db, user.id).await.expect("balance").held;
         assert!(leased >= hold.amount, "{leased} leased for a {} hold", hold.amount);
         std::mem::forget(hold);
@@ -124,9 +124,9 @@ on_both_databases! {
         let database = backend.fresh_database(data_dir.path()).await;
         check_against_model(&database.url, vec![
             Operation::Grant(2580), Operation::Grant(3756), Operation::Refund(1),
-            Operation::Hold { spell_fuel_max: 23_800_001, caller_fuel_max: None, key: 1, spell: 1 },
+            Operation::Hold { spell_fuel_max: 23_800_001, caller_fuel_max: None, wall_ms: 0, key: 1, spell: 1 },
             Operation::Refund(2112),
-            Operation::Hold { spell_fuel_max: 78_210_700, caller_fuel_max: Some(18_402_861), key: 0, spell: 1 },
+            Operation::Hold { spell_fuel_max: 78_210_700, caller_fuel_max: Some(18_402_861), wall_ms: 0, key: 0, spell: 1 },
         ]).await;
     }
 }
@@ -141,12 +141,12 @@ on_both_databases! {
         check_against_model(&database.url, vec![
             Operation::Grant(4_000),
             Operation::SetBudget { scope: 3, daily: true, hard: 1_000 },
-            Operation::Hold { spell_fuel_max: 8_000_000, caller_fuel_max: None, key: 0, spell: 0 },
+            Operation::Hold { spell_fuel_max: 8_000_000, caller_fuel_max: None, wall_ms: 0, key: 0, spell: 0 },
             Operation::SetBudget { scope: 3, daily: true, hard: 187 },
             Operation::NextDay,
-            Operation::Hold { spell_fuel_max: 1_000_000, caller_fuel_max: None, key: 0, spell: 0 },
-            Operation::Settle { which: 0, fuel_used: 1_000 },
-            Operation::Hold { spell_fuel_max: 1_000_000, caller_fuel_max: None, key: 0, spell: 0 },
+            Operation::Hold { spell_fuel_max: 1_000_000, caller_fuel_max: None, wall_ms: 0, key: 0, spell: 0 },
+            Operation::Settle { which: 0, fuel_used: 1_000, blocked_ms: 0 },
+            Operation::Hold { spell_fuel_max: 1_000_000, caller_fuel_max: None, wall_ms: 0, key: 0, spell: 0 },
         ]).await;
     }
 }
@@ -156,16 +156,17 @@ fn operation() -> impl proptest::strategy::Strategy<Value = Operation> {
     prop_oneof![
         1 => (1i64..5_000).prop_map(Operation::Grant),
         1 => (1i64..3_000).prop_map(Operation::Refund),
-        3 => (1u64..100_000_000, proptest::option::of(1u64..50_000_000), 0usize..2, 0usize..2).prop_map(
-            |(spell_fuel_max, caller_fuel_max, key, spell)| Operation::Hold {
+        3 => (1u64..100_000_000, proptest::option::of(1u64..50_000_000), 0u64..2_000, 0usize..2, 0usize..2).prop_map(
+            |(spell_fuel_max, caller_fuel_max, wall_ms, key, spell)| Operation::Hold {
                 spell_fuel_max,
                 caller_fuel_max,
+                wall_ms,
                 key,
                 spell,
             }
         ),
-        2 => (0usize..8, 0u64..120_000_000)
-            .prop_map(|(which, fuel_used)| Operation::Settle { which, fuel_used }),
+        2 => (0usize..8, 0u64..120_000_000, 0u64..3_000)
+            .prop_map(|(which, fuel_used, blocked_ms)| Operation::Settle { which, fuel_used, blocked_ms }),
         1 => (0usize..8).prop_map(|which| Operation::Release { which }),
         1 => Just(Operation::Tick),
         1 => Just(Operation::ReturnAll),

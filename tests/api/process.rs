@@ -34,6 +34,9 @@ impl Env {
                 // Fuel never ends the slow spell first, however fast the machine: it runs
                 // until its wall-time limit (its manifest allows 10¹¹ fuel, 4 s).
                 ("SPELLHOST_FUEL_MAX".into(), "1000000000000".into()),
+                // Credits here are sized to fuel worst cases (as in `spawn_app`): blocked time
+                // is free unless a test prices it.
+                ("SPELLHOST_PRICE_MICROUSD_PER_WALL_MS".into(), "0".into()),
                 ("RUST_LOG".into(), "warn".into()),
             ],
         }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use spellhost::sandbox::{HOST_FUEL_PER_BYTE, Outcome, RunLimits, RunReport, Sandbox, Tenant};
 
-use crate::helpers::{compile, example, fixture, sandbox, verified_wat};
+use crate::helpers::{compile, example, fixture, napper_wat, sandbox, verified_wat};
 
 fn run(
     sandbox: &Sandbox,
@@ -54,6 +54,7 @@ fn each_hostile_fixture_ends_in_its_exact_outcome_and_the_host_stays_healthy() {
         wall_ms: 1_000,
         memory_bytes: 16 << 20,
         output_bytes: 1 << 20,
+        blocked_ms: None,
     };
     let cases: [(&str, Outcome); 8] = [
         ("infinite_loop", Outcome::OutOfFuel),
@@ -492,4 +493,55 @@ fn a_user_at_their_concurrency_limit_is_refused_while_others_run() {
     for run in held {
         run.abort();
     }
+}
+
+#[test]
+fn a_sleep_in_a_host_call_is_blocked_time_and_computing_or_quick_host_calls_are_not() {
+    let sandbox = sandbox();
+    let napper = verified_wat("napper", &napper_wat(30), "");
+    let report = run(&sandbox, &napper, b"", |l| l);
+    assert_eq!(report.outcome, Outcome::Ok, "{report:?}");
+    // A timer never fires early: the whole nap is blocked time, and no more than the run took.
+    assert!(report.blocked >= Duration::from_millis(30), "{report:?}");
+    assert!(report.blocked <= report.duration, "{report:?}");
+    // Computing, and host calls that return at once, are never blocked: turns on the thread
+    // and fuel yields are not waits.
+    for name in ["infinite_loop", "busy_host_calls"] {
+        let report = run(&sandbox, &fixture(name), b"", |l| RunLimits {
+            fuel: u64::MAX / 4,
+            wall_ms: 100,
+            ..l
+        });
+        assert_eq!(
+            report.outcome,
+            Outcome::DeadlineExceeded,
+            "{name}: {report:?}"
+        );
+        assert_eq!(report.blocked, Duration::ZERO, "{name}: {report:?}");
+    }
+}
+
+#[test]
+fn a_host_call_blocked_past_the_wall_limit_or_the_blocked_budget_ends_the_run() {
+    let sandbox = sandbox();
+    // An hour's sleep ends at the wall limit, blocked for (almost) all of it.
+    let report = run(&sandbox, &fixture("sleeper"), b"", |l| RunLimits {
+        wall_ms: 150,
+        ..l
+    });
+    assert_eq!(report.outcome, Outcome::DeadlineExceeded, "{report:?}");
+    assert!(report.blocked > Duration::ZERO, "{report:?}");
+    assert!(report.blocked <= Duration::from_millis(150), "{report:?}");
+    // With a minute of wall time but 40 ms of blocked time paid for, it ends when the 40 ms
+    // are spent.
+    let report = run(&sandbox, &fixture("sleeper"), b"", |l| {
+        RunLimits {
+            wall_ms: 60_000,
+            ..l
+        }
+        .with_blocked_ms_at_most(40)
+    });
+    assert_eq!(report.outcome, Outcome::DeadlineExceeded, "{report:?}");
+    assert!(report.blocked >= Duration::from_millis(40), "{report:?}");
+    assert!(report.blocked < Duration::from_secs(30), "{report:?}");
 }

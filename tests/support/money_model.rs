@@ -22,14 +22,25 @@ pub fn hold_for(user_id: i64, cast_id: &str, key_id: &str, spell: &str) -> HoldF
     }
 }
 
-/// The plan of a cast with this fuel cap (and the caller's), as `cast::cast` makes one.
-pub fn plan(spell_fuel_max: u64, caller_fuel_max: Option<u64>) -> money::Plan {
+/// The model's prices: the default fuel price and base fee, and blocked time at 2 µ$/ms, so
+/// that the wall part of a worst case is of the order of the fuel part.
+pub fn pricing() -> Pricing {
+    Pricing {
+        price_microusd_per_wall_ms: 2,
+        ..Pricing::default()
+    }
+}
+
+/// The plan of a cast with this fuel cap (and the caller's) and wall limit, as `cast::cast`
+/// makes one.
+pub fn plan(spell_fuel_max: u64, caller_fuel_max: Option<u64>, wall_ms: u64) -> money::Plan {
     let caps = Caps {
         spell_fuel_max,
         caller_fuel_max,
         caller_cost_max: None,
+        wall_ms,
     };
-    quote::plan(caps, &Pricing::default()).expect("plan")
+    quote::plan(caps, &pricing()).expect("plan")
 }
 
 /// The keys and spells the model's casts come with, and the budgets it may set.
@@ -55,12 +66,16 @@ pub enum Operation {
     Hold {
         spell_fuel_max: u64,
         caller_fuel_max: Option<u64>,
+        /// The run's wall limit: the blocked time held at worst.
+        wall_ms: u64,
         key: usize,
         spell: usize,
     },
     Settle {
         which: usize,
         fuel_used: u64,
+        /// Blocked time the run reports (may exceed what was held: it is capped).
+        blocked_ms: u64,
     },
     /// The run never happened: the hold goes back.
     Release {
@@ -155,7 +170,7 @@ pub async fn check_against_model(database_url: &str, ops: Vec<Operation>) {
     let user = spellhost::auth::create_user(&db, "model", "m@example.com", false)
         .await
         .expect("user");
-    let pricing = Pricing::default();
+    let pricing = pricing();
     let mut money = Money::new(&db, database_url, pricing, LEASE_TTL_MS).expect("money");
     let mut model = Model::default();
     let started = db.now_ms();
@@ -192,11 +207,12 @@ pub async fn check_against_model(database_url: &str, ops: Vec<Operation>) {
             Operation::Hold {
                 spell_fuel_max,
                 caller_fuel_max,
+                wall_ms,
                 key,
                 spell,
             } => {
                 let (key, spell) = (KEYS[key], SPELLS[spell]);
-                let plan = plan(spell_fuel_max, caller_fuel_max);
+                let plan = plan(spell_fuel_max, caller_fuel_max, wall_ms);
                 let worst = plan.worst_case.get();
                 let applying: Vec<usize> = (0..model.budgets.len())
                     .filter(|&i| model.budgets[i].applies(key, spell))
@@ -231,13 +247,18 @@ pub async fn check_against_model(database_url: &str, ops: Vec<Operation>) {
                     Err(other) => panic!("step {step}: {other}"),
                 }
             }
-            Operation::Settle { which, fuel_used } if which < model.holds.len() => {
+            Operation::Settle {
+                which,
+                fuel_used,
+                blocked_ms,
+            } if which < model.holds.len() => {
                 let ModelHold {
                     hold,
                     spell,
                     budgets,
                 } = model.holds.remove(which);
-                let (amount, cap) = (hold.amount.get(), hold.fuel_cap);
+                let (amount, cap, blocked_max) =
+                    (hold.amount.get(), hold.fuel_cap, hold.blocked_ms_max);
                 let record = CastRecord {
                     spell,
                     version: "1.0.0",
@@ -245,10 +266,13 @@ pub async fn check_against_model(database_url: &str, ops: Vec<Operation>) {
                     outcome: "ok",
                     fuel_used,
                     duration_us: 1,
+                    blocked_ms,
                 };
                 let settled = money.settle(hold, &record).await.expect("settle");
-                let expected = pricing.cost(fuel_used.min(cap)).get().min(amount);
+                let charge = pricing.charge(fuel_used.min(cap), blocked_ms.min(blocked_max));
+                let expected = charge.total().get().min(amount);
                 assert_eq!(settled.cost.get(), expected, "step {step}");
+                assert_eq!(settled.breakdown, charge, "step {step}: charged in full");
                 model.balance -= expected;
                 for &i in &budgets {
                     let budget = &mut model.budgets[i];
@@ -375,8 +399,9 @@ pub async fn check_against_model(database_url: &str, ops: Vec<Operation>) {
     let usage = money::budgets::usage(&db, user.id, started - 1, end, GroupBy::Spell)
         .await
         .expect("usage");
-    let (ledger_casts,): (i64,) = sqlx::query_as(
-        "SELECT CAST(COALESCE(SUM(amount_microusd), 0) AS BIGINT) FROM ledger \
+    let (ledger_casts, ledger_wall): (i64, i64) = sqlx::query_as(
+        "SELECT CAST(COALESCE(SUM(amount_microusd), 0) AS BIGINT), \
+         CAST(COALESCE(SUM(wall_microusd), 0) AS BIGINT) FROM ledger \
          WHERE user_id = $1 AND kind = 'cast' AND created_at_ms >= $2 AND created_at_ms < $3",
     )
     .bind(user.id)
@@ -388,6 +413,10 @@ pub async fn check_against_model(database_url: &str, ops: Vec<Operation>) {
     assert_eq!(
         usage.total.spend.cost_microusd, -ledger_casts,
         "usage = Σ ledger cast entries"
+    );
+    assert_eq!(
+        usage.total.spend.wall_microusd, ledger_wall,
+        "usage's blocked-time charges = the ledger's"
     );
     assert!(matches!(
         money::verify_chain(&db).await.expect("verify"),
