@@ -37,9 +37,12 @@ pub const DEFAULT_LEASE_TTL_MS: i64 = 15_000;
 /// A user with no cast for this long gets their leases returned: money is not kept away from
 /// other instances by one that no longer needs it.
 const IDLE_RETURN: Duration = Duration::from_secs(2);
-/// A lease is sized to hold what this user's casts held over this long (and at least
-/// [`WORST_CASES_MIN`] worst cases), so a steady stream of casts borrows about once per
-/// horizon rather than once per cast.
+/// A lease is sized so that its free part can take as many worst cases as this user's casts
+/// held at once lately (their peak), plus what they were charged over this long (and at least
+/// [`WORST_CASES_MIN`] worst cases): a steady stream of casts borrows about once per horizon
+/// rather than once per cast. Held worst cases come back at settlement; only charges use a
+/// lease up, so the turnover of worst cases (a cast holding 1 000 times what it costs, many
+/// times a second) says nothing of what a lease needs.
 const HORIZON_MS: i64 = 2_000;
 const WORST_CASES_MIN: i64 = 4;
 /// Borrow attempts for one hold before it is refused: each either grants new money or refuses,
@@ -64,38 +67,59 @@ impl Pool {
     }
 }
 
-/// The worst cases held in one pool over the last whole second, in µ$: how fast this user's
-/// casts need leased money.
+/// How one pool's leased money is used, over the last whole second and the current one: the
+/// charges taken from it (µ$) and the peak of what casts in flight held at once.
 #[derive(Debug, Clone)]
 struct Rate {
     window_start: Instant,
-    current: i64,
-    last: i64,
+    charged: i64,
+    charged_last: i64,
+    peak_held: i64,
+    peak_held_last: i64,
 }
 
 impl Rate {
     fn new(now: Instant) -> Rate {
         Rate {
             window_start: now,
-            current: 0,
-            last: 0,
+            charged: 0,
+            charged_last: 0,
+            peak_held: 0,
+            peak_held_last: 0,
         }
     }
 
-    fn record(&mut self, amount: i64, now: Instant) {
-        let elapsed = now.duration_since(self.window_start);
+    /// Moves the window to the second `now` is in.
+    fn roll(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.window_start);
         if elapsed >= Duration::from_secs(2) {
-            (self.last, self.current) = (0, 0);
+            (self.charged_last, self.peak_held_last) = (0, 0);
+            (self.charged, self.peak_held) = (0, 0);
             self.window_start = now;
         } else if elapsed >= Duration::from_secs(1) {
-            (self.last, self.current) = (self.current, 0);
+            (self.charged_last, self.peak_held_last) = (self.charged, self.peak_held);
+            (self.charged, self.peak_held) = (0, 0);
             self.window_start += Duration::from_secs(1);
         }
-        self.current = self.current.saturating_add(amount);
     }
 
-    fn per_second(&self) -> i64 {
-        self.last.max(self.current)
+    fn record_held(&mut self, held: i64, now: Instant) {
+        self.roll(now);
+        self.peak_held = self.peak_held.max(held);
+    }
+
+    fn record_charge(&mut self, amount: i64, now: Instant) {
+        self.roll(now);
+        self.charged = self.charged.saturating_add(amount.max(0));
+    }
+
+    /// What the free part of the lease should be after a borrow: room for the recent peak of
+    /// worst cases in flight, and for what casts are charged over the horizon.
+    fn desired_free(&self, worst: i64) -> i64 {
+        let charged_per_second = self.charged_last.max(self.charged);
+        let peak_held = self.peak_held_last.max(self.peak_held);
+        (worst.saturating_mul(WORST_CASES_MIN))
+            .max(peak_held.saturating_add(charged_per_second.saturating_mul(HORIZON_MS) / 1000))
     }
 }
 
@@ -288,7 +312,7 @@ impl Inner {
         for (pool, _) in &pools {
             if let Some(slot) = user.slots.get_mut(pool) {
                 slot.held += worst;
-                slot.rate.record(worst, now);
+                slot.rate.record_held(slot.held, now);
                 leases.push((pool.clone(), slot.lease_id.clone()));
             }
         }
@@ -314,7 +338,8 @@ impl Inner {
         let Some(user) = book.users.get_mut(&hold.request.user_id) else {
             return;
         };
-        user.last_activity = Instant::now();
+        let now = Instant::now();
+        user.last_activity = now;
         for (pool, lease_id) in &hold.leases {
             if let Some(slot) = user.slots.get_mut(pool) {
                 slot.held -= hold.amount.get();
@@ -322,6 +347,7 @@ impl Inner {
                 if &slot.lease_id == lease_id {
                     slot.amount -= charged;
                 }
+                slot.rate.record_charge(charged, now);
                 if pending {
                     slot.pending += 1;
                 }
@@ -969,8 +995,7 @@ impl Money {
                     user.slots
                         .iter()
                         .map(|(pool, slot)| {
-                            let desired = (worst * WORST_CASES_MIN)
-                                .max(slot.rate.per_second().saturating_mul(HORIZON_MS) / 1000);
+                            let desired = slot.rate.desired_free(worst);
                             let give_back = if slot.revoked {
                                 (slot.amount - slot.held).max(0)
                             } else {
@@ -1266,5 +1291,57 @@ impl InFlight {
         let mut shown = budget.clone();
         shown.held = self.budgets.get(&budget.id).copied().unwrap_or_default();
         shown
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_is_sized_by_what_casts_hold_at_once_and_are_charged_not_by_their_turnover() {
+        let start = Instant::now();
+        let mut rate = Rate::new(start);
+        // 64 casts in flight, each holding a worst case of 1 000 000 and costing 2, turned
+        // over 10 000 times in a second.
+        let worst = 1_000_000;
+        for i in 0..10_000u32 {
+            let now = start + Duration::from_micros(u64::from(i) * 90);
+            rate.record_held(64 * worst, now);
+            rate.record_charge(2, now);
+        }
+        let desired = rate.desired_free(worst);
+        // Room for the peak in flight and two seconds of charges: not 10 000 worst cases a
+        // second for two seconds.
+        assert_eq!(desired, 64 * worst + 2 * 10_000 * 2);
+        assert!(desired < 100 * worst);
+    }
+
+    #[test]
+    fn a_quiet_pool_wants_a_few_worst_cases_and_forgets_old_peaks() {
+        let start = Instant::now();
+        let mut rate = Rate::new(start);
+        assert_eq!(rate.desired_free(500), 500 * WORST_CASES_MIN);
+        rate.record_held(100_000, start);
+        assert_eq!(rate.desired_free(500), 100_000);
+        // A second later the peak is last second's; two seconds later it is gone.
+        rate.record_charge(0, start + Duration::from_millis(1_500));
+        assert_eq!(rate.desired_free(500), 100_000);
+        rate.record_charge(0, start + Duration::from_millis(4_000));
+        assert_eq!(rate.desired_free(500), 500 * WORST_CASES_MIN);
+    }
+
+    #[test]
+    fn sizing_saturates_instead_of_overflowing() {
+        let start = Instant::now();
+        let mut rate = Rate::new(start);
+        rate.record_held(i64::MAX, start);
+        rate.record_charge(i64::MAX, start);
+        rate.record_charge(i64::MAX, start);
+        assert_eq!(rate.desired_free(i64::MAX), i64::MAX);
+        // A negative charge (never sent) counts as nothing.
+        let mut rate = Rate::new(start);
+        rate.record_charge(-5, start);
+        assert_eq!(rate.desired_free(1), WORST_CASES_MIN);
     }
 }
