@@ -1,7 +1,11 @@
 //! A cast: resolve → hold → run → settle. The one domain function behind `POST /v1/cast`.
 
+use std::sync::Arc;
+
 use crate::AppState;
 use crate::auth::Caller;
+use crate::idempotency::Reservation;
+use crate::money::batch::{Receipt, Settled};
 use crate::money::quote::{self, Caps, PlanError};
 use crate::money::{self, Budget, CastRecord, HoldFor, MicroUsd, MoneyError, Refusal};
 use crate::registry::{RegistryError, SpellRef};
@@ -16,6 +20,7 @@ pub struct CastRequest {
 }
 
 /// A cast that ran and was charged.
+#[derive(Clone)]
 pub struct CastResult {
     pub cast_id: String,
     pub spell: String,
@@ -69,10 +74,18 @@ impl From<MoneyError> for CastError {
     }
 }
 
+/// How an idempotent cast's answer is stored with its settlement: the request's reservation,
+/// and the function that renders a settled cast as the status and body the client is told.
+pub struct Answer {
+    pub reservation: Arc<Reservation>,
+    pub render: fn(&CastResult) -> (u16, Vec<u8>),
+}
+
 pub async fn cast(
     app: &AppState,
     caller: &Caller,
     request: CastRequest,
+    answer: Option<Answer>,
 ) -> Result<CastResult, CastError> {
     let spell_name = format!("{}/{}", request.spell.owner, request.spell.name);
     if !caller
@@ -155,7 +168,21 @@ pub async fn cast(
         fuel_used: report.fuel_used,
         duration_us: u64::try_from(report.duration.as_micros()).unwrap_or(u64::MAX),
     };
-    let settled = app.money.settle(hold, &record).await;
+    // Only an idempotent cast copies its report (its output) into the answer it stores.
+    let receipt = answer.map(|answer| {
+        let unsettled = CastResult {
+            cast_id: cast_id.clone(),
+            spell: resolved.spell.clone(),
+            version: resolved.version.clone(),
+            digest: resolved.digest,
+            report: report.clone(),
+            cost: MicroUsd::ZERO,
+            balance_after: MicroUsd::ZERO,
+            budgets: Vec::new(),
+        };
+        receipt(app, answer, unsettled)
+    });
+    let settled = app.money.settle_with(hold, &record, receipt).await;
     app.metrics.active_holds.dec();
     // A settle that fails after the spell ran (every retry of its batch failed) is an internal
     // error, never a "402, nothing ran": nothing was charged, and the money held for it stays
@@ -178,6 +205,20 @@ pub async fn cast(
         balance_after: settlement.balance_after,
         budgets: settlement.budgets,
     })
+}
+
+/// The answer of an idempotent cast, rendered in the settlement's transaction once the charge
+/// is known, with the trace id of the request that ran it.
+fn receipt(app: &AppState, answer: Answer, unsettled: CastResult) -> Receipt {
+    let trace_id = crate::error::trace_id();
+    let render = answer.render;
+    app.idempotency
+        .receipt(&answer.reservation, move |settled: &Settled| {
+            let mut result = unsettled.clone();
+            result.cost = settled.cost;
+            result.balance_after = settled.balance_after;
+            crate::error::TRACE_ID.sync_scope(trace_id.clone(), || render(&result))
+        })
 }
 
 fn observe(app: &AppState, report: &RunReport, cost: MicroUsd) {

@@ -9,6 +9,7 @@ pub mod cast;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod idempotency;
 pub mod money;
 pub mod ops;
 pub mod registry;
@@ -40,6 +41,8 @@ pub struct AppState {
     pub casts_in_flight: tokio_util::task::TaskTracker,
     /// What `GET /readyz` compares against (the database file that was opened).
     pub readiness: ops::Readiness,
+    /// `Idempotency-Key` reservations and stored answers.
+    pub idempotency: idempotency::Idempotency,
 }
 
 pub type App = Arc<AppState>;
@@ -87,6 +90,15 @@ impl AppState {
             Some(_) => billing::Recharger::new(metrics.recharge_notices_dropped.clone()),
             None => billing::Recharger::disabled(),
         };
+        // The longest a request can run: a cast's compile (on a cache miss), queue wait and
+        // wall time, which also bound a publish's compile.
+        let request_ms_max = (config.sandbox.compile_time_max + config.sandbox.queue_wait_max)
+            .as_millis()
+            .saturating_add(u128::from(config.sandbox.limits.wall_ms_max));
+        let idempotency = idempotency::Idempotency::new(
+            db.clone(),
+            i64::try_from(request_ms_max).unwrap_or(i64::MAX),
+        );
         Ok(Arc::new(AppState {
             config,
             db,
@@ -99,6 +111,7 @@ impl AppState {
             recharger,
             casts_in_flight: tokio_util::task::TaskTracker::new(),
             readiness,
+            idempotency,
         }))
     }
 }
@@ -140,6 +153,7 @@ pub async fn serve(
     };
     let recharger = billing::spawn_recharger(&app);
     let self_check = ops::selfcheck::spawn(app.clone());
+    let idempotency_purger = idempotency::spawn_purger(app.clone());
     axum::serve(listener, http::router(app.clone()))
         .with_graceful_shutdown(shutdown)
         .await
@@ -154,6 +168,7 @@ pub async fn serve(
         tracing::warn!(error = %error, "giving back leases at shutdown failed; they expire");
     }
     self_check.abort();
+    idempotency_purger.abort();
     app.db.close().await;
     Ok(())
 }

@@ -8,6 +8,7 @@ mod budgets;
 mod fairness;
 mod gate;
 mod helpers;
+mod idempotency;
 mod leases;
 mod money;
 mod ops;
