@@ -12,6 +12,7 @@ pub mod http;
 pub mod idempotency;
 pub mod money;
 pub mod ops;
+pub mod privacy;
 pub mod registry;
 pub mod sandbox;
 pub mod store;

@@ -56,7 +56,11 @@ pub fn router(app: App) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
-        .route("/v1/users/me", scoped(get(users::me), a, Read))
+        .route(
+            "/v1/users/me",
+            scoped(get(users::me), a, Read).merge(scoped(delete(users::delete), a, Manage)),
+        )
+        .route("/v1/users/me/export", scoped(get(users::export), a, Manage))
         .route(
             "/v1/keys",
             scoped(idempotent(post(keys::create), a).get(keys::list), a, Manage),

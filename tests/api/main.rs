@@ -12,6 +12,7 @@ mod idempotency;
 mod leases;
 mod money;
 mod ops;
+mod privacy;
 mod process;
 mod sandbox;
 mod service;
