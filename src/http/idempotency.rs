@@ -71,6 +71,17 @@ pub async fn idempotent(State(app): State<App>, request: Request, next: Next) ->
         .idempotency
         .reserve(caller.user_id, &key, &route, &fingerprint)
         .await;
+    let outcome = match &reserved {
+        Ok(Reserved::Run(_)) => "run",
+        Ok(Reserved::Replay { .. }) => "replayed",
+        Ok(Reserved::InUse) => "in_use",
+        Ok(Reserved::Reused) => "reused",
+        Err(_) => "error",
+    };
+    app.metrics
+        .idempotent_requests
+        .with_label_values(&[outcome])
+        .inc();
     match reserved {
         Err(error) => ApiError::from(error).into_response(),
         Ok(Reserved::Replay { status, body }) => replay(status, body),

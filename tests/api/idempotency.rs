@@ -119,6 +119,11 @@ on_both_databases! {
         assert!(again.replayed(), "a replay says so");
         assert_eq!(again.bytes, first.bytes, "the same body, byte for byte");
         assert_eq!(cast_entries(&app, &ada).await, 1, "one ledger entry");
+        let exposition = app.exposition().await;
+        for (outcome, count) in [("run", 1), ("replayed", 1), ("in_use", 0)] {
+            let line = format!("spellhost_idempotent_requests_total{{outcome=\"{outcome}\"}} {count}");
+            assert!(exposition.contains(&line), "{line}");
+        }
         assert_eq!(balance(&app, &ada).await, before - cost, "charged once");
         // Without the header, the same body is a new cast.
         let (status, fresh) = app.cast(&ada, serde_json::from_str(HELLO).expect("json")).await;
