@@ -10,14 +10,16 @@
 //!   transaction (`money::batch::Receipt`): a charged cast always replays, never runs twice.
 //!   Other routes write theirs just after their effect (see `docs/ARCHITECTURE.md` for what a
 //!   crash in between leaves).
-//! - **Crashes.** A reservation without an answer past its lock (longer than any request can
-//!   run) belongs to a process that died: the next request with the key takes it over.
+//! - **Crashes.** A reservation is locked for [`LOCK_MS`], and the process that holds it renews
+//!   the lock every [`RENEW_INTERVAL`] while its request runs. A reservation without an answer
+//!   past its lock belongs to a process that died: the next request with the key takes it over.
 //! - **Secrecy.** The key itself is never stored. Rows are found by a hash of it, requests are
 //!   compared by an HMAC keyed by it, and answers are sealed (AES-256-GCM) under a key derived
 //!   from it: the database alone cannot read a replayed API key or a cast's output.
 //! - **Expiry.** Rows live 24 hours; a background task deletes expired ones in bounded batches.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use base64::Engine as _;
@@ -39,8 +41,14 @@ pub const KEY_CHARS_MAX: usize = 255;
 pub const PURGE_BATCH: i64 = 1_000;
 /// How often expired rows are purged. Expired rows are ignored (and taken over) before that.
 pub const PURGE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
-/// The shortest lock a reservation has; see [`Idempotency::new`].
-const LOCK_MS_MIN: i64 = 5 * 60 * 1000;
+/// How long a reservation's lock lives without renewal: a key held by a process that died is
+/// free again this long after its last renewal. Three renewal intervals, so that one late or
+/// failed renewal never frees the key of a request still running.
+pub const LOCK_MS: i64 = 30_000;
+/// How often a process renews the locks of the requests it runs.
+pub const RENEW_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+/// Reservations renewed per statement (three parameters each).
+const RENEW_BATCH: usize = 100;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdempotencyError {
@@ -180,12 +188,27 @@ impl Sealer {
     }
 }
 
-/// A request that holds its key: it runs, then stores or releases the reservation.
+/// The reservations this process holds (lock token → user id, key hash): renewed until their
+/// request ends.
+type Held = Arc<Mutex<HashMap<String, (i64, String)>>>;
+
+/// A request that holds its key: it runs, then stores or releases the reservation. Its lock
+/// is renewed for as long as it lives.
 pub struct Reservation {
     pub user_id: i64,
     key_hash: String,
     lock_token: String,
     sealer: Sealer,
+    held: Held,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.lock_token);
+    }
 }
 
 impl std::fmt::Debug for Reservation {
@@ -250,27 +273,61 @@ struct KeyRow {
     response: Option<String>,
 }
 
-/// The idempotency records of one database.
+/// The idempotency records of one database, and the reservations this process holds.
 pub struct Idempotency {
     db: Db,
-    lock_ms: i64,
+    held: Held,
 }
 
 impl Idempotency {
-    /// `request_ms_max` bounds how long a request can run (compile, queue wait and wall time
-    /// of a cast). A reservation is locked for twice that, at least five minutes: a lock that
-    /// runs out only ever belongs to a request that can no longer be running, so taking it
-    /// over never runs a cast twice.
-    pub fn new(db: Db, request_ms_max: i64) -> Idempotency {
+    pub fn new(db: Db) -> Idempotency {
         Idempotency {
             db,
-            lock_ms: request_ms_max.saturating_mul(2).max(LOCK_MS_MIN),
+            held: Held::default(),
         }
     }
 
-    /// How long a reservation without an answer keeps its key.
+    /// How long a reservation without an answer keeps its key once nobody renews it.
     pub fn lock_ms(&self) -> i64 {
-        self.lock_ms
+        LOCK_MS
+    }
+
+    /// Extends the locks of every reservation this process holds; returns how many. A lock
+    /// renewed by nobody (its process died) runs out after [`LOCK_MS`].
+    pub async fn renew(&self) -> Result<u64, IdempotencyError> {
+        let held: Vec<(String, (i64, String))> = self
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(token, row)| (token.clone(), row.clone()))
+            .collect();
+        let mut renewed = 0;
+        for chunk in held.chunks(RENEW_BATCH) {
+            // Each term is a primary-key lookup; the token proves the row is still ours.
+            let terms: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let n = 2 + 3 * i;
+                    format!(
+                        "(user_id = ${} AND key_hash = ${} AND lock_token = ${})",
+                        n,
+                        n + 1,
+                        n + 2
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "UPDATE idempotency_keys SET locked_until_ms = $1 WHERE status IS NULL AND ({})",
+                terms.join(" OR ")
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(self.db.now_ms().saturating_add(LOCK_MS));
+            for (token, (user_id, key_hash)) in chunk {
+                query = query.bind(*user_id).bind(key_hash).bind(token);
+            }
+            renewed += query.execute(self.db.writer()).await?.rows_affected();
+        }
+        Ok(renewed)
     }
 
     /// Reserves `key` for this request, or says why not. One insert when the key is new.
@@ -284,11 +341,18 @@ impl Idempotency {
         let derived = derive(user_id, key);
         let request_hash = fingerprint(&derived.fingerprint, request);
         let sealer = Sealer::new(derived.seal, user_id, &derived.lookup);
-        let reservation = |lock_token: String| Reservation {
-            user_id,
-            key_hash: derived.lookup.clone(),
-            lock_token,
-            sealer: sealer.clone(),
+        let reservation = |lock_token: String| {
+            self.held
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(lock_token.clone(), (user_id, derived.lookup.clone()));
+            Reservation {
+                user_id,
+                key_hash: derived.lookup.clone(),
+                lock_token,
+                sealer: sealer.clone(),
+                held: self.held.clone(),
+            }
         };
         // A row can vanish between the insert and the read (its request was released): try
         // again, a bounded number of times.
@@ -300,7 +364,7 @@ impl Idempotency {
                 route,
                 lock_token: &token,
                 now_ms: now,
-                locked_until_ms: now.saturating_add(self.lock_ms),
+                locked_until_ms: now.saturating_add(LOCK_MS),
                 expires_at_ms: now.saturating_add(RETENTION_MS),
                 user_id,
                 key_hash: &derived.lookup,
@@ -434,13 +498,23 @@ impl Idempotency {
     }
 }
 
-/// Purges expired records every [`PURGE_INTERVAL`], in batches of [`PURGE_BATCH`] until none
-/// is left: never per request, never one long transaction.
-pub fn spawn_purger(app: crate::App) -> tokio::task::JoinHandle<()> {
+/// Renews this process's reservations every [`RENEW_INTERVAL`], and purges expired records
+/// every [`PURGE_INTERVAL`], in batches of [`PURGE_BATCH`] until none is left: never per
+/// request, never one long transaction.
+pub fn spawn_upkeep(app: crate::App) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(PURGE_INTERVAL);
+        let mut renew = tokio::time::interval(RENEW_INTERVAL);
+        let mut purge = tokio::time::interval(PURGE_INTERVAL);
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = renew.tick() => {
+                    if let Err(error) = app.idempotency.renew().await {
+                        tracing::warn!(error = %error, "renewing idempotency keys failed");
+                    }
+                    continue;
+                }
+                _ = purge.tick() => {}
+            }
             loop {
                 match app.idempotency.purge_expired(PURGE_BATCH).await {
                     Ok(deleted) if deleted < PURGE_BATCH as u64 => break,

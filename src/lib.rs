@@ -91,15 +91,7 @@ impl AppState {
             Some(_) => billing::Recharger::new(metrics.recharge_notices_dropped.clone()),
             None => billing::Recharger::disabled(),
         };
-        // The longest a request can run: a cast's compile (on a cache miss), queue wait and
-        // wall time, which also bound a publish's compile.
-        let request_ms_max = (config.sandbox.compile_time_max + config.sandbox.queue_wait_max)
-            .as_millis()
-            .saturating_add(u128::from(config.sandbox.limits.wall_ms_max));
-        let idempotency = idempotency::Idempotency::new(
-            db.clone(),
-            i64::try_from(request_ms_max).unwrap_or(i64::MAX),
-        );
+        let idempotency = idempotency::Idempotency::new(db.clone());
         Ok(Arc::new(AppState {
             config,
             db,
@@ -154,7 +146,7 @@ pub async fn serve(
     };
     let recharger = billing::spawn_recharger(&app);
     let self_check = ops::selfcheck::spawn(app.clone());
-    let idempotency_purger = idempotency::spawn_purger(app.clone());
+    let idempotency_upkeep = idempotency::spawn_upkeep(app.clone());
     axum::serve(listener, http::router(app.clone()))
         .with_graceful_shutdown(shutdown)
         .await
@@ -169,7 +161,7 @@ pub async fn serve(
         tracing::warn!(error = %error, "giving back leases at shutdown failed; they expire");
     }
     self_check.abort();
-    idempotency_purger.abort();
+    idempotency_upkeep.abort();
     app.db.close().await;
     Ok(())
 }

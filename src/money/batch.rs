@@ -519,12 +519,14 @@ async fn write(
                 ],
             )
             .await?;
-        // Only if the reservation was taken over, i.e. this cast outlived its lock: it is
-        // charged all the same (it ran), and the key answers for the request that took it.
+        // Only if the reservation is gone: its lock ran out unrenewed (this instance lost the
+        // database for longer than the lock) and another request took the key, or the account
+        // was erased. The cast is charged all the same (it ran); the key answers for the
+        // request that holds it.
         if stored == 0 {
             tracing::warn!(
                 user.id = receipt.user_id,
-                "an idempotent cast settled after its reservation was taken over"
+                "an idempotent cast settled after its reservation was taken over or erased"
             );
         }
     }

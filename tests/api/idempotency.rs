@@ -279,18 +279,23 @@ on_both_databases! {
 
     async fn an_abandoned_reservation_expires_and_the_key_can_be_used(backend) {
         let (app, ada) = casting_app(&backend).await;
-        // A process reserved the key and died before the cast settled: nothing stored.
         let key = IdempotencyKey::parse("crashed").expect("key");
         let fingerprint = RequestFingerprint { method: "POST", path: "/v1/cast", body: HELLO.as_bytes() };
-        let reserved = app.app.idempotency.reserve(ada.id, &key, "POST /v1/cast", &fingerprint).await.expect("reserve");
-        assert!(matches!(reserved, Reserved::Run(_)), "{reserved:?}");
-        drop(reserved);
+        let lock_ms = app.app.idempotency.lock_ms();
+        // A request that runs longer than the lock keeps its key: its process renews it.
+        let running = app.app.idempotency.reserve(ada.id, &key, "POST /v1/cast", &fingerprint).await.expect("reserve");
+        assert!(matches!(running, Reserved::Run(_)), "{running:?}");
+        app.app.db.clock().advance(lock_ms + 1);
+        assert!(app.app.idempotency.renew().await.expect("renew") >= 1);
         let blocked = post_with_key(&app, &ada, "/v1/cast", "crashed", HELLO).await;
         assert_eq!(blocked.status, StatusCode::CONFLICT);
         assert_eq!(error_code(&blocked.json()), "idempotency_key_in_use");
+        // Its process dies before the cast settled: nothing stored, nobody renews the lock.
+        drop(running);
+        let blocked = post_with_key(&app, &ada, "/v1/cast", "crashed", HELLO).await;
+        assert_eq!(blocked.status, StatusCode::CONFLICT, "until the lock runs out");
         assert_eq!(cast_entries(&app, &ada).await, 0);
-        // Past its lock, the reservation is known to belong to no running request.
-        app.app.db.clock().advance(app.app.idempotency.lock_ms() + 1);
+        app.app.db.clock().advance(lock_ms + 1);
         let ran = post_with_key(&app, &ada, "/v1/cast", "crashed", HELLO).await;
         assert_eq!(ran.status, StatusCode::OK, "{}", ran.json());
         assert!(!ran.replayed());
