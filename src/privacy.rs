@@ -76,8 +76,8 @@ async fn rows(db: &Db, sql: &'static str, user_id: i64) -> Result<Value, Privacy
 const SECTIONS: &[(&str, &str)] = &[
     (
         "api_keys",
-        "SELECT id, name, scopes, allowed_spells, created_at_ms, expires_at_ms, last_used_at_ms, \
-         deleted_at_ms FROM api_keys WHERE user_id = $1 ORDER BY created_at_ms, id",
+        "SELECT 'spk_' || id AS prefix, name, scopes, allowed_spells, created_at_ms, expires_at_ms, \
+         last_used_at_ms, deleted_at_ms FROM api_keys WHERE user_id = $1 ORDER BY created_at_ms, id",
     ),
     (
         "signers",
@@ -201,7 +201,7 @@ pub async fn page(
         // In settlement order (`casts_user_time`).
         Paged::Casts => sqlx::query(
             "SELECT id, spell, version, digest, outcome, fuel_used, cost_microusd, duration_us, \
-             ledger_seq, key_id, created_at_ms FROM casts \
+             ledger_seq, 'spk_' || key_id AS key_prefix, created_at_ms FROM casts \
              WHERE user_id = $1 AND (created_at_ms > $2 OR (created_at_ms = $3 AND id > $4)) \
              ORDER BY created_at_ms, id LIMIT $5",
         )

@@ -79,7 +79,12 @@ on_both_databases! {
         assert_eq!(document["complete"], true);
         assert_eq!(document["profile"]["handle"], "ada");
         assert_eq!(document["profile"]["email"], "ada@example.com");
-        assert_eq!(section(&document, "api_keys").len(), 2);
+        let prefixes: Vec<&str> = section(&document, "api_keys").iter().filter_map(|k| k["prefix"].as_str()).collect();
+        assert_eq!(prefixes.len(), 2);
+        for key in [&ada.key, &second.key] {
+            assert!(prefixes.iter().any(|p| key.starts_with(&format!("{p}_"))), "{prefixes:?}");
+        }
+        assert!(section(&document, "casts").iter().all(|c| c["key_prefix"].as_str().is_some_and(|p| p.starts_with("spk_"))));
         assert_eq!(section(&document, "signers").len(), 1);
         assert_eq!(section(&document, "spell_versions")[0]["name"], "hello");
         assert_eq!(section(&document, "budgets").len(), 1);
