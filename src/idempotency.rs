@@ -219,8 +219,8 @@ impl std::fmt::Debug for Reservation {
     }
 }
 
-/// What to do with a request that carries a key.
-#[derive(Debug)]
+/// What to do with a request that carries a key. (`Debug` leaves out a replayed body: it may
+/// hold a new API key.)
 pub enum Reserved {
     /// Run it: the key is this request's.
     Run(Reservation),
@@ -261,6 +261,20 @@ impl<'a> Fresh<'a> {
             .bind(self.expires_at_ms)
             .bind(self.user_id)
             .bind(self.key_hash)
+    }
+}
+
+impl std::fmt::Debug for Reserved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reserved::Run(reservation) => f.debug_tuple("Run").field(reservation).finish(),
+            Reserved::Replay { status, .. } => f
+                .debug_struct("Replay")
+                .field("status", status)
+                .finish_non_exhaustive(),
+            Reserved::InUse => f.write_str("InUse"),
+            Reserved::Reused => f.write_str("Reused"),
+        }
     }
 }
 
