@@ -1,7 +1,11 @@
 //! A cast: resolve → hold → run → settle. The one domain function behind `POST /v1/cast`.
 
+use std::sync::Arc;
+
 use crate::AppState;
 use crate::auth::Caller;
+use crate::idempotency::Reservation;
+use crate::money::batch::{Receipt, Settled};
 use crate::money::quote::{self, Caps, PlanError};
 use crate::money::{
     self, Budget, CastRecord, Cost, HoldFor, MicroUsd, MoneyError, Pricing, Refusal,
@@ -18,6 +22,7 @@ pub struct CastRequest {
 }
 
 /// A cast that ran and was charged.
+#[derive(Clone)]
 pub struct CastResult {
     pub cast_id: String,
     pub spell: String,
@@ -78,10 +83,18 @@ impl From<MoneyError> for CastError {
     }
 }
 
+/// How an idempotent cast's answer is stored with its settlement: the request's reservation,
+/// and the function that renders a settled cast as the status and body the client is told.
+pub struct Answer {
+    pub reservation: Arc<Reservation>,
+    pub render: fn(&CastResult) -> (u16, Vec<u8>),
+}
+
 pub async fn cast(
     app: &AppState,
     caller: &Caller,
     request: CastRequest,
+    answer: Option<Answer>,
 ) -> Result<CastResult, CastError> {
     let spell_name = format!("{}/{}", request.spell.owner, request.spell.name);
     if !caller
@@ -177,7 +190,24 @@ pub async fn cast(
         duration_us: u64::try_from(report.duration.as_micros()).unwrap_or(u64::MAX),
         blocked_ms: Pricing::billed_ms(report.blocked),
     };
-    let settled = app.money.settle(hold, &record).await;
+    // Only an idempotent cast copies its report (its output) into the answer it stores.
+    let blocked_ms = record.blocked_ms.min(hold.blocked_ms_max);
+    let receipt = answer.map(|answer| {
+        let unsettled = CastResult {
+            cast_id: cast_id.clone(),
+            spell: resolved.spell.clone(),
+            version: resolved.version.clone(),
+            digest: resolved.digest,
+            report: report.clone(),
+            cost: MicroUsd::ZERO,
+            breakdown: Cost::default(),
+            blocked_ms,
+            balance_after: MicroUsd::ZERO,
+            budgets: Vec::new(),
+        };
+        receipt(app, answer, unsettled)
+    });
+    let settled = app.money.settle_with(hold, &record, receipt).await;
     app.metrics.active_holds.dec();
     // A settle that fails after the spell ran (every retry of its batch failed) is an internal
     // error, never a "402, nothing ran": nothing was charged, and the money held for it stays
@@ -203,6 +233,22 @@ pub async fn cast(
         balance_after: settlement.balance_after,
         budgets: settlement.budgets,
     })
+}
+
+/// The answer of an idempotent cast, rendered in the settlement's transaction once the charge
+/// is known, with the trace id of the request that ran it.
+fn receipt(app: &AppState, answer: Answer, unsettled: CastResult) -> Receipt {
+    let trace_id = crate::error::trace_id();
+    let render = answer.render;
+    app.idempotency
+        .receipt(&answer.reservation, move |settled: &Settled| {
+            let mut result = unsettled.clone();
+            result.cost = settled.cost;
+            result.breakdown = settled.breakdown;
+            result.balance_after = settled.balance_after;
+            result.budgets = settled.budgets.clone();
+            crate::error::TRACE_ID.sync_scope(trace_id.clone(), || render(&result))
+        })
 }
 
 fn observe(app: &AppState, report: &RunReport, cost: MicroUsd) {

@@ -66,6 +66,14 @@ pub enum Code {
     EventApiVersionUnsupported,
     /// `GET /readyz`: a dependency (database, sandbox capacity) is not ready.
     NotReady,
+    /// `Idempotency-Key` is empty, longer than 255 characters or not printable ASCII (400).
+    IdempotencyKeyInvalid,
+    /// The key was used for a different request (422).
+    IdempotencyKeyReused,
+    /// The first request with the key is still running (409).
+    IdempotencyKeyInUse,
+    /// `DELETE /v1/users/me` without `{"confirm":"<handle>"}` naming the caller (422).
+    ConfirmationRequired,
     /// The supply-chain gate's own codes (`sbom_invalid`, …).
     Gate(&'static str),
     Internal,
@@ -111,6 +119,10 @@ impl Code {
             Code::InvalidAutoRecharge => "invalid_auto_recharge",
             Code::EventUnparseable => "event_unparseable",
             Code::EventApiVersionUnsupported => "event_api_version_unsupported",
+            Code::IdempotencyKeyInvalid => "idempotency_key_invalid",
+            Code::IdempotencyKeyReused => "idempotency_key_reused",
+            Code::IdempotencyKeyInUse => "idempotency_key_in_use",
+            Code::ConfirmationRequired => "confirmation_required",
             Code::Gate(code) => code,
             Code::Internal => "internal",
         }
@@ -118,7 +130,7 @@ impl Code {
 
     pub fn status(self) -> StatusCode {
         match self {
-            Code::BadRequest => StatusCode::BAD_REQUEST,
+            Code::BadRequest | Code::IdempotencyKeyInvalid => StatusCode::BAD_REQUEST,
             Code::Unauthorized => StatusCode::UNAUTHORIZED,
             Code::Forbidden | Code::InsufficientScope | Code::SpellNotAllowed => {
                 StatusCode::FORBIDDEN
@@ -133,6 +145,7 @@ impl Code {
             | Code::SignerExists
             | Code::NoBillingAccount
             | Code::NoPaymentMethod
+            | Code::IdempotencyKeyInUse
             | Code::Conflict => StatusCode::CONFLICT,
             Code::BudgetExhausted | Code::SpendLimitReached => StatusCode::PAYMENT_REQUIRED,
             Code::SpellFailed
@@ -145,6 +158,8 @@ impl Code {
             | Code::InvalidBudget
             | Code::InvalidSigner
             | Code::InvalidAutoRecharge
+            | Code::IdempotencyKeyReused
+            | Code::ConfirmationRequired
             | Code::Gate(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Code::Overloaded | Code::BillingDisabled | Code::NotReady => {
                 StatusCode::SERVICE_UNAVAILABLE

@@ -9,8 +9,10 @@ pub mod cast;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod idempotency;
 pub mod money;
 pub mod ops;
+pub mod privacy;
 pub mod registry;
 pub mod sandbox;
 pub mod store;
@@ -40,6 +42,8 @@ pub struct AppState {
     pub casts_in_flight: tokio_util::task::TaskTracker,
     /// What `GET /readyz` compares against (the database file that was opened).
     pub readiness: ops::Readiness,
+    /// `Idempotency-Key` reservations and stored answers.
+    pub idempotency: idempotency::Idempotency,
 }
 
 pub type App = Arc<AppState>;
@@ -87,6 +91,7 @@ impl AppState {
             Some(_) => billing::Recharger::new(metrics.recharge_notices_dropped.clone()),
             None => billing::Recharger::disabled(),
         };
+        let idempotency = idempotency::Idempotency::new(db.clone());
         Ok(Arc::new(AppState {
             config,
             db,
@@ -99,6 +104,7 @@ impl AppState {
             recharger,
             casts_in_flight: tokio_util::task::TaskTracker::new(),
             readiness,
+            idempotency,
         }))
     }
 }
@@ -140,6 +146,7 @@ pub async fn serve(
     };
     let recharger = billing::spawn_recharger(&app);
     let self_check = ops::selfcheck::spawn(app.clone());
+    let idempotency_upkeep = idempotency::spawn_upkeep(app.clone());
     axum::serve(listener, http::router(app.clone()))
         .with_graceful_shutdown(shutdown)
         .await
@@ -154,6 +161,7 @@ pub async fn serve(
         tracing::warn!(error = %error, "giving back leases at shutdown failed; they expire");
     }
     self_check.abort();
+    idempotency_upkeep.abort();
     app.db.close().await;
     Ok(())
 }

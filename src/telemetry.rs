@@ -87,6 +87,10 @@ pub struct Metrics {
     pub holds_expired: IntGauge,
     /// Sweeper passes that failed (database errors); expired holds stay until one succeeds.
     pub hold_sweep_failures: IntCounter,
+    /// Requests with an `Idempotency-Key`, by what the key decided: `run` (first use, or a
+    /// dead reservation taken over), `replayed`, `in_use` (409), `reused` (422), `error` (the
+    /// database could not be asked: 500).
+    pub idempotent_requests: IntCounterVec,
 }
 
 impl Metrics {
@@ -241,6 +245,13 @@ impl Metrics {
                 "spellhost_hold_sweep_failures_total",
                 "Hold sweeper passes that failed",
             )?,
+            idempotent_requests: IntCounterVec::new(
+                Opts::new(
+                    "spellhost_idempotent_requests_total",
+                    "Requests with an Idempotency-Key, by what the key decided",
+                ),
+                &["outcome"],
+            )?,
             registry,
         };
         // Every outcome is exported from the start, at zero, so dashboards and alerts see the
@@ -297,6 +308,10 @@ impl Metrics {
         r.register(Box::new(metrics.ledger_verify_failures.clone()))?;
         r.register(Box::new(metrics.holds_expired.clone()))?;
         r.register(Box::new(metrics.hold_sweep_failures.clone()))?;
+        r.register(Box::new(metrics.idempotent_requests.clone()))?;
+        for outcome in ["run", "replayed", "in_use", "reused", "error"] {
+            metrics.idempotent_requests.with_label_values(&[outcome]);
+        }
         Ok(metrics)
     }
 

@@ -301,7 +301,8 @@ impl Authenticator {
         let row: Option<KeyRow> = sqlx::query_as(
             "SELECT k.user_id, k.secret_hash, k.deleted_at_ms, u.handle, u.is_admin, k.scopes, \
              k.allowed_spells, k.expires_at_ms, k.last_used_at_ms, k.concurrent_casts_max \
-             FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.id = $1",
+             FROM api_keys k JOIN users u ON u.id = k.user_id \
+             WHERE k.id = $1 AND u.deleted_at_ms IS NULL",
         )
         .bind(key_id)
         .fetch_optional(self.db.reader())
@@ -531,6 +532,12 @@ fn valid_text(field: &'static str, value: &str, max: usize) -> Result<String, Au
     Ok(value.to_owned())
 }
 
+/// Handles that name erased accounts (`deleted-<id>`, see `crate::privacy`): nobody registers
+/// one.
+pub fn is_reserved_handle(handle: &str) -> bool {
+    handle.starts_with("deleted-")
+}
+
 /// Handles: `[a-z0-9-]{1,39}`, starting with a letter or digit (like GitHub's).
 pub fn is_valid_handle(handle: &str) -> bool {
     (1..=39).contains(&handle.len())
@@ -551,6 +558,22 @@ pub async fn create_user(
             field: "handle",
             message: "must match [a-z0-9-]{1,39}".into(),
         });
+    }
+    if is_reserved_handle(handle) {
+        return Err(AuthError::Invalid {
+            field: "handle",
+            message: "handles starting with deleted- are reserved".into(),
+        });
+    }
+    // An erased account's handle stays retired: its spells' names must never come back
+    // under another author.
+    let retired: Option<(String,)> =
+        sqlx::query_as("SELECT handle_sha256 FROM retired_handles WHERE handle_sha256 = $1")
+            .bind(crate::privacy::retired_handle_hash(handle))
+            .fetch_optional(db.reader())
+            .await?;
+    if retired.is_some() {
+        return Err(AuthError::Conflict("handle"));
     }
     let email = valid_text("email", email, 254)?;
     if !email.contains('@') {

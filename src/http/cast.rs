@@ -1,14 +1,20 @@
+use std::sync::Arc;
+
+use axum::Extension;
 use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::extract::Json;
+use super::idempotency::StoredWithSettlement;
 use crate::App;
 use crate::auth::Caller;
-use crate::cast::{self, CastError, CastRequest, CastResult};
+use crate::cast::{self, Answer, CastError, CastRequest, CastResult};
 use crate::error::{ApiError, Code};
+use crate::idempotency::Reservation;
 use crate::money::{Binding, Budget, InFlight, MicroUsd, Refusal, Scope};
 use crate::registry::SpellRef;
 use crate::sandbox::Outcome;
@@ -31,23 +37,37 @@ const BUDGET_WARNING: &str = "spellhost-budget-warning";
 pub async fn cast(
     State(app): State<App>,
     caller: Caller,
+    reservation: Option<Extension<Arc<Reservation>>>,
     Json(body): Json<CastBody>,
 ) -> Result<Response, ApiError> {
     let request = parse(body)?;
+    // With an Idempotency-Key, the answer is stored in the settlement's transaction.
+    let answer = reservation.map(|Extension(reservation)| Answer {
+        reservation,
+        render,
+    });
+    let stored = answer.is_some();
     // The cast runs to its settlement even if the client goes away: it is tracked so that a
     // graceful shutdown waits for it, and nothing that ran goes uncharged.
     let caller_id = caller.user_id;
     let task = {
         let app = app.clone();
+        let trace_id = crate::error::trace_id();
         app.casts_in_flight
             .clone()
-            .spawn(async move { cast::cast(&app, &caller, request).await })
+            .spawn(crate::error::TRACE_ID.scope(trace_id, async move {
+                cast::cast(&app, &caller, request, answer).await
+            }))
     };
     let result = task.await.map_err(ApiError::internal)?;
     let (mut response, budgets) = match result {
         Ok(mut result) => {
             let budgets = std::mem::take(&mut result.budgets);
-            (respond(result), budgets)
+            let mut response = respond(&result);
+            if stored {
+                response.extensions_mut().insert(StoredWithSettlement);
+            }
+            (response, budgets)
         }
         Err(CastError::Refused { refusal, budgets }) => {
             let in_flight = app
@@ -149,8 +169,28 @@ fn charge_fields(result: &CastResult) -> Map<String, Value> {
     fields
 }
 
-fn respond(result: CastResult) -> Response {
-    let mut fields = charge_fields(&result);
+/// A settled cast's answer, as sent.
+fn respond(result: &CastResult) -> Response {
+    let (status, body) = render(result);
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = (status, body).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// A settled cast's answer as status and JSON bytes: what is sent, and what an idempotent
+/// cast stores with its settlement (byte for byte the same).
+fn render(result: &CastResult) -> (u16, Vec<u8>) {
+    let (status, body) = answer(result);
+    let body = serde_json::to_vec(&body).unwrap_or_default();
+    (status.as_u16(), body)
+}
+
+fn answer(result: &CastResult) -> (StatusCode, Value) {
+    let mut fields = charge_fields(result);
     let report = &result.report;
     let (code, message) = match &report.outcome {
         Outcome::Ok => {
@@ -163,7 +203,7 @@ fn respond(result: CastResult) -> Response {
                         .into(),
                 ),
             };
-            return axum::Json(Value::Object(fields)).into_response();
+            return (StatusCode::OK, Value::Object(fields));
         }
         Outcome::OutOfFuel => (
             Code::FuelExhausted,
@@ -196,7 +236,7 @@ fn respond(result: CastResult) -> Response {
     );
     let mut error = ApiError::new(code, message);
     error.extra.extend(fields);
-    error.into_response()
+    (error.code.status(), error.body())
 }
 
 /// The 402 quote: what had to be held, what binds and what the client can do about it.

@@ -5,6 +5,7 @@ mod billing;
 mod budgets;
 mod cast;
 mod extract;
+mod idempotency;
 mod keys;
 mod ledger;
 mod middleware;

@@ -4,7 +4,9 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{MethodRouter, delete, get, post, put};
 
-use super::{billing, budgets, cast, keys, ledger, middleware, ops, signers, spells, users};
+use super::{
+    billing, budgets, cast, idempotency, keys, ledger, middleware, ops, signers, spells, users,
+};
 use crate::App;
 use crate::auth::KeyScope;
 use crate::supply_chain::bundle::BUNDLE_BYTES_MAX;
@@ -29,6 +31,14 @@ fn scoped(route: MethodRouter<App>, app: &App, scope: KeyScope) -> MethodRouter<
     ))
 }
 
+/// A route that honours `Idempotency-Key` (inside the scope layer, which authenticates).
+fn idempotent(route: MethodRouter<App>, app: &App) -> MethodRouter<App> {
+    route.route_layer(axum::middleware::from_fn_with_state(
+        app.clone(),
+        idempotency::idempotent,
+    ))
+}
+
 /// Stripe events are a few KiB; 1 MiB bounds what an unauthenticated caller can send.
 const WEBHOOK_BYTES_MAX: usize = 1024 * 1024;
 
@@ -46,10 +56,14 @@ pub fn router(app: App) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
-        .route("/v1/users/me", scoped(get(users::me), a, Read))
+        .route(
+            "/v1/users/me",
+            scoped(get(users::me), a, Read).merge(scoped(delete(users::delete), a, Manage)),
+        )
+        .route("/v1/users/me/export", scoped(get(users::export), a, Manage))
         .route(
             "/v1/keys",
-            scoped(post(keys::create).get(keys::list), a, Manage),
+            scoped(idempotent(post(keys::create), a).get(keys::list), a, Manage),
         )
         .route("/v1/keys/{prefix}", scoped(delete(keys::delete), a, Manage))
         .route(
@@ -62,7 +76,10 @@ pub fn router(app: App) -> Router {
         )
         .route(
             "/v1/spells",
-            limited(scoped(post(spells::publish), a, Publish), publish_bytes_max),
+            limited(
+                scoped(idempotent(post(spells::publish), a), a, Publish),
+                publish_bytes_max,
+            ),
         )
         .route(
             "/v1/spells/{owner}/{name}",
@@ -74,7 +91,10 @@ pub fn router(app: App) -> Router {
         )
         .route(
             "/v1/cast",
-            limited(scoped(post(cast::cast), a, Cast), cast_body_bytes_max(a)),
+            limited(
+                scoped(idempotent(post(cast::cast), a), a, Cast),
+                cast_body_bytes_max(a),
+            ),
         )
         .route("/v1/ledger", scoped(get(ledger::list), a, Read))
         .route(
@@ -99,7 +119,7 @@ pub fn router(app: App) -> Router {
         )
         .route(
             "/v1/billing/checkout",
-            scoped(post(billing::checkout), a, Manage),
+            scoped(idempotent(post(billing::checkout), a), a, Manage),
         )
         .route(
             "/v1/billing/portal",

@@ -5,6 +5,7 @@
 //! retry after a lost acknowledgement) is answered from its record and never charged twice.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use super::budgets::Budget;
 use super::ledger::{EntryKind, LedgerEntry};
@@ -38,6 +39,43 @@ pub struct SettleRequest {
     pub leases: Vec<LeaseRef>,
     /// Every budget that governs the cast, held on or not.
     pub budget_ids: Vec<String>,
+    /// The answer to store with the charge (a request with an `Idempotency-Key`).
+    pub receipt: Option<Receipt>,
+}
+
+/// Renders a settled cast's answer: its status and the stored (sealed) response.
+pub type RenderReceipt = dyn Fn(&Settled) -> (u16, String) + Send + Sync;
+
+/// An idempotent request's answer, stored in the transaction that settles its cast: once the
+/// charge is durable, so is what the client is told about it, and a retry after any crash
+/// replays it instead of running the cast again (`crate::idempotency`).
+#[derive(Clone)]
+pub struct Receipt {
+    pub user_id: i64,
+    /// The row of the reservation, and the token that proves it is still this request's.
+    pub key_hash: String,
+    pub lock_token: String,
+    /// The status and the stored (sealed) response, given what the settlement charged.
+    pub render: Arc<RenderReceipt>,
+}
+
+impl std::fmt::Debug for Receipt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Receipt")
+            .field("user_id", &self.user_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A stored answer, as written by a batch.
+#[derive(Debug, Clone)]
+pub struct ReceiptRow {
+    pub user_id: i64,
+    pub key_hash: String,
+    pub lock_token: String,
+    pub status: u16,
+    pub response: String,
+    pub completed_at_ms: i64,
 }
 
 /// A committed settlement.
@@ -85,6 +123,7 @@ pub struct Plan {
     pub users: BTreeMap<i64, UserMoney>,
     pub budgets: BTreeMap<String, Budget>,
     pub leases: BTreeMap<String, i64>,
+    pub receipts: Vec<ReceiptRow>,
     pub results: Vec<Settled>,
 }
 
@@ -216,7 +255,7 @@ pub fn plan(mut state: State, requests: &[SettleRequest]) -> Result<Plan, MoneyE
             ledger_seq: entry.seq,
             created_at_ms: state.now_ms,
         });
-        out.results.push(Settled {
+        let settled = Settled {
             cost: MicroUsd::new(charge),
             breakdown,
             balance_after: MicroUsd::new(user.balance),
@@ -224,7 +263,20 @@ pub fn plan(mut state: State, requests: &[SettleRequest]) -> Result<Plan, MoneyE
             budgets: after,
             soft_limits_crossed,
             late,
-        });
+        };
+        // A cast already settled (the `done` branch above) stored its answer then.
+        if let Some(receipt) = &request.receipt {
+            let (status, response) = (receipt.render)(&settled);
+            out.receipts.push(ReceiptRow {
+                user_id: receipt.user_id,
+                key_hash: receipt.key_hash.clone(),
+                lock_token: receipt.lock_token.clone(),
+                status,
+                response,
+                completed_at_ms: state.now_ms,
+            });
+        }
+        out.results.push(settled);
         out.entries.push(entry);
     }
     out.users = touched_users
@@ -474,6 +526,32 @@ async fn write(
             vec![Arg::Int(*amount), Arg::from(id.as_str())],
         )
         .await?;
+    }
+    for receipt in &plan.receipts {
+        let stored = conn
+            .execute(
+                "UPDATE idempotency_keys SET status = $1, response = $2, completed_at_ms = $3 \
+                 WHERE user_id = $4 AND key_hash = $5 AND lock_token = $6 AND status IS NULL",
+                vec![
+                    Arg::Int(i64::from(receipt.status)),
+                    Arg::from(receipt.response.as_str()),
+                    Arg::Int(receipt.completed_at_ms),
+                    Arg::Int(receipt.user_id),
+                    Arg::from(receipt.key_hash.as_str()),
+                    Arg::from(receipt.lock_token.as_str()),
+                ],
+            )
+            .await?;
+        // Only if the reservation is gone: its lock ran out unrenewed (this instance lost the
+        // database for longer than the lock) and another request took the key, or the account
+        // was erased. The cast is charged all the same (it ran); the key answers for the
+        // request that holds it.
+        if stored == 0 {
+            tracing::warn!(
+                user.id = receipt.user_id,
+                "an idempotent cast settled after its reservation was taken over or erased"
+            );
+        }
     }
     if let Some(head) = head {
         conn.execute(

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt as _;
 
-use super::batch::{LeaseRef, SettleRequest, Settled};
+use super::batch::{LeaseRef, Receipt, SettleRequest, Settled};
 use super::budgets::Budget;
 use super::quote::{self, FuelBound, Plan, Refusal};
 use super::store::{Arg, Conn, Row, Store};
@@ -1081,8 +1081,18 @@ impl Money {
     /// leases, and the settlement is committed in the next batch. Returns once it is durable.
     pub async fn settle(
         &self,
+        hold: LeaseHold,
+        record: &CastRecord<'_>,
+    ) -> Result<Settlement, MoneyError> {
+        self.settle_with(hold, record, None).await
+    }
+
+    /// [`Money::settle`], storing an idempotent request's answer in the same transaction.
+    pub async fn settle_with(
+        &self,
         mut hold: LeaseHold,
         record: &CastRecord<'_>,
+        receipt: Option<Receipt>,
     ) -> Result<Settlement, MoneyError> {
         let blocked_ms = record.blocked_ms.min(hold.blocked_ms_max);
         let charge = self
@@ -1114,6 +1124,7 @@ impl Money {
                 })
                 .collect(),
             budget_ids: hold.budgets.iter().map(|b| b.id.clone()).collect(),
+            receipt,
         };
         let settled = self.inner.store.settle(request).await;
         let late = settled.as_ref().is_ok_and(|s: &Settled| s.late);

@@ -217,6 +217,26 @@ pub async fn spawn_app_with(backend: &Backend, extra: &[(&str, &str)]) -> TestAp
     }
 }
 
+/// Another instance of the service on a test app's database, as after a restart elsewhere or
+/// beside it behind a load balancer.
+pub struct Instance {
+    pub address: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Instance {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    /// Stops it gracefully (casts in flight settle, leases go back).
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.server.await;
+    }
+}
+
 /// A user, their API key and (once registered) their signing key.
 #[derive(Clone)]
 pub struct TestUser {
@@ -236,6 +256,30 @@ impl TestApp {
             .text()
             .await
             .expect("text")
+    }
+
+    /// A second instance of the service on this app's database and configuration.
+    pub async fn second_instance(&self) -> Instance {
+        let other: App = AppState::build(self.app.config.clone())
+            .await
+            .expect("builds");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            spellhost::serve(other, listener, async move {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("serves");
+        });
+        Instance {
+            address,
+            stop,
+            server,
+        }
     }
 
     /// The app's database URL (for a second instance on the same database).

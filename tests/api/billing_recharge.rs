@@ -4,7 +4,6 @@
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use spellhost::{App, AppState};
 
 use crate::app::{Backend, TestApp, TestUser, error_code};
 use crate::billing::{
@@ -143,37 +142,6 @@ async fn recharge_now(app: &TestApp, user: &TestUser) -> Option<String> {
     spellhost::billing::recharge_now(&app.app, billing, user.id)
         .await
         .expect("decides")
-}
-
-/// A second instance of the service on the same database, as after a restart elsewhere.
-struct Instance {
-    stop: tokio::sync::oneshot::Sender<()>,
-    server: tokio::task::JoinHandle<()>,
-}
-
-async fn second_instance(app: &TestApp) -> Instance {
-    let other: App = AppState::build(app.app.config.clone())
-        .await
-        .expect("builds");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        spellhost::serve(other, listener, async move {
-            let _ = stopped.await;
-        })
-        .await
-        .expect("serves");
-    });
-    Instance { stop, server }
-}
-
-impl Instance {
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        let _ = self.server.await;
-    }
 }
 
 /// An app whose users can cast `ada/hello`, at `prices`.
@@ -412,7 +380,7 @@ on_both_databases! {
 
         // Another instance starts: it retries the creation with the same idempotency key and
         // gets the same payment intent, not a second one.
-        let other = second_instance(&app).await;
+        let other = app.second_instance().await;
         eventually("the retry", || async {
             recharges(&app, &user).await.first().is_some_and(|(state, _)| state == "pending")
         }).await;
@@ -440,7 +408,7 @@ on_both_databases! {
         let intent_id = fake.payment_intents()[0]["id"].as_str().expect("id").to_owned();
         assert_eq!(recharges(&app, &user).await, [("succeeded".to_owned(), Some(intent_id))]);
         // A restart does not ask again, and nothing is credited twice.
-        let other = second_instance(&app).await;
+        let other = app.second_instance().await;
         delivered(&app, &succeeded(&fake, 0, "evt_early"), "duplicate").await;
         delivered(&app, &succeeded(&fake, 0, "evt_early_resent"), "ignored").await;
         other.stop().await;

@@ -49,7 +49,7 @@ fn hold_for(user: &TestUser, cast_id: &str) -> HoldFor {
     }
 }
 
-async fn cast_entries(app: &TestApp, user: &TestUser) -> i64 {
+pub async fn cast_entries(app: &TestApp, user: &TestUser) -> i64 {
     let (count,): (i64,) =
         sqlx::query_as("SELECT COUNT(*) FROM ledger WHERE user_id = $1 AND kind = 'cast'")
             .bind(user.id)

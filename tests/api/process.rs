@@ -201,6 +201,24 @@ async fn wait_for_hold(client: &reqwest::Client, address: &str, key: &str) {
     .await;
 }
 
+/// Kills the server (SIGKILL) once the cast in flight has taken its hold, and checks that its
+/// client was told nothing.
+async fn kill_during(
+    server: &mut Child,
+    in_flight: tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>,
+    client: &reqwest::Client,
+    address: &str,
+    key: &str,
+) {
+    wait_for_hold(client, address, key).await;
+    signal(server, "-KILL");
+    server.wait().expect("killed");
+    assert!(
+        in_flight.await.expect("task").is_err(),
+        "the client was told nothing"
+    );
+}
+
 async fn me(client: &reqwest::Client, address: &str, key: &str) -> Value {
     client
         .get(format!("{address}/v1/users/me"))
@@ -231,10 +249,7 @@ on_both_databases! {
         let charged = done["cost_microusd"].as_i64().expect("charged");
         // A cast in flight when the process dies: its money is held, its client never answered.
         let in_flight = cast_slow_in_background(&client, &address, &key);
-        wait_for_hold(&client, &address, &key).await;
-        signal(&server, "-KILL");
-        server.wait().expect("killed");
-        assert!(in_flight.await.expect("task").is_err(), "the client was told nothing");
+        kill_during(&mut server, in_flight, &client, &address, &key).await;
 
         let (mut server, address) = env.serve();
         // The money comes back on its own, with no operator (how soon is a figure, printed).
@@ -281,6 +296,50 @@ on_both_databases! {
         assert_eq!(me(&client, &address, &key).await["balance_microusd"], CREDIT - cost);
         signal(&server, "-TERM");
         assert!(server.wait().expect("stops").success());
+    }
+
+    async fn a_kill_while_an_idempotent_cast_runs_frees_its_key_and_charges_once(backend) {
+        let work = tempfile::tempdir().expect("tempdir");
+        let env = Env::new(&backend, work.path()).await;
+        let key = provision(&env, work.path());
+        let client = reqwest::Client::new();
+        let send = |address: String| {
+            client.post(format!("{address}/v1/cast")).bearer_auth(&key)
+                .header("idempotency-key", "survives-kill").json(&json!({"spell": "ada/slow"})).send()
+        };
+        let (mut server, address) = env.serve();
+        let in_flight = tokio::spawn(send(address.clone()));
+        kill_during(&mut server, in_flight, &client, &address, &key).await;
+        // Nothing was charged and nothing stored: the key is in use until its lock, which nobody
+        // renews any more, runs out; then the cast runs, once.
+        let (mut server, address) = env.serve();
+        let started = Instant::now();
+        let ran = std::sync::Mutex::new(None);
+        eventually("the key to be free again", || async {
+            let response = send(address.clone()).await.expect("answered");
+            if response.status() == reqwest::StatusCode::CONFLICT {
+                return false;
+            }
+            assert!(!response.headers().contains_key("idempotent-replayed"), "nothing was stored");
+            *ran.lock().expect("lock") = Some(response.text().await.expect("body"));
+            true
+        }).await;
+        eprintln!("the key was free {:?} after the restart", started.elapsed());
+        let ran = ran.into_inner().expect("lock").expect("ran");
+        let body: Value = serde_json::from_str(&ran).expect("json");
+        assert_eq!(body["error"]["code"], "deadline_exceeded", "{body}");
+        let cost = body["error"]["cost_microusd"].as_i64().expect("charged");
+        let replay = send(address.clone()).await.expect("answered");
+        assert_eq!(replay.headers().get("idempotent-replayed").map(|v| v.as_bytes()), Some(&b"true"[..]));
+        assert_eq!(replay.text().await.expect("body"), ran, "the stored answer");
+        eventually("the dead instance's lease to come back", || async {
+            me(&client, &address, &key).await["held_microusd"] == 0
+        }).await;
+        assert_eq!(me(&client, &address, &key).await["balance_microusd"], CREDIT - cost, "charged once");
+        signal(&server, "-TERM");
+        assert!(server.wait().expect("stops").success());
+        let verified = env.admin(&["ledger", "verify", "--json"]);
+        assert_eq!(verified, json!({"intact": true, "entries": 2}), "the grant and one cast");
     }
 }
 
