@@ -40,6 +40,8 @@ pub struct AppState {
     pub casts_in_flight: tokio_util::task::TaskTracker,
     /// What `GET /readyz` compares against (the database file that was opened).
     pub readiness: ops::Readiness,
+    /// Requests per API key and per client address.
+    pub rate_limits: http::RateLimits,
 }
 
 pub type App = Arc<AppState>;
@@ -79,8 +81,11 @@ impl AppState {
         )
         .map_err(|message| anyhow::anyhow!("SPELLHOST_SIGSTORE_TRUSTED_ROOTS: {message}"))?;
         let registry =
-            registry::Registry::new(db.clone(), sandbox.clone(), Arc::new(trusted_roots));
-        let auth = auth::Authenticator::new(db.clone(), config.derived_key("verified api keys"));
+            registry::Registry::new(db.clone(), sandbox.clone(), Arc::new(trusted_roots))
+                .with_limits(config.creation);
+        let auth = auth::Authenticator::new(db.clone(), config.derived_key("verified api keys"))
+            .with_keys_per_user_max(config.creation.keys_per_user);
+        let rate_limits = http::RateLimits::new(&config.http);
         let metrics = telemetry::Metrics::new().context("registering metrics")?;
         let billing = billing::Billing::from_config(&config)?;
         let recharger = match &billing {
@@ -99,6 +104,7 @@ impl AppState {
             recharger,
             casts_in_flight: tokio_util::task::TaskTracker::new(),
             readiness,
+            rate_limits,
         }))
     }
 }
@@ -140,8 +146,7 @@ pub async fn serve(
     };
     let recharger = billing::spawn_recharger(&app);
     let self_check = ops::selfcheck::spawn(app.clone());
-    axum::serve(listener, http::router(app.clone()))
-        .with_graceful_shutdown(shutdown)
+    http::server::serve(app.clone(), listener, shutdown)
         .await
         .context("serving HTTP")?;
     app.casts_in_flight.close();

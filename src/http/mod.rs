@@ -4,14 +4,19 @@
 mod billing;
 mod budgets;
 mod cast;
+pub mod client_ip;
 mod extract;
+pub mod hygiene;
 mod keys;
 mod ledger;
 mod middleware;
 mod ops;
+pub mod rate_limit;
 mod router;
+pub mod server;
 mod signers;
 mod spells;
 mod users;
 
+pub use rate_limit::RateLimits;
 pub use router::router;

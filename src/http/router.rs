@@ -4,7 +4,9 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{MethodRouter, delete, get, post, put};
 
-use super::{billing, budgets, cast, keys, ledger, middleware, ops, signers, spells, users};
+use super::{
+    billing, budgets, cast, hygiene, keys, ledger, middleware, ops, signers, spells, users,
+};
 use crate::App;
 use crate::auth::KeyScope;
 use crate::supply_chain::bundle::BUNDLE_BYTES_MAX;
@@ -22,11 +24,17 @@ fn limited(route: MethodRouter<App>, bytes_max: usize) -> MethodRouter<App> {
 
 /// An authenticated route: the caller's key must have `scope`. Every route that takes a
 /// `Caller` goes through here; the extractor refuses to serve one that does not.
+/// Its responses are never stored by caches (`Cache-Control: no-store`).
 fn scoped(route: MethodRouter<App>, app: &App, scope: KeyScope) -> MethodRouter<App> {
-    route.route_layer(axum::middleware::from_fn_with_state(
-        (app.clone(), scope),
-        middleware::authorize,
-    ))
+    route
+        .route_layer(axum::middleware::from_fn_with_state(
+            (app.clone(), scope),
+            middleware::authorize,
+        ))
+        .route_layer(tower_http::set_header::SetResponseHeaderLayer::overriding(
+            axum::http::header::CACHE_CONTROL,
+            axum::http::HeaderValue::from_static("no-store"),
+        ))
 }
 
 /// Stripe events are a few KiB; 1 MiB bounds what an unauthenticated caller can send.
@@ -42,7 +50,7 @@ pub fn router(app: App) -> Router {
     let publish_bytes_max = MODULE_BYTES_MAX + SBOM_BYTES_MAX + BUNDLE_BYTES_MAX + 256 * 1024;
     use KeyScope::{Cast, Manage, Publish, Read};
     let a = &app;
-    Router::new()
+    let router = Router::new()
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
@@ -123,10 +131,12 @@ pub fn router(app: App) -> Router {
         // and the process live on.
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             middleware::panicked,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            app.clone(),
-            middleware::observe,
-        ))
-        .with_state(app)
+        ));
+    // CORS, request-target bound, rate limits, body timeouts; then trace ids and metrics;
+    // then the security headers on everything.
+    let router = hygiene::inner(router, &app).layer(axum::middleware::from_fn_with_state(
+        app.clone(),
+        middleware::observe,
+    ));
+    hygiene::outer(router, &app).with_state(app)
 }

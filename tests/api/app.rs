@@ -183,6 +183,12 @@ pub async fn spawn_app_with(backend: &Backend, extra: &[(&str, &str)]) -> TestAp
         // Likewise a publish's compile: unoptimized cranelift on a loaded machine can take
         // seconds over `wordfreq`; the default (20 s) is a production bound.
         ("SPELLHOST_COMPILE_TIME_MS_MAX", "300000"),
+        // Tests cast and poll as fast as they can, with one key, from one address, on many
+        // connections: the rate limits and the per-address connection cap are off unless a
+        // test is about them (tests/api/hardening.rs sets them).
+        ("SPELLHOST_RATE_LIMIT_AUTHENTICATED_PER_MINUTE", "0"),
+        ("SPELLHOST_RATE_LIMIT_ANONYMOUS_PER_MINUTE", "0"),
+        ("SPELLHOST_HTTP_CONNECTIONS_PER_IP_MAX", "4096"),
     ];
     vars.extend_from_slice(extra);
     let config = spellhost::config::Config::from_vars(&vars).expect("config");

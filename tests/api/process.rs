@@ -34,6 +34,15 @@ impl Env {
                 // Fuel never ends the slow spell first, however fast the machine: it runs
                 // until its wall-time limit (its manifest allows 10¹¹ fuel, 4 s).
                 ("SPELLHOST_FUEL_MAX".into(), "1000000000000".into()),
+                // These tests cast as fast as they can with one key from one address.
+                (
+                    "SPELLHOST_RATE_LIMIT_AUTHENTICATED_PER_MINUTE".into(),
+                    "0".into(),
+                ),
+                (
+                    "SPELLHOST_RATE_LIMIT_ANONYMOUS_PER_MINUTE".into(),
+                    "0".into(),
+                ),
                 ("RUST_LOG".into(), "warn".into()),
             ],
         }
