@@ -88,6 +88,9 @@ pub struct HttpConfig {
     pub hsts: bool,
     /// When set, `GET /metrics` needs `Authorization: Bearer <token>`.
     pub metrics_token: Option<SecretString>,
+    /// A second listener that serves only `GET /metrics`, without the token: for a scraper
+    /// on a private network that cannot send one (Fly.io's), on a port not published.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Caps on what one user may create (`422 limit_reached` names the one that binds). Each
@@ -462,6 +465,17 @@ fn http_config(source: &Source, public_url: &str) -> Result<HttpConfig, ConfigEr
         cors_origins,
         hsts: source.parse("SPELLHOST_HSTS", public_url.starts_with("https://"))?,
         metrics_token: metrics_token.map(|token| SecretString::from(token.to_owned())),
+        metrics_listen: source
+            .text("SPELLHOST_METRICS_LISTEN")
+            .map(|text| {
+                text.trim().parse().map_err(|e| {
+                    error(
+                        "SPELLHOST_METRICS_LISTEN",
+                        format!("invalid address {text:?}: {e}"),
+                    )
+                })
+            })
+            .transpose()?,
     })
 }
 
@@ -754,6 +768,7 @@ mod tests {
             ("SPELLHOST_CORS_ORIGINS", "https://app.example.com/path"),
             ("SPELLHOST_CORS_ORIGINS", "*"),
             ("SPELLHOST_METRICS_TOKEN", "short"),
+            ("SPELLHOST_METRICS_LISTEN", "9091"),
             ("SPELLHOST_KEYS_PER_USER_MAX", "0"),
         ] {
             let error = Config::from_vars(&[(name, value)]).expect_err(name);

@@ -144,6 +144,10 @@ pub async fn serve(
             }
         })
     };
+    let private_metrics = match app.config.http.metrics_listen {
+        Some(address) => Some(serve_private_metrics(&app, address).await?),
+        None => None,
+    };
     let recharger = billing::spawn_recharger(&app);
     let self_check = ops::selfcheck::spawn(app.clone());
     http::server::serve(app.clone(), listener, shutdown)
@@ -159,8 +163,27 @@ pub async fn serve(
         tracing::warn!(error = %error, "giving back leases at shutdown failed; they expire");
     }
     self_check.abort();
+    if let Some(private_metrics) = private_metrics {
+        private_metrics.abort();
+    }
     app.db.close().await;
     Ok(())
+}
+
+/// `GET /metrics` without the token on `address`, for a scraper on a private network.
+async fn serve_private_metrics(
+    app: &App,
+    address: std::net::SocketAddr,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("binding SPELLHOST_METRICS_LISTEN {address}"))?;
+    let router = http::metrics_router(app.clone());
+    Ok(tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, router).await {
+            tracing::warn!(error = %error, "the metrics listener stopped");
+        }
+    }))
 }
 
 /// Drops cached API keys and spell versions that changed in any process (their epochs move in

@@ -496,13 +496,7 @@ impl Authenticator {
         let mut tx = self.db.begin().await?;
         // The user's row is locked so that concurrent creations count one after the other
         // (SQLite's writer is exclusive already).
-        sqlx::query(self.db.pick(
-            "SELECT id FROM users WHERE id = $1",
-            "SELECT id FROM users WHERE id = $1 FOR UPDATE",
-        ))
-        .bind(user_id)
-        .fetch_one(&mut *tx)
-        .await?;
+        self.db.lock_user(&mut tx, user_id).await?;
         self.check_keys_limit(&mut *tx, user_id).await?;
         sqlx::query(
             "INSERT INTO api_keys (id, user_id, name, secret_hash, created_at_ms, scopes, \

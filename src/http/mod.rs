@@ -19,4 +19,4 @@ mod spells;
 mod users;
 
 pub use rate_limit::RateLimits;
-pub use router::router;
+pub use router::{metrics_router, router};

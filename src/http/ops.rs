@@ -54,6 +54,15 @@ pub async fn metrics(State(app): State<App>, headers: axum::http::HeaderMap) -> 
             .into_response();
         }
     }
+    render_metrics(&app)
+}
+
+/// `GET /metrics` on the private listener (`SPELLHOST_METRICS_LISTEN`): no token.
+pub async fn private_metrics(State(app): State<App>) -> Response {
+    render_metrics(&app)
+}
+
+fn render_metrics(app: &App) -> Response {
     let metrics = &app.metrics;
     Metrics::sync_counter(&metrics.module_cache_hits, app.sandbox.cache_hits());
     Metrics::sync_counter(&metrics.module_cache_misses, app.sandbox.cache_misses());

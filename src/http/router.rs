@@ -46,6 +46,14 @@ fn cast_body_bytes_max(app: &App) -> usize {
     input.saturating_mul(4) / 3 + 64 * 1024
 }
 
+/// The private metrics listener's only route (`SPELLHOST_METRICS_LISTEN`).
+pub fn metrics_router(app: App) -> Router {
+    let router = Router::new()
+        .route("/metrics", get(ops::private_metrics))
+        .fallback(middleware::not_found);
+    hygiene::outer(router, &app).with_state(app)
+}
+
 pub fn router(app: App) -> Router {
     let publish_bytes_max = MODULE_BYTES_MAX + SBOM_BYTES_MAX + BUNDLE_BYTES_MAX + 256 * 1024;
     use KeyScope::{Cast, Manage, Publish, Read};

@@ -419,11 +419,15 @@ impl Registry {
                 )
             }
         };
+        let mut tx = self.db.begin().await?;
+        // The user's row is locked so that concurrent registrations count one after the
+        // other (SQLite's writer is exclusive already).
+        self.db.lock_user(&mut tx, user_id).await?;
         let (active,): (i64,) = sqlx::query_as(
             "SELECT COUNT(*) FROM signers WHERE user_id = $1 AND removed_at_ms IS NULL",
         )
         .bind(user_id)
-        .fetch_one(self.db.reader())
+        .fetch_one(&mut *tx)
         .await?;
         if active >= self.creation.signers_per_user {
             return Err(RegistryError::LimitReached {
@@ -444,7 +448,7 @@ impl Registry {
         .bind(&issuer)
         .bind(&sigstore_instance)
         .bind(created_at_ms)
-        .fetch_one(self.db.writer())
+        .fetch_one(&mut *tx)
         .await;
         let (id,) = match inserted {
             Err(error) if is_unique_violation(&error) => {
@@ -452,6 +456,7 @@ impl Registry {
             }
             other => other?,
         };
+        tx.commit().await?;
         Ok(SignerRow {
             id,
             name: name.to_owned(),
@@ -600,13 +605,7 @@ impl Registry {
         // Rollback protection: a new version is higher than every version ever published,
         // yanked ones included. The owner's row is locked so that two publishes of one spell
         // are checked one after the other (SQLite's writer is exclusive already).
-        sqlx::query(self.db.pick(
-            "SELECT id FROM users WHERE id = $1",
-            "SELECT id FROM users WHERE id = $1 FOR UPDATE",
-        ))
-        .bind(owner_id)
-        .fetch_one(&mut *tx)
-        .await?;
+        self.db.lock_user(&mut tx, owner_id).await?;
         let published: Vec<(String,)> =
             sqlx::query_as("SELECT version FROM spell_versions WHERE owner_id = $1 AND name = $2")
                 .bind(owner_id)

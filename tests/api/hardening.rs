@@ -577,9 +577,36 @@ async fn connections_over_the_caps_are_answered_and_closed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn metrics_need_the_token_when_one_is_set() {
+async fn metrics_need_the_token_when_one_is_set_except_on_the_private_listener() {
     let token = "metrics-token-0123456789";
-    let app = spawn_app_with(&Backend::Sqlite, &[("SPELLHOST_METRICS_TOKEN", token)]).await;
+    let private = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .to_string();
+    let app = spawn_app_with(
+        &Backend::Sqlite,
+        &[
+            ("SPELLHOST_METRICS_TOKEN", token),
+            ("SPELLHOST_METRICS_LISTEN", &private),
+        ],
+    )
+    .await;
+    // The server binds it as it starts serving, after `spawn_app` returns.
+    let url = format!("http://{private}/metrics");
+    eventually("the private metrics listener", || async {
+        app.client.get(&url).send().await.is_ok()
+    })
+    .await;
+    let scraped = app.client.get(&url).send().await.expect("request");
+    assert_eq!(scraped.status(), StatusCode::OK);
+    assert!(scraped.text().await.expect("text").contains("spellhost_"));
+    let other = app
+        .client
+        .get(format!("http://{private}/v1/users/me"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(other.status(), StatusCode::NOT_FOUND);
     let (status, body) = app.get("/metrics", None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(error_code(&body), "unauthorized");
