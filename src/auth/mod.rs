@@ -193,6 +193,43 @@ struct KeyListRow {
     last_used_at_ms: Option<i64>,
 }
 
+type TurnLocks = Mutex<HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>;
+
+/// A request's place in the line of verifications of one key id. Dropping it (also when the
+/// request is abandoned) removes the id's lock once nobody else holds or waits for it.
+struct Turn<'a> {
+    locks: &'a TurnLocks,
+    key_id: &'a str,
+    lock: std::sync::Arc<tokio::sync::Mutex<()>>,
+}
+
+impl<'a> Turn<'a> {
+    fn take(locks: &'a TurnLocks, key_id: &'a str) -> Self {
+        let lock = locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key_id.to_owned())
+            .or_default()
+            .clone();
+        Turn {
+            locks,
+            key_id,
+            lock,
+        }
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        // Ours and the map's: no one else has a clone, and none can appear while the map is
+        // locked.
+        if std::sync::Arc::strong_count(&self.lock) <= 2 {
+            locks.remove(self.key_id);
+        }
+    }
+}
+
 pub struct Authenticator {
     db: Db,
     cache_key: [u8; 32],
@@ -203,10 +240,10 @@ pub struct Authenticator {
     rows: Mutex<HashMap<String, (Option<KeyRow>, Instant)>>,
     /// The `keys` cache epoch the rows belong to.
     epoch: std::sync::atomic::AtomicI64,
-    argon2_slots: Semaphore,
+    argon2_slots: std::sync::Arc<Semaphore>,
     /// One verification per key id at a time: the others with that id wait here, not in the
     /// argon2 queue. Entries live while someone holds or waits for them.
-    verifying: Mutex<HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
+    verifying: TurnLocks,
     /// argon2 verifications run (`spellhost_api_key_verifications_total`).
     verifications: std::sync::atomic::AtomicU64,
     /// Live keys one user may have (`SPELLHOST_KEYS_PER_USER_MAX`).
@@ -222,7 +259,7 @@ impl Authenticator {
             failed: Mutex::new(HashMap::new()),
             rows: Mutex::new(HashMap::new()),
             epoch: std::sync::atomic::AtomicI64::new(i64::MIN),
-            argon2_slots: Semaphore::new(ARGON2_CONCURRENCY),
+            argon2_slots: std::sync::Arc::new(Semaphore::new(ARGON2_CONCURRENCY)),
             verifying: Mutex::new(HashMap::new()),
             verifications: std::sync::atomic::AtomicU64::new(0),
             keys_per_user_max: crate::config::CreationLimits::default().keys_per_user,
@@ -299,54 +336,37 @@ impl Authenticator {
     /// the few argon2 slots. A burst of requests with one new key verifies it once: the
     /// others find it verified when their turn comes.
     async fn verify(&self, key: &ApiKey, tag: [u8; 32], stored: &str) -> Result<(), AuthError> {
-        let turn = self.same_key_turn(key.id());
-        let held = tokio::time::timeout(SAME_KEY_WAIT_MAX, turn.lock())
+        let turn = Turn::take(&self.verifying, key.id());
+        let _held = tokio::time::timeout(SAME_KEY_WAIT_MAX, turn.lock.lock())
             .await
             .map_err(|_| AuthError::KeyBusy)?;
-        let outcome = async {
-            if self.recently_verified(&tag, key.id()) {
-                return Ok(());
-            }
-            if self.recently_failed(&tag) {
-                return Err(AuthError::Unauthorized);
-            }
-            let _slot = tokio::time::timeout(ARGON2_WAIT_MAX, self.argon2_slots.acquire())
-                .await
-                .map_err(|_| AuthError::Busy)?
-                .map_err(|_| AuthError::Busy)?;
-            let (candidate, stored) = (key.clone(), stored.to_owned());
-            self.verifications
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let matches = tokio::task::spawn_blocking(move || keys::verify(&candidate, &stored))
-                .await
-                .unwrap_or(false);
-            if matches {
-                self.remember(tag, key.id());
-                Ok(())
-            } else {
-                self.remember_failure(tag);
-                Err(AuthError::Unauthorized)
-            }
+        if self.recently_verified(&tag, key.id()) {
+            return Ok(());
         }
-        .await;
-        drop(held);
-        self.release_turn(key.id(), turn);
-        outcome
-    }
-
-    /// The lock that orders verifications of one key id.
-    fn same_key_turn(&self, key_id: &str) -> std::sync::Arc<tokio::sync::Mutex<()>> {
-        let mut verifying = self.verifying.lock().unwrap_or_else(|p| p.into_inner());
-        verifying.entry(key_id.to_owned()).or_default().clone()
-    }
-
-    /// Drops the key id's lock from the map once nobody else holds or waits for it.
-    fn release_turn(&self, key_id: &str, turn: std::sync::Arc<tokio::sync::Mutex<()>>) {
-        let mut verifying = self.verifying.lock().unwrap_or_else(|p| p.into_inner());
-        // Ours and the map's: nobody else has a clone, and none can appear while we hold the
-        // map's lock.
-        if std::sync::Arc::strong_count(&turn) <= 2 {
-            verifying.remove(key_id);
+        if self.recently_failed(&tag) {
+            return Err(AuthError::Unauthorized);
+        }
+        // The permit moves into the blocking task: a request whose client goes away frees
+        // its slot only when its argon2 has finished, so the CPU bound holds.
+        let slot = tokio::time::timeout(ARGON2_WAIT_MAX, self.argon2_slots.clone().acquire_owned())
+            .await
+            .map_err(|_| AuthError::Busy)?
+            .map_err(|_| AuthError::Busy)?;
+        let (candidate, stored) = (key.clone(), stored.to_owned());
+        self.verifications
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let matches = tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            keys::verify(&candidate, &stored)
+        })
+        .await
+        .unwrap_or(false);
+        if matches {
+            self.remember(tag, key.id());
+            Ok(())
+        } else {
+            self.remember_failure(tag);
+            Err(AuthError::Unauthorized)
         }
     }
 
@@ -480,17 +500,21 @@ impl Authenticator {
         let key = ApiKey::generate();
         let hashed = {
             let key = key.clone();
-            let _slot = self
+            let slot = self
                 .argon2_slots
-                .acquire()
+                .clone()
+                .acquire_owned()
                 .await
                 .map_err(|_| AuthError::Unauthorized)?;
-            tokio::task::spawn_blocking(move || keys::hash(&key))
-                .await
-                .map_err(|e| AuthError::Invalid {
-                    field: "key",
-                    message: e.to_string(),
-                })?
+            tokio::task::spawn_blocking(move || {
+                let _slot = slot;
+                keys::hash(&key)
+            })
+            .await
+            .map_err(|e| AuthError::Invalid {
+                field: "key",
+                message: e.to_string(),
+            })?
         };
         let created_at_ms = self.db.now_ms();
         let mut tx = self.db.begin().await?;
@@ -688,4 +712,28 @@ pub async fn user_by_id(db: &Db, id: i64) -> Result<Option<User>, AuthError> {
             .fetch_optional(db.reader())
             .await?;
     Ok(user)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn turns_of_one_key_id_share_a_lock_that_is_dropped_with_the_last() {
+        let locks = TurnLocks::default();
+        let first = Turn::take(&locks, "abc");
+        let second = Turn::take(&locks, "abc");
+        let other = Turn::take(&locks, "xyz");
+        assert!(std::sync::Arc::ptr_eq(&first.lock, &second.lock));
+        assert!(!std::sync::Arc::ptr_eq(&first.lock, &other.lock));
+        drop(first);
+        assert_eq!(
+            locks.lock().expect("lock").len(),
+            2,
+            "abc still has a waiter"
+        );
+        drop(second);
+        drop(other);
+        assert!(locks.lock().expect("lock").is_empty());
+    }
 }

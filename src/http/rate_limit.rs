@@ -43,6 +43,8 @@ pub struct RateLimits {
 struct Limiter<K: std::hash::Hash + Eq + Clone> {
     limiter: Keyed<K>,
     per_minute: u32,
+    /// How often one request comes back (a minute over the limit).
+    interval: Duration,
 }
 
 /// One limiter's answer, with what the `RateLimit-*` headers say.
@@ -77,19 +79,16 @@ pub struct Handled;
 
 impl<K: std::hash::Hash + Eq + Clone> Limiter<K> {
     fn new(per_minute: u32) -> Option<Self> {
-        let burst = NonZeroU32::new(per_minute)?;
+        let quota = Quota::per_minute(NonZeroU32::new(per_minute)?);
         Some(Limiter {
-            limiter: RateLimiter::dashmap(Quota::per_minute(burst))
-                .with_middleware::<StateInformationMiddleware>(),
+            limiter: RateLimiter::dashmap(quota).with_middleware::<StateInformationMiddleware>(),
             per_minute,
+            interval: quota.replenish_interval(),
         })
     }
 
     fn check(&self, key: &K, what: Limited) -> Decision {
-        let interval =
-            Quota::per_minute(NonZeroU32::new(self.per_minute).unwrap_or(NonZeroU32::MIN))
-                .replenish_interval();
-        let limit = self.per_minute;
+        let (interval, limit) = (self.interval, self.per_minute);
         match self.limiter.check_key(key) {
             Ok(snapshot) => {
                 let remaining = snapshot.remaining_burst_capacity();

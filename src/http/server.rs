@@ -117,7 +117,7 @@ struct Shared {
     connections: Arc<Semaphore>,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     refusal_writers: Arc<Semaphore>,
-    security_headers: Vec<(HeaderName, HeaderValue)>,
+    security_headers: Arc<[(HeaderName, HeaderValue)]>,
 }
 
 /// Why a connection was not admitted.
@@ -163,7 +163,7 @@ impl Shared {
             connections: Arc::new(Semaphore::new(config.connections_max)),
             per_ip: Mutex::new(HashMap::new()),
             refusal_writers: Arc::new(Semaphore::new(REFUSAL_WRITERS_MAX)),
-            security_headers: hygiene::security_headers(&config),
+            security_headers: hygiene::security_headers(&config).into(),
             config,
         }
     }
@@ -451,7 +451,7 @@ struct Tracked {
     activity: Arc<Activity>,
     /// The JSON response being written instead of hyper's, and how much of it is written.
     replacement: Option<(Vec<u8>, usize)>,
-    security_headers: Vec<(HeaderName, HeaderValue)>,
+    security_headers: Arc<[(HeaderName, HeaderValue)]>,
     app: App,
 }
 
