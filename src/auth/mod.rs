@@ -280,8 +280,8 @@ impl Authenticator {
 
     /// Authenticates an `Authorization` header value.
     ///
-    /// A key verified in the last minutes costs two map lookups and an HMAC. Anything else
-    /// first asks `gate` whether this request may spend work (the HTTP edge charges the
+    /// A key verified in the last minutes costs two map lookups and an HMAC. No header at all
+    /// is refused at once. Anything else first asks `gate` whether this request may spend work (the HTTP edge charges the
     /// caller's address): a malformed key, one that failed recently, one whose id does not
     /// exist (a database read at most every few seconds per id) and a fresh one (argon2,
     /// queued one per key id behind a bounded number of slots).
@@ -290,8 +290,10 @@ impl Authenticator {
         header: Option<&str>,
         gate: impl FnOnce() -> Result<(), AuthError>,
     ) -> Result<Caller, AuthError> {
+        // No credentials at all costs nothing to refuse (and the edge has counted it).
+        let header = header.ok_or(AuthError::Unauthorized)?;
         let key = header
-            .and_then(|h| h.strip_prefix("Bearer "))
+            .strip_prefix("Bearer ")
             .and_then(|token| ApiKey::parse(token.trim()).ok());
         let Some(key) = key else {
             gate()?;

@@ -209,6 +209,15 @@ async fn anonymous_requests_are_limited_per_client_address_and_forwarded_headers
         let response = get_with(&app, "/v1/nothing-here", &[("x-forwarded-for", &spoofed)]).await;
         assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
     }
+    // A request without a key to an authenticated route counts once.
+    for expected in [
+        StatusCode::UNAUTHORIZED,
+        StatusCode::UNAUTHORIZED,
+        StatusCode::TOO_MANY_REQUESTS,
+    ] {
+        let response = get_with(&app, "/v1/users/me", &[("x-forwarded-for", "203.0.113.5")]).await;
+        assert_eq!(response.status(), expected);
+    }
     let fly = get_with(
         &app,
         "/v1/nothing-here",
