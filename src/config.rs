@@ -815,6 +815,38 @@ mod tests {
     }
 
     #[test]
+    fn http_settings_parse_and_hsts_follows_an_https_public_url() {
+        let config = Config::from_vars(&[
+            (
+                "SPELLHOST_TRUSTED_PROXIES",
+                "172.16.0.0/12, fdaa::/16, 10.0.0.1",
+            ),
+            (
+                "SPELLHOST_CORS_ORIGINS",
+                "https://app.example.com/, http://localhost:3000",
+            ),
+            ("SPELLHOST_PUBLIC_URL", "https://api.example.com"),
+            ("SPELLHOST_METRICS_LISTEN", "[::]:9091"),
+        ])
+        .expect("valid");
+        let http = config.http;
+        assert_eq!(http.trusted_proxies.len(), 3);
+        assert_eq!(
+            http.cors_origins,
+            ["https://app.example.com", "http://localhost:3000"]
+        );
+        assert!(http.hsts);
+        assert_eq!(
+            http.metrics_listen,
+            Some("[::]:9091".parse().expect("addr"))
+        );
+        assert_eq!(http.rate_limit_authenticated_per_minute, 60);
+        assert_eq!(http.rate_limit_anonymous_per_minute, 10);
+        let plain = Config::from_vars(&[]).expect("defaults").http;
+        assert!(!plain.hsts && plain.cors_origins.is_empty() && plain.metrics_token.is_none());
+    }
+
+    #[test]
     fn postgres_urls_are_redacted_in_debug_output() {
         let config =
             Config::from_vars(&[("SPELLHOST_DATABASE_URL", "postgres://app:hunter2@db/x")])

@@ -28,8 +28,8 @@ use crate::error::{ApiError, Code};
 
 type Keyed<K> = RateLimiter<K, DefaultKeyedStateStore<K>, DefaultClock, StateInformationMiddleware>;
 
-/// How often idle keys are dropped from the limiters: their memory is bounded by the keys
-/// seen in one interval (plus those still being replenished).
+/// How often keys whose limit is whole again are dropped from the limiters: their memory is
+/// bounded by the keys seen in the last minute and this interval.
 pub const PRUNE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The limiters of this process. Several instances each count their own requests: behind a
