@@ -74,7 +74,8 @@ pub struct HttpConfig {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// From the first byte of a request to the end of its headers.
     pub header_read_timeout: std::time::Duration,
-    /// From the end of a request's headers to the end of its body.
+    /// From the end of a request's headers to the end of its body, plus the time what has
+    /// arrived takes at 64 KiB/s (a large upload over a slow link is not cut off).
     pub body_read_timeout: std::time::Duration,
     /// How long a connection may stay open with no request in flight and no bytes moving.
     pub idle_timeout: std::time::Duration,
@@ -455,7 +456,7 @@ fn http_config(source: &Source, public_url: &str) -> Result<HttpConfig, ConfigEr
             .parse("SPELLHOST_RATE_LIMIT_ANONYMOUS_PER_MINUTE", 10)?,
         trusted_proxies,
         // Headers are a few hundred bytes: 10 s is ample on any link and short for a
-        // slowloris. Bodies may be modules of several MiB: a minute.
+        // slowloris. A body gets a minute, plus time for what has arrived (see server.rs).
         header_read_timeout: seconds("SPELLHOST_HTTP_HEADER_READ_TIMEOUT_SECS", 10)?,
         body_read_timeout: seconds("SPELLHOST_HTTP_BODY_READ_TIMEOUT_SECS", 60)?,
         // Above the 60 s idle timeouts of common proxies, so the proxy closes first.

@@ -6,8 +6,8 @@
 //!   connection over a cap is answered `503 overloaded` or `429 rate_limited` and closed;
 //! - a header-read timeout from a request's first byte to the end of its headers, an idle
 //!   timeout for a connection with no request in flight and no bytes moving, both watched
-//!   per connection; a body-read timeout from the end of the headers to the end of the body
-//!   (`408 request_timeout`);
+//!   per connection; a body-read timeout from the end of the headers to the end of the body,
+//!   extended by what has arrived at a minimum rate (`408 request_timeout`);
 //! - the one error shape for what hyper answers by itself: a request it cannot parse (a
 //!   garbage request line, a malformed header, conflicting `Content-Length`s), a target over
 //!   its fixed 65 534 bytes, headers over its buffer. hyper 1.x writes those responses itself
@@ -300,10 +300,11 @@ impl Shared {
         let timed_out = BodyTimedOut::default();
         request.extensions_mut().insert(ConnectInfo(peer));
         request.extensions_mut().insert(timed_out.clone());
-        let deadline = Instant::now() + self.config.body_read_timeout;
+        let base_deadline = Instant::now() + self.config.body_read_timeout;
         let request = request.map(|body| DeadlineBody {
             inner: body,
-            deadline,
+            base_deadline,
+            received_bytes: 0,
             sleep: None,
             timed_out,
         });
@@ -405,13 +406,31 @@ impl Drop for InFlight {
     }
 }
 
-/// A request body that must arrive by `deadline`; past it, reading fails and the request is
-/// answered `408` (see [`hygiene`]).
+/// The slowest a large body may arrive once its base timeout is spent: 64 KiB/s (about
+/// 0.5 Mbit/s) lets the largest publish (~21 MiB) through a slow uplink in under six minutes,
+/// while a stalled or trickling body gets no more than the base timeout.
+const BODY_BYTES_PER_SECOND_MIN: u64 = 64 * 1024;
+
+/// A request body that must arrive within `SPELLHOST_HTTP_BODY_READ_TIMEOUT_SECS` of its head,
+/// plus the time what has arrived so far takes at [`BODY_BYTES_PER_SECOND_MIN`]. Past that,
+/// reading fails and the request is answered `408` (see [`hygiene`]).
 struct DeadlineBody {
     inner: Incoming,
-    deadline: Instant,
+    base_deadline: Instant,
+    received_bytes: u64,
     sleep: Option<Pin<Box<Sleep>>>,
     timed_out: BodyTimedOut,
+}
+
+impl DeadlineBody {
+    fn deadline(&self) -> Instant {
+        self.base_deadline + body_time_earned(self.received_bytes)
+    }
+}
+
+/// The time a body has earned beyond its base timeout by what has arrived.
+fn body_time_earned(received_bytes: u64) -> Duration {
+    Duration::from_millis(received_bytes.saturating_mul(1000) / BODY_BYTES_PER_SECOND_MIN)
 }
 
 impl http_body::Body for DeadlineBody {
@@ -424,12 +443,21 @@ impl http_body::Body for DeadlineBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
         if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
+                let length = data.map_or(0, |bytes| bytes.len());
+                this.received_bytes = this
+                    .received_bytes
+                    .saturating_add(u64::try_from(length).unwrap_or(u64::MAX));
+            }
             return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
         }
-        let deadline = this.deadline;
+        let deadline = this.deadline();
         let sleep = this
             .sleep
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if sleep.deadline() != deadline {
+            sleep.as_mut().reset(deadline);
+        }
         ready!(sleep.as_mut().poll(cx));
         this.timed_out.set();
         Poll::Ready(Some(Err("the request body did not arrive in time".into())))
@@ -634,6 +662,18 @@ mod tests {
         assert!(head.contains(&format!("content-length: {}", body.len())));
         let json: serde_json::Value = serde_json::from_str(body).expect("json");
         assert_eq!(json["error"]["code"], "uri_too_long");
+    }
+
+    #[test]
+    fn a_body_earns_time_by_what_has_arrived_never_by_waiting() {
+        assert_eq!(body_time_earned(0), Duration::ZERO);
+        assert_eq!(body_time_earned(1), Duration::ZERO);
+        assert_eq!(body_time_earned(64 * 1024), Duration::from_secs(1));
+        // The largest publish (~21 MiB) earns under six minutes.
+        let largest = crate::supply_chain::MODULE_BYTES_MAX + crate::supply_chain::SBOM_BYTES_MAX;
+        let earned = body_time_earned(u64::try_from(largest).expect("fits"));
+        assert!(earned < Duration::from_secs(360), "{earned:?}");
+        assert_eq!(body_time_earned(u64::MAX), body_time_earned(u64::MAX - 1));
     }
 
     #[test]
