@@ -35,7 +35,10 @@ cleanup() {
   rm -rf "$DATA"
 }
 trap cleanup EXIT
-ENVIRONMENT=(SPELLHOST_DATA_DIR="$DATA" RUST_LOG=warn)
+# The rate limits are off: this casts thousands of times a second with one key from one
+# address, which the defaults (60 a minute per key, 10 per address) exist to refuse.
+ENVIRONMENT=(SPELLHOST_DATA_DIR="$DATA" RUST_LOG=warn
+  SPELLHOST_RATE_LIMIT_AUTHENTICATED_PER_MINUTE=0 SPELLHOST_RATE_LIMIT_ANONYMOUS_PER_MINUTE=0)
 URL="http://127.0.0.1:$PORT"
 
 env "${ENVIRONMENT[@]}" SPELLHOST_LISTEN="127.0.0.1:$PORT" "$BIN" serve --demo 2>"$DATA/server.log" &

@@ -56,6 +56,70 @@ pub struct Config {
     /// the public-good instance's (`SPELLHOST_SIGSTORE_TRUSTED_ROOTS`: comma-separated paths to
     /// `trusted_root.json` files, read and validated at start-up).
     pub sigstore_trusted_roots: Vec<PathBuf>,
+    /// The HTTP edge: rate limits, client addresses, slow clients, headers, CORS, `/metrics`.
+    pub http: HttpConfig,
+    /// How much of each thing one user may create.
+    pub creation: CreationLimits,
+}
+
+/// The HTTP edge's settings (`SPELLHOST_RATE_LIMIT_*`, `SPELLHOST_TRUSTED_PROXIES`,
+/// `SPELLHOST_HTTP_*`, `SPELLHOST_CORS_ORIGINS`, `SPELLHOST_HSTS`, `SPELLHOST_METRICS_TOKEN`).
+#[derive(Clone)]
+pub struct HttpConfig {
+    /// Requests per minute per API key; 0 switches the limit off.
+    pub rate_limit_authenticated_per_minute: u32,
+    /// Requests per minute per client address without a verified key; 0 switches it off.
+    pub rate_limit_anonymous_per_minute: u32,
+    /// Peers whose `X-Forwarded-For` and `Fly-Client-IP` name the client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// From the first byte of a request to the end of its headers.
+    pub header_read_timeout: std::time::Duration,
+    /// From the end of a request's headers to the end of its body, plus the time what has
+    /// arrived takes at 64 KiB/s (a large upload over a slow link is not cut off).
+    pub body_read_timeout: std::time::Duration,
+    /// How long a connection may stay open with no request in flight and no bytes moving.
+    pub idle_timeout: std::time::Duration,
+    /// Open connections in all.
+    pub connections_max: usize,
+    /// Open connections from one address (not counting trusted proxies).
+    pub connections_per_ip_max: usize,
+    /// Origins allowed to call the API from a browser; empty: CORS off.
+    pub cors_origins: Vec<axum::http::HeaderValue>,
+    /// Send `Strict-Transport-Security` (on when `SPELLHOST_PUBLIC_URL` is https).
+    pub hsts: bool,
+    /// When set, `GET /metrics` needs `Authorization: Bearer <token>`.
+    pub metrics_token: Option<SecretString>,
+    /// A second listener that serves only `GET /metrics`, without the token: for a scraper
+    /// on a private network that cannot send one (Fly.io's), on a port not published.
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// Caps on what one user may create (`422 limit_reached` names the one that binds). Each
+/// bounds rows and the work done per request for them (signers are tried at every publish).
+#[derive(Debug, Clone, Copy)]
+pub struct CreationLimits {
+    /// Live API keys per user (`SPELLHOST_KEYS_PER_USER_MAX`).
+    pub keys_per_user: i64,
+    /// Live signers per user (`SPELLHOST_SIGNERS_PER_USER_MAX`).
+    pub signers_per_user: i64,
+    /// Spells (names) per user (`SPELLHOST_SPELLS_PER_USER_MAX`).
+    pub spells_per_user: i64,
+    /// Versions per user, all spells together (`SPELLHOST_VERSIONS_PER_USER_MAX`).
+    pub versions_per_user: i64,
+}
+
+impl Default for CreationLimits {
+    /// Far above what a person or a CI pipeline needs, far below what fills a disk: 100 keys
+    /// (one per machine or job), 50 signers (each is tried at every publish), 100 spells of
+    /// up to 1000 versions in all (a version holds up to a module of a few MiB).
+    fn default() -> Self {
+        CreationLimits {
+            keys_per_user: 100,
+            signers_per_user: 50,
+            spells_per_user: 100,
+            versions_per_user: 1000,
+        }
+    }
 }
 
 /// Stripe settings; present only when both the secret key and a webhook secret are set.
@@ -257,6 +321,8 @@ impl Config {
                 "must be between 10 and 3600000 (an hour)",
             ));
         }
+        let http = http_config(&source, &public_url)?;
+        let creation = creation_limits(&source)?;
         Ok(Config {
             listen,
             data_dir,
@@ -280,6 +346,8 @@ impl Config {
                 .filter(|path| !path.is_empty())
                 .map(PathBuf::from)
                 .collect(),
+            http,
+            creation,
         })
     }
 
@@ -327,6 +395,128 @@ impl Config {
         mac.update(purpose.as_bytes());
         mac.finalize().into_bytes().into()
     }
+}
+
+fn http_config(source: &Source, public_url: &str) -> Result<HttpConfig, ConfigError> {
+    use std::time::Duration;
+    let seconds = |name: &str, default: u64| -> Result<Duration, ConfigError> {
+        let value: u64 = source.parse(name, default)?;
+        if !(1..=3600).contains(&value) {
+            return Err(error(name, "must be between 1 and 3600 (seconds)"));
+        }
+        Ok(Duration::from_secs(value))
+    };
+    let trusted_proxies = list(source, "SPELLHOST_TRUSTED_PROXIES")
+        .map(|entry| {
+            entry
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    error(
+                        "SPELLHOST_TRUSTED_PROXIES",
+                        format!("{entry:?} is not a CIDR (10.0.0.0/8, fdaa::/16) or an address"),
+                    )
+                })
+        })
+        .collect::<Result<_, _>>()?;
+    let cors_origins = list(source, "SPELLHOST_CORS_ORIGINS")
+        .map(|origin| {
+            let origin = origin.trim_end_matches('/');
+            let valid = (origin.starts_with("https://") || origin.starts_with("http://"))
+                && origin.split_once("://").is_some_and(|(_, host)| {
+                    !host.is_empty() && !host.contains(['/', '*', '?', '#', '@'])
+                });
+            axum::http::HeaderValue::from_str(origin)
+                .ok()
+                .filter(|_| valid)
+                .ok_or_else(|| {
+                    error(
+                        "SPELLHOST_CORS_ORIGINS",
+                        format!("{origin:?} is not an origin (https://app.example.com)"),
+                    )
+                })
+        })
+        .collect::<Result<_, _>>()?;
+    let connections_max: usize = source.parse("SPELLHOST_HTTP_CONNECTIONS_MAX", 4096)?;
+    let connections_per_ip_max: usize =
+        source.parse("SPELLHOST_HTTP_CONNECTIONS_PER_IP_MAX", 128)?;
+    if connections_max == 0 || !(1..=connections_max).contains(&connections_per_ip_max) {
+        return Err(error(
+            "SPELLHOST_HTTP_CONNECTIONS_PER_IP_MAX",
+            "needs 1 ≤ per-IP ≤ SPELLHOST_HTTP_CONNECTIONS_MAX",
+        ));
+    }
+    let metrics_token = source.text("SPELLHOST_METRICS_TOKEN").map(str::trim);
+    if metrics_token.is_some_and(|token| token.len() < 16) {
+        return Err(error(
+            "SPELLHOST_METRICS_TOKEN",
+            "must be at least 16 characters",
+        ));
+    }
+    Ok(HttpConfig {
+        rate_limit_authenticated_per_minute: source
+            .parse("SPELLHOST_RATE_LIMIT_AUTHENTICATED_PER_MINUTE", 60)?,
+        rate_limit_anonymous_per_minute: source
+            .parse("SPELLHOST_RATE_LIMIT_ANONYMOUS_PER_MINUTE", 10)?,
+        trusted_proxies,
+        // Headers are a few hundred bytes: 10 s is ample on any link and short for a
+        // slowloris. A body gets a minute, plus time for what has arrived (see server.rs).
+        header_read_timeout: seconds("SPELLHOST_HTTP_HEADER_READ_TIMEOUT_SECS", 10)?,
+        body_read_timeout: seconds("SPELLHOST_HTTP_BODY_READ_TIMEOUT_SECS", 60)?,
+        // Above the 60 s idle timeouts of common proxies, so the proxy closes first.
+        idle_timeout: seconds("SPELLHOST_HTTP_IDLE_TIMEOUT_SECS", 75)?,
+        connections_max,
+        connections_per_ip_max,
+        cors_origins,
+        hsts: source.parse("SPELLHOST_HSTS", public_url.starts_with("https://"))?,
+        metrics_token: metrics_token.map(|token| SecretString::from(token.to_owned())),
+        metrics_listen: source
+            .text("SPELLHOST_METRICS_LISTEN")
+            .map(|text| {
+                text.trim().parse().map_err(|e| {
+                    error(
+                        "SPELLHOST_METRICS_LISTEN",
+                        format!("invalid address {text:?}: {e}"),
+                    )
+                })
+            })
+            .transpose()?,
+    })
+}
+
+fn creation_limits(source: &Source) -> Result<CreationLimits, ConfigError> {
+    let defaults = CreationLimits::default();
+    let limits = CreationLimits {
+        keys_per_user: source.parse("SPELLHOST_KEYS_PER_USER_MAX", defaults.keys_per_user)?,
+        signers_per_user: source
+            .parse("SPELLHOST_SIGNERS_PER_USER_MAX", defaults.signers_per_user)?,
+        spells_per_user: source.parse("SPELLHOST_SPELLS_PER_USER_MAX", defaults.spells_per_user)?,
+        versions_per_user: source.parse(
+            "SPELLHOST_VERSIONS_PER_USER_MAX",
+            defaults.versions_per_user,
+        )?,
+    };
+    for (name, value) in [
+        ("SPELLHOST_KEYS_PER_USER_MAX", limits.keys_per_user),
+        ("SPELLHOST_SIGNERS_PER_USER_MAX", limits.signers_per_user),
+        ("SPELLHOST_SPELLS_PER_USER_MAX", limits.spells_per_user),
+        ("SPELLHOST_VERSIONS_PER_USER_MAX", limits.versions_per_user),
+    ] {
+        if !(1..=1_000_000).contains(&value) {
+            return Err(error(name, "must be between 1 and 1000000"));
+        }
+    }
+    Ok(limits)
+}
+
+/// A comma-separated list, entries trimmed, empty ones dropped.
+fn list<'a>(source: &'a Source, name: &str) -> impl Iterator<Item = &'a str> {
+    source
+        .text(name)
+        .into_iter()
+        .flat_map(|text| text.split(','))
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
 }
 
 fn lease_ttl_ms(source: &Source) -> Result<i64, ConfigError> {
@@ -577,6 +767,15 @@ mod tests {
             ("SPELLHOST_LEASE_TTL_MS", "100"),
             ("SPELLHOST_STRIPE_API_BASE", "ftp://x"),
             ("SPELLHOST_SELF_CHECK_INTERVAL_MS", "0"),
+            ("SPELLHOST_RATE_LIMIT_AUTHENTICATED_PER_MINUTE", "-1"),
+            ("SPELLHOST_TRUSTED_PROXIES", "10.0.0.0/33"),
+            ("SPELLHOST_HTTP_HEADER_READ_TIMEOUT_SECS", "0"),
+            ("SPELLHOST_HTTP_CONNECTIONS_PER_IP_MAX", "0"),
+            ("SPELLHOST_CORS_ORIGINS", "https://app.example.com/path"),
+            ("SPELLHOST_CORS_ORIGINS", "*"),
+            ("SPELLHOST_METRICS_TOKEN", "short"),
+            ("SPELLHOST_METRICS_LISTEN", "9091"),
+            ("SPELLHOST_KEYS_PER_USER_MAX", "0"),
         ] {
             let error = Config::from_vars(&[(name, value)]).expect_err(name);
             assert_eq!(error.variable, name, "{error}");
@@ -619,6 +818,38 @@ mod tests {
             ["2026-09-30.endive", "2026-08-26.dahlia"]
         );
         assert_eq!(billing.event_amount_max_cents, config.topup_max_cents);
+    }
+
+    #[test]
+    fn http_settings_parse_and_hsts_follows_an_https_public_url() {
+        let config = Config::from_vars(&[
+            (
+                "SPELLHOST_TRUSTED_PROXIES",
+                "172.16.0.0/12, fdaa::/16, 10.0.0.1",
+            ),
+            (
+                "SPELLHOST_CORS_ORIGINS",
+                "https://app.example.com/, http://localhost:3000",
+            ),
+            ("SPELLHOST_PUBLIC_URL", "https://api.example.com"),
+            ("SPELLHOST_METRICS_LISTEN", "[::]:9091"),
+        ])
+        .expect("valid");
+        let http = config.http;
+        assert_eq!(http.trusted_proxies.len(), 3);
+        assert_eq!(
+            http.cors_origins,
+            ["https://app.example.com", "http://localhost:3000"]
+        );
+        assert!(http.hsts);
+        assert_eq!(
+            http.metrics_listen,
+            Some("[::]:9091".parse().expect("addr"))
+        );
+        assert_eq!(http.rate_limit_authenticated_per_minute, 60);
+        assert_eq!(http.rate_limit_anonymous_per_minute, 10);
+        let plain = Config::from_vars(&[]).expect("defaults").http;
+        assert!(!plain.hsts && plain.cors_origins.is_empty() && plain.metrics_token.is_none());
     }
 
     #[test]

@@ -74,6 +74,17 @@ pub enum Code {
     IdempotencyKeyInUse,
     /// `DELETE /v1/users/me` without `{"confirm":"<handle>"}` naming the caller (422).
     ConfirmationRequired,
+    /// Over a rate limit (429, with `Retry-After` and `RateLimit-*` headers), or too many
+    /// connections from one address.
+    RateLimited,
+    /// A user already has as many of something as they may (422, naming the `limit`).
+    LimitReached,
+    /// The request target is longer than the server reads (414).
+    UriTooLong,
+    /// The request's headers or body did not arrive in time (408).
+    RequestTimeout,
+    /// The request's headers are too large (431).
+    HeadersTooLarge,
     /// The supply-chain gate's own codes (`sbom_invalid`, …).
     Gate(&'static str),
     Internal,
@@ -123,6 +134,11 @@ impl Code {
             Code::IdempotencyKeyReused => "idempotency_key_reused",
             Code::IdempotencyKeyInUse => "idempotency_key_in_use",
             Code::ConfirmationRequired => "confirmation_required",
+            Code::RateLimited => "rate_limited",
+            Code::LimitReached => "limit_reached",
+            Code::UriTooLong => "uri_too_long",
+            Code::RequestTimeout => "request_timeout",
+            Code::HeadersTooLarge => "headers_too_large",
             Code::Gate(code) => code,
             Code::Internal => "internal",
         }
@@ -164,7 +180,11 @@ impl Code {
             Code::Overloaded | Code::BillingDisabled | Code::NotReady => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            Code::TooManyConcurrentCasts => StatusCode::TOO_MANY_REQUESTS,
+            Code::TooManyConcurrentCasts | Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Code::LimitReached => StatusCode::UNPROCESSABLE_ENTITY,
+            Code::UriTooLong => StatusCode::URI_TOO_LONG,
+            Code::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Code::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Code::SignatureInvalid => StatusCode::BAD_REQUEST,
             Code::PaymentProviderError => StatusCode::BAD_GATEWAY,
             Code::Internal | Code::EventUnparseable | Code::EventApiVersionUnsupported => {
@@ -182,6 +202,9 @@ impl Code {
             StatusCode::METHOD_NOT_ALLOWED => Code::MethodNotAllowed,
             StatusCode::PAYLOAD_TOO_LARGE => Code::PayloadTooLarge,
             StatusCode::UNSUPPORTED_MEDIA_TYPE => Code::UnsupportedMediaType,
+            StatusCode::URI_TOO_LONG => Code::UriTooLong,
+            StatusCode::REQUEST_TIMEOUT => Code::RequestTimeout,
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => Code::HeadersTooLarge,
             StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS => Code::Overloaded,
             s if s.is_client_error() => Code::BadRequest,
             _ => Code::Internal,
@@ -266,6 +289,16 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// `422 limit_reached`: the user already has `max` of what `limit` names (`keys_per_user`, …).
+pub fn limit_reached(limit: &'static str, max: i64) -> ApiError {
+    ApiError::new(
+        Code::LimitReached,
+        format!("limit reached: at most {max} ({limit}); remove some first or ask the operator"),
+    )
+    .with("limit", limit)
+    .with("max", max)
+}
+
 impl From<GateError> for ApiError {
     fn from(error: GateError) -> Self {
         ApiError::new(Code::Gate(error.code()), error.to_string())
@@ -310,6 +343,7 @@ impl From<crate::registry::RegistryError> for ApiError {
             RegistryError::InvalidSigner(_) => {
                 ApiError::new(Code::InvalidSigner, error.to_string())
             }
+            RegistryError::LimitReached { limit, max } => limit_reached(limit, max),
             RegistryError::Gate(error) => error.into(),
             RegistryError::Sandbox(crate::sandbox::SandboxError::Busy) => ApiError::new(
                 Code::Overloaded,

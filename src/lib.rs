@@ -44,6 +44,8 @@ pub struct AppState {
     pub readiness: ops::Readiness,
     /// `Idempotency-Key` reservations and stored answers.
     pub idempotency: idempotency::Idempotency,
+    /// Requests per API key and per client address.
+    pub rate_limits: http::RateLimits,
 }
 
 pub type App = Arc<AppState>;
@@ -83,8 +85,11 @@ impl AppState {
         )
         .map_err(|message| anyhow::anyhow!("SPELLHOST_SIGSTORE_TRUSTED_ROOTS: {message}"))?;
         let registry =
-            registry::Registry::new(db.clone(), sandbox.clone(), Arc::new(trusted_roots));
-        let auth = auth::Authenticator::new(db.clone(), config.derived_key("verified api keys"));
+            registry::Registry::new(db.clone(), sandbox.clone(), Arc::new(trusted_roots))
+                .with_limits(config.creation);
+        let auth = auth::Authenticator::new(db.clone(), config.derived_key("verified api keys"))
+            .with_keys_per_user_max(config.creation.keys_per_user);
+        let rate_limits = http::RateLimits::new(&config.http);
         let metrics = telemetry::Metrics::new().context("registering metrics")?;
         let billing = billing::Billing::from_config(&config)?;
         let recharger = match &billing {
@@ -105,6 +110,7 @@ impl AppState {
             casts_in_flight: tokio_util::task::TaskTracker::new(),
             readiness,
             idempotency,
+            rate_limits,
         }))
     }
 }
@@ -144,11 +150,14 @@ pub async fn serve(
             }
         })
     };
+    let private_metrics = match app.config.http.metrics_listen {
+        Some(address) => Some(serve_private_metrics(&app, address).await?),
+        None => None,
+    };
     let recharger = billing::spawn_recharger(&app);
     let self_check = ops::selfcheck::spawn(app.clone());
     let idempotency_upkeep = idempotency::spawn_upkeep(app.clone());
-    axum::serve(listener, http::router(app.clone()))
-        .with_graceful_shutdown(shutdown)
+    http::server::serve(app.clone(), listener, shutdown)
         .await
         .context("serving HTTP")?;
     app.casts_in_flight.close();
@@ -162,8 +171,27 @@ pub async fn serve(
     }
     self_check.abort();
     idempotency_upkeep.abort();
+    if let Some(private_metrics) = private_metrics {
+        private_metrics.abort();
+    }
     app.db.close().await;
     Ok(())
+}
+
+/// `GET /metrics` without the token on `address`, for a scraper on a private network.
+async fn serve_private_metrics(
+    app: &App,
+    address: std::net::SocketAddr,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("binding SPELLHOST_METRICS_LISTEN {address}"))?;
+    let router = http::metrics_router(app.clone());
+    Ok(tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, router).await {
+            tracing::warn!(error = %error, "the metrics listener stopped");
+        }
+    }))
 }
 
 /// Drops cached API keys and spell versions that changed in any process (their epochs move in

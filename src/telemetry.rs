@@ -91,6 +91,18 @@ pub struct Metrics {
     /// dead reservation taken over), `replayed`, `in_use` (409), `reused` (422), `error` (the
     /// database could not be asked: 500).
     pub idempotent_requests: IntCounterVec,
+    /// Requests refused `429 rate_limited`, by the limit that refused them: `key` (an API
+    /// key's) or `address` (a client address's, for requests without a verified key). No
+    /// per-user or per-address label: the cardinality would grow with the clients.
+    pub rate_limited: IntCounterVec,
+    /// Connections the server closed or refused, by reason: `connections_total`,
+    /// `connections_per_address` (over a cap, answered and closed), `header_read_timeout`,
+    /// `idle_timeout`, `unparseable` (a request hyper could not read).
+    pub http_connections_closed: IntCounterVec,
+    /// Open HTTP connections.
+    pub http_connections_open: IntGauge,
+    /// argon2 verifications of API keys not verified recently (each ~15 ms of CPU).
+    pub api_key_verifications: IntCounter,
 }
 
 impl Metrics {
@@ -252,6 +264,28 @@ impl Metrics {
                 ),
                 &["outcome"],
             )?,
+            rate_limited: IntCounterVec::new(
+                Opts::new(
+                    "spellhost_rate_limited_total",
+                    "Requests refused by a rate limit, by limit",
+                ),
+                &["limit"],
+            )?,
+            http_connections_closed: IntCounterVec::new(
+                Opts::new(
+                    "spellhost_http_connections_closed_total",
+                    "Connections the server refused or closed, by reason",
+                ),
+                &["reason"],
+            )?,
+            http_connections_open: IntGauge::new(
+                "spellhost_http_connections_open",
+                "Open HTTP connections",
+            )?,
+            api_key_verifications: IntCounter::new(
+                "spellhost_api_key_verifications_total",
+                "argon2 verifications of API keys",
+            )?,
             registry,
         };
         // Every outcome is exported from the start, at zero, so dashboards and alerts see the
@@ -312,6 +346,10 @@ impl Metrics {
         for outcome in ["run", "replayed", "in_use", "reused", "error"] {
             metrics.idempotent_requests.with_label_values(&[outcome]);
         }
+        r.register(Box::new(metrics.rate_limited.clone()))?;
+        r.register(Box::new(metrics.http_connections_closed.clone()))?;
+        r.register(Box::new(metrics.http_connections_open.clone()))?;
+        r.register(Box::new(metrics.api_key_verifications.clone()))?;
         Ok(metrics)
     }
 

@@ -24,9 +24,14 @@ use crate::store::{Db, is_unique_violation, now_ms};
 const VERIFIED_TTL: Duration = Duration::from_secs(300);
 /// Entries kept in the verified-key cache; past this it is cleared (cheap, and rare).
 const VERIFIED_CACHE_MAX: usize = 100_000;
-/// How long a request waits for an argon2 slot before it is answered 503: a flood of bad keys
-/// must not make valid new keys wait without bound.
-const ARGON2_WAIT_MAX: Duration = Duration::from_secs(2);
+/// How long a request waits for an argon2 slot before it is answered 503. Verifications of one
+/// key id run one at a time (below), so the queue holds at most one request per distinct key
+/// id: a flood of wrong secrets for a few ids delays a fresh key by a few verifications, and
+/// only many distinct live ids at once (real load) can exhaust this.
+const ARGON2_WAIT_MAX: Duration = Duration::from_secs(10);
+/// How long a request waits for the verification of another request with the same key id
+/// before it is refused (429): a flood of wrong secrets for one id queues behind itself.
+const SAME_KEY_WAIT_MAX: Duration = Duration::from_secs(5);
 /// How long a failed verification is remembered: repeating a wrong key costs no argon2.
 const FAILED_TTL: Duration = Duration::from_secs(10);
 /// How stale a key's recorded last use may get before a request writes it again: listings
@@ -53,6 +58,15 @@ pub enum AuthError {
     Escalation(&'static str),
     #[error("too many key verifications in progress")]
     Busy,
+    /// The caller's gate refused to spend a verification (the address is over its limit).
+    #[error("too many unverified requests")]
+    Throttled,
+    /// Another request is verifying a secret for the same key id, and waited too long.
+    #[error("too many verifications of this key at once")]
+    KeyBusy,
+    /// The user already has as many keys as they may.
+    #[error("at most {max} {limit}")]
+    LimitReached { limit: &'static str, max: i64 },
     #[error("{0} already exists")]
     Conflict(&'static str),
     #[error("invalid {field}: {message}")]
@@ -200,6 +214,43 @@ fn stored_limit(value: Option<i64>) -> Option<NonZeroU32> {
         .and_then(NonZeroU32::new)
 }
 
+type TurnLocks = Mutex<HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>;
+
+/// A request's place in the line of verifications of one key id. Dropping it (also when the
+/// request is abandoned) removes the id's lock once nobody else holds or waits for it.
+struct Turn<'a> {
+    locks: &'a TurnLocks,
+    key_id: &'a str,
+    lock: std::sync::Arc<tokio::sync::Mutex<()>>,
+}
+
+impl<'a> Turn<'a> {
+    fn take(locks: &'a TurnLocks, key_id: &'a str) -> Self {
+        let lock = locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key_id.to_owned())
+            .or_default()
+            .clone();
+        Turn {
+            locks,
+            key_id,
+            lock,
+        }
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        // Ours and the map's: no one else has a clone, and none can appear while the map is
+        // locked.
+        if std::sync::Arc::strong_count(&self.lock) <= 2 {
+            locks.remove(self.key_id);
+        }
+    }
+}
+
 pub struct Authenticator {
     db: Db,
     cache_key: [u8; 32],
@@ -210,7 +261,14 @@ pub struct Authenticator {
     rows: Mutex<HashMap<String, (Option<KeyRow>, Instant)>>,
     /// The `keys` cache epoch the rows belong to.
     epoch: std::sync::atomic::AtomicI64,
-    argon2_slots: Semaphore,
+    argon2_slots: std::sync::Arc<Semaphore>,
+    /// One verification per key id at a time: the others with that id wait here, not in the
+    /// argon2 queue. Entries live while someone holds or waits for them.
+    verifying: TurnLocks,
+    /// argon2 verifications run (`spellhost_api_key_verifications_total`).
+    verifications: std::sync::atomic::AtomicU64,
+    /// Live keys one user may have (`SPELLHOST_KEYS_PER_USER_MAX`).
+    keys_per_user_max: i64,
 }
 
 impl Authenticator {
@@ -222,17 +280,54 @@ impl Authenticator {
             failed: Mutex::new(HashMap::new()),
             rows: Mutex::new(HashMap::new()),
             epoch: std::sync::atomic::AtomicI64::new(i64::MIN),
-            argon2_slots: Semaphore::new(ARGON2_CONCURRENCY),
+            argon2_slots: std::sync::Arc::new(Semaphore::new(ARGON2_CONCURRENCY)),
+            verifying: Mutex::new(HashMap::new()),
+            verifications: std::sync::atomic::AtomicU64::new(0),
+            keys_per_user_max: crate::config::CreationLimits::default().keys_per_user,
         }
     }
 
-    /// Authenticates an `Authorization` header value. A malformed key is refused without
-    /// touching the database or argon2.
-    pub async fn authenticate(&self, header: Option<&str>) -> Result<Caller, AuthError> {
-        let token = header
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .ok_or(AuthError::Unauthorized)?;
-        let key = ApiKey::parse(token.trim()).map_err(|_| AuthError::Unauthorized)?;
+    /// Caps the live keys of one user.
+    pub fn with_keys_per_user_max(mut self, max: i64) -> Self {
+        self.keys_per_user_max = max;
+        self
+    }
+
+    /// argon2 verifications run by this process since it started.
+    pub fn verifications(&self) -> u64 {
+        self.verifications
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Authenticates an `Authorization` header value.
+    ///
+    /// A key verified in the last minutes costs two map lookups and an HMAC. No header at all
+    /// is refused at once. Anything else first asks `gate` whether this request may spend work (the HTTP edge charges the
+    /// caller's address): a malformed key, one that failed recently, one whose id does not
+    /// exist (a database read at most every few seconds per id) and a fresh one (argon2,
+    /// queued one per key id behind a bounded number of slots).
+    pub async fn authenticate(
+        &self,
+        header: Option<&str>,
+        gate: impl FnOnce() -> Result<(), AuthError>,
+    ) -> Result<Caller, AuthError> {
+        // No credentials at all costs nothing to refuse (and the edge has counted it).
+        let header = header.ok_or(AuthError::Unauthorized)?;
+        let key = header
+            .strip_prefix("Bearer ")
+            .and_then(|token| ApiKey::parse(token.trim()).ok());
+        let Some(key) = key else {
+            gate()?;
+            return Err(AuthError::Unauthorized);
+        };
+        let tag = self.tag(&key);
+        let verified = self.recently_verified(&tag, key.id());
+        if !verified {
+            gate()?;
+            if self.recently_failed(&tag) {
+                return Err(AuthError::Unauthorized);
+            }
+        }
         let row = self.key_row(key.id()).await?;
         let now = self.db.now_ms();
         let Some(row) = row.filter(|row| {
@@ -240,30 +335,8 @@ impl Authenticator {
         }) else {
             return Err(AuthError::Unauthorized);
         };
-        let tag = self.tag(&key);
-        if !self.recently_verified(&tag, key.id()) {
-            if self.recently_failed(&tag) {
-                return Err(AuthError::Unauthorized);
-            }
-            let _slot = tokio::time::timeout(ARGON2_WAIT_MAX, self.argon2_slots.acquire())
-                .await
-                .map_err(|_| AuthError::Busy)?
-                .map_err(|_| AuthError::Busy)?;
-            // A burst of requests with one new key verifies it once: the others find it
-            // verified when their turn comes.
-            if !self.recently_verified(&tag, key.id()) {
-                let candidate = key.clone();
-                let stored = row.secret_hash.clone();
-                let matches =
-                    tokio::task::spawn_blocking(move || keys::verify(&candidate, &stored))
-                        .await
-                        .unwrap_or(false);
-                if !matches {
-                    self.remember_failure(tag);
-                    return Err(AuthError::Unauthorized);
-                }
-                self.remember(tag, key.id());
-            }
+        if !verified {
+            self.verify(&key, tag, &row.secret_hash).await?;
         }
         if row
             .last_used_at_ms
@@ -281,6 +354,44 @@ impl Authenticator {
             expires_at_ms: row.expires_at_ms,
             concurrent_casts_max: stored_limit(row.concurrent_casts_max),
         })
+    }
+
+    /// argon2 for a key not verified recently: one request per key id at a time, then one of
+    /// the few argon2 slots. A burst of requests with one new key verifies it once: the
+    /// others find it verified when their turn comes.
+    async fn verify(&self, key: &ApiKey, tag: [u8; 32], stored: &str) -> Result<(), AuthError> {
+        let turn = Turn::take(&self.verifying, key.id());
+        let _held = tokio::time::timeout(SAME_KEY_WAIT_MAX, turn.lock.lock())
+            .await
+            .map_err(|_| AuthError::KeyBusy)?;
+        if self.recently_verified(&tag, key.id()) {
+            return Ok(());
+        }
+        if self.recently_failed(&tag) {
+            return Err(AuthError::Unauthorized);
+        }
+        // The permit moves into the blocking task: a request whose client goes away frees
+        // its slot only when its argon2 has finished, so the CPU bound holds.
+        let slot = tokio::time::timeout(ARGON2_WAIT_MAX, self.argon2_slots.clone().acquire_owned())
+            .await
+            .map_err(|_| AuthError::Busy)?
+            .map_err(|_| AuthError::Busy)?;
+        let (candidate, stored) = (key.clone(), stored.to_owned());
+        self.verifications
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let matches = tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            keys::verify(&candidate, &stored)
+        })
+        .await
+        .unwrap_or(false);
+        if matches {
+            self.remember(tag, key.id());
+            Ok(())
+        } else {
+            self.remember_failure(tag);
+            Err(AuthError::Unauthorized)
+        }
     }
 
     /// A key's row, from memory when it was read recently.
@@ -408,22 +519,34 @@ impl Authenticator {
                 message: "a key needs at least one scope".into(),
             });
         }
+        // Counted again under the lock below; this read keeps a caller at the limit from
+        // costing an argon2 hash per attempt.
+        self.check_keys_limit(self.db.reader(), user_id).await?;
         let key = ApiKey::generate();
         let hashed = {
             let key = key.clone();
-            let _slot = self
+            let slot = self
                 .argon2_slots
-                .acquire()
+                .clone()
+                .acquire_owned()
                 .await
                 .map_err(|_| AuthError::Unauthorized)?;
-            tokio::task::spawn_blocking(move || keys::hash(&key))
-                .await
-                .map_err(|e| AuthError::Invalid {
-                    field: "key",
-                    message: e.to_string(),
-                })?
+            tokio::task::spawn_blocking(move || {
+                let _slot = slot;
+                keys::hash(&key)
+            })
+            .await
+            .map_err(|e| AuthError::Invalid {
+                field: "key",
+                message: e.to_string(),
+            })?
         };
         let created_at_ms = self.db.now_ms();
+        let mut tx = self.db.begin().await?;
+        // The user's row is locked so that concurrent creations count one after the other
+        // (SQLite's writer is exclusive already).
+        self.db.lock_user(&mut tx, user_id).await?;
+        self.check_keys_limit(&mut *tx, user_id).await?;
         sqlx::query(
             "INSERT INTO api_keys (id, user_id, name, secret_hash, created_at_ms, scopes, \
              allowed_spells, expires_at_ms, concurrent_casts_max) \
@@ -438,8 +561,9 @@ impl Authenticator {
         .bind(spec.allowed_spells.to_stored())
         .bind(spec.expires_at_ms)
         .bind(spec.concurrent_casts_max.map(|max| i64::from(max.get())))
-        .execute(self.db.writer())
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         self.rows
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -455,6 +579,26 @@ impl Authenticator {
             concurrent_casts_max: spec.concurrent_casts_max,
         };
         Ok((key, info))
+    }
+
+    async fn check_keys_limit<'c>(
+        &self,
+        executor: impl sqlx::Executor<'c, Database = sqlx::Any>,
+        user_id: i64,
+    ) -> Result<(), AuthError> {
+        let (live,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM api_keys WHERE user_id = $1 AND deleted_at_ms IS NULL",
+        )
+        .bind(user_id)
+        .fetch_one(executor)
+        .await?;
+        if live >= self.keys_per_user_max {
+            return Err(AuthError::LimitReached {
+                limit: "keys_per_user",
+                max: self.keys_per_user_max,
+            });
+        }
+        Ok(())
     }
 
     pub async fn list_keys(&self, user_id: i64) -> Result<Vec<KeyInfo>, AuthError> {
@@ -619,4 +763,28 @@ pub async fn user_by_id(db: &Db, id: i64) -> Result<Option<User>, AuthError> {
             .fetch_optional(db.reader())
             .await?;
     Ok(user)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn turns_of_one_key_id_share_a_lock_that_is_dropped_with_the_last() {
+        let locks = TurnLocks::default();
+        let first = Turn::take(&locks, "abc");
+        let second = Turn::take(&locks, "abc");
+        let other = Turn::take(&locks, "xyz");
+        assert!(std::sync::Arc::ptr_eq(&first.lock, &second.lock));
+        assert!(!std::sync::Arc::ptr_eq(&first.lock, &other.lock));
+        drop(first);
+        assert_eq!(
+            locks.lock().expect("lock").len(),
+            2,
+            "abc still has a waiter"
+        );
+        drop(second);
+        drop(other);
+        assert!(locks.lock().expect("lock").is_empty());
+    }
 }

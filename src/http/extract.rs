@@ -40,21 +40,36 @@ impl FromRequestParts<App> for Caller {
 }
 
 /// Authenticates an `Authorization` header, mapping failures to the one error shape.
-pub async fn authenticate(app: &App, parts: &Parts) -> Result<Caller, ApiError> {
+/// `gate` is asked before any work a key not verified recently would cost (see
+/// [`crate::auth::Authenticator::authenticate`]); its refusal is `AuthError::Throttled`, which
+/// the caller answers.
+pub async fn authenticate(
+    app: &App,
+    parts: &Parts,
+    gate: impl FnOnce() -> Result<(), AuthError>,
+) -> Result<Caller, AuthError> {
     let header = parts
         .headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok());
-    app.auth
-        .authenticate(header)
-        .await
-        .map_err(|error| match error {
-            AuthError::Database(error) => ApiError::internal(error),
-            AuthError::Busy => ApiError::new(
-                crate::error::Code::Overloaded,
-                "too many new keys are being checked; retry shortly",
-            )
-            .retry_after(1),
-            _ => ApiError::unauthorized(),
-        })
+    app.auth.authenticate(header, gate).await
+}
+
+/// The one error shape for an authentication failure other than `Throttled`.
+pub fn auth_failure(error: AuthError) -> ApiError {
+    match error {
+        AuthError::Database(error) => ApiError::internal(error),
+        AuthError::Busy => ApiError::new(
+            crate::error::Code::Overloaded,
+            "too many new keys are being checked; retry shortly",
+        )
+        .retry_after(1),
+        AuthError::KeyBusy => ApiError::new(
+            crate::error::Code::RateLimited,
+            "too many requests are checking secrets for this key id at once; retry shortly",
+        )
+        .with("limit", "key_verification")
+        .retry_after(1),
+        _ => ApiError::unauthorized(),
+    }
 }

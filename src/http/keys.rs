@@ -28,6 +28,7 @@ fn auth_error(error: AuthError) -> ApiError {
     match error {
         AuthError::Invalid { .. } => ApiError::bad_request(error.to_string()),
         AuthError::Escalation(_) => ApiError::new(Code::InsufficientScope, error.to_string()),
+        AuthError::LimitReached { limit, max } => crate::error::limit_reached(limit, max),
         other => ApiError::internal(other),
     }
 }

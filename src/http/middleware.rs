@@ -8,8 +8,10 @@ use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use super::client_ip::ClientIp;
+use super::rate_limit;
 use crate::App;
-use crate::auth::KeyScope;
+use crate::auth::{AuthError, KeyScope};
 use crate::error::{ApiError, Code, TRACE_ID};
 
 /// Gives every request a trace id (in responses as `x-trace-id` and in every error body),
@@ -72,9 +74,10 @@ fn normalize_errors(response: Response) -> Response {
     };
     let mut rewritten = ApiError::new(code, message).into_response();
     *rewritten.status_mut() = status;
-    for name in [header::ALLOW, header::RETRY_AFTER] {
-        if let Some(value) = response.headers().get(&name) {
-            rewritten.headers_mut().insert(name, value.clone());
+    // Everything but the body's own headers (Allow, Retry-After, RateLimit-*, CORS, …).
+    for (name, value) in response.headers() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            rewritten.headers_mut().append(name, value.clone());
         }
     }
     rewritten
@@ -90,27 +93,57 @@ pub fn panicked(_payload: Box<dyn std::any::Any + Send + 'static>) -> Response {
     ApiError::internal(anyhow::anyhow!("a request handler panicked")).into_response()
 }
 
-/// The route layer of every authenticated route: authenticates the caller, checks that their
-/// key has the route's scope, and hands the `Caller` to the handler through the request's
-/// extensions. Scopes are declared per route in `router.rs`, in one place.
+/// The route layer of every authenticated route: authenticates the caller, counts the
+/// request against their key's rate limit (or, before the key is verified, their address's),
+/// checks that their key has the route's scope, and hands the `Caller` to the handler through
+/// the request's extensions. Scopes are declared per route in `router.rs`, in one place.
 pub async fn authorize(
     State((app, scope)): State<(App, KeyScope)>,
     request: Request,
     next: Next,
 ) -> Response {
     let (mut parts, body) = request.into_parts();
-    let caller = match super::extract::authenticate(&app, &parts).await {
-        Ok(caller) => caller,
-        Err(error) => return error.into_response(),
+    let ip = parts
+        .extensions
+        .get::<ClientIp>()
+        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |ip| ip.0);
+    let mut address = None;
+    let gate = || {
+        let decision = app.rate_limits.check_address(ip);
+        address = decision;
+        match decision {
+            Some(decision) if !decision.allowed() => Err(AuthError::Throttled),
+            _ => Ok(()),
+        }
     };
-    if !caller.scopes.contains(scope) {
-        return ApiError::new(
-            Code::InsufficientScope,
-            format!("this API key lacks the {} scope", scope.as_str()),
-        )
-        .with("required_scope", scope.as_str())
-        .into_response();
+    let authenticated = super::extract::authenticate(&app, &parts, gate).await;
+    let (mut response, limit) = match authenticated {
+        Err(AuthError::Throttled) => match address {
+            Some(decision) => (decision.refusal(&app), None),
+            None => (ApiError::unauthorized().into_response(), None),
+        },
+        Err(error) => (super::extract::auth_failure(error).into_response(), address),
+        Ok(caller) => match app.rate_limits.check_key(&caller.key_id) {
+            Some(decision) if !decision.allowed() => (decision.refusal(&app), None),
+            decision => {
+                let response = if caller.scopes.contains(scope) {
+                    parts.extensions.insert(caller);
+                    next.run(Request::from_parts(parts, body)).await
+                } else {
+                    ApiError::new(
+                        Code::InsufficientScope,
+                        format!("this API key lacks the {} scope", scope.as_str()),
+                    )
+                    .with("required_scope", scope.as_str())
+                    .into_response()
+                };
+                (response, decision)
+            }
+        },
+    };
+    if let Some(decision) = limit {
+        decision.apply(response.headers_mut());
     }
-    parts.extensions.insert(caller);
-    next.run(Request::from_parts(parts, body)).await
+    response.extensions_mut().insert(rate_limit::Handled);
+    response
 }

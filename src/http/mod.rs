@@ -4,15 +4,20 @@
 mod billing;
 mod budgets;
 mod cast;
+pub mod client_ip;
 mod extract;
+pub mod hygiene;
 mod idempotency;
 mod keys;
 mod ledger;
 mod middleware;
 mod ops;
+pub mod rate_limit;
 mod router;
+pub mod server;
 mod signers;
 mod spells;
 mod users;
 
-pub use router::router;
+pub use rate_limit::RateLimits;
+pub use router::{metrics_router, router};

@@ -34,10 +34,39 @@ pub async fn readyz(State(app): State<App>) -> Response {
     .into_response()
 }
 
-pub async fn metrics(State(app): State<App>) -> impl IntoResponse {
+/// `GET /metrics`. With `SPELLHOST_METRICS_TOKEN` set, only for `Authorization: Bearer
+/// <token>` (compared in constant time).
+pub async fn metrics(State(app): State<App>, headers: axum::http::HeaderMap) -> Response {
+    if let Some(token) = &app.config.http.metrics_token {
+        use secrecy::ExposeSecret as _;
+        use subtle::ConstantTimeEq as _;
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .unwrap_or("");
+        let expected = token.expose_secret();
+        if !bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) {
+            return ApiError::new(
+                Code::Unauthorized,
+                "the metrics token is required: Authorization: Bearer <SPELLHOST_METRICS_TOKEN>",
+            )
+            .into_response();
+        }
+    }
+    render_metrics(&app)
+}
+
+/// `GET /metrics` on the private listener (`SPELLHOST_METRICS_LISTEN`): no token.
+pub async fn private_metrics(State(app): State<App>) -> Response {
+    render_metrics(&app)
+}
+
+fn render_metrics(app: &App) -> Response {
     let metrics = &app.metrics;
     Metrics::sync_counter(&metrics.module_cache_hits, app.sandbox.cache_hits());
     Metrics::sync_counter(&metrics.module_cache_misses, app.sandbox.cache_misses());
+    Metrics::sync_counter(&metrics.api_key_verifications, app.auth.verifications());
     let money = app.money.store().counters();
     for (counter, value) in [
         (&metrics.money_db_statements, &money.statements),
@@ -63,6 +92,7 @@ pub async fn metrics(State(app): State<App>) -> impl IntoResponse {
         )],
         metrics.render(),
     )
+        .into_response()
 }
 
 /// `GET /v1/admin/ledger/verify`: recomputes the hash chain (admins only).

@@ -5,7 +5,8 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{MethodRouter, delete, get, post, put};
 
 use super::{
-    billing, budgets, cast, idempotency, keys, ledger, middleware, ops, signers, spells, users,
+    billing, budgets, cast, hygiene, idempotency, keys, ledger, middleware, ops, signers, spells,
+    users,
 };
 use crate::App;
 use crate::auth::KeyScope;
@@ -24,11 +25,17 @@ fn limited(route: MethodRouter<App>, bytes_max: usize) -> MethodRouter<App> {
 
 /// An authenticated route: the caller's key must have `scope`. Every route that takes a
 /// `Caller` goes through here; the extractor refuses to serve one that does not.
+/// Its responses are never stored by caches (`Cache-Control: no-store`).
 fn scoped(route: MethodRouter<App>, app: &App, scope: KeyScope) -> MethodRouter<App> {
-    route.route_layer(axum::middleware::from_fn_with_state(
-        (app.clone(), scope),
-        middleware::authorize,
-    ))
+    route
+        .route_layer(axum::middleware::from_fn_with_state(
+            (app.clone(), scope),
+            middleware::authorize,
+        ))
+        .route_layer(tower_http::set_header::SetResponseHeaderLayer::overriding(
+            axum::http::header::CACHE_CONTROL,
+            axum::http::HeaderValue::from_static("no-store"),
+        ))
 }
 
 /// A route that honours `Idempotency-Key` (inside the scope layer, which authenticates).
@@ -48,11 +55,19 @@ fn cast_body_bytes_max(app: &App) -> usize {
     input.saturating_mul(4) / 3 + 64 * 1024
 }
 
+/// The private metrics listener's only route (`SPELLHOST_METRICS_LISTEN`).
+pub fn metrics_router(app: App) -> Router {
+    let router = Router::new()
+        .route("/metrics", get(ops::private_metrics))
+        .fallback(middleware::not_found);
+    hygiene::outer(router, &app).with_state(app)
+}
+
 pub fn router(app: App) -> Router {
     let publish_bytes_max = MODULE_BYTES_MAX + SBOM_BYTES_MAX + BUNDLE_BYTES_MAX + 256 * 1024;
     use KeyScope::{Cast, Manage, Publish, Read};
     let a = &app;
-    Router::new()
+    let router = Router::new()
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
@@ -143,10 +158,12 @@ pub fn router(app: App) -> Router {
         // and the process live on.
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             middleware::panicked,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            app.clone(),
-            middleware::observe,
-        ))
-        .with_state(app)
+        ));
+    // CORS, request-target bound, rate limits, body timeouts; then trace ids and metrics;
+    // then the security headers on everything.
+    let router = hygiene::inner(router, &app).layer(axum::middleware::from_fn_with_state(
+        app.clone(),
+        middleware::observe,
+    ));
+    hygiene::outer(router, &app).with_state(app)
 }

@@ -43,6 +43,9 @@ pub enum RegistryError {
     Sandbox(#[from] SandboxError),
     #[error(transparent)]
     Database(#[from] sqlx::Error),
+    /// The user already has as many of something as they may (`limit` names it).
+    #[error("at most {max} {limit}")]
+    LimitReached { limit: &'static str, max: i64 },
     #[error("{0}")]
     Internal(String),
 }
@@ -231,9 +234,6 @@ pub struct SignerInfo {
     pub created_at_ms: i64,
 }
 
-/// The most signers a publisher may have at once (each is tried at every publish).
-pub const SIGNERS_PER_USER_MAX: i64 = 50;
-
 /// A signer to register.
 #[derive(Debug, Clone)]
 pub enum NewSigner {
@@ -327,6 +327,8 @@ pub struct Registry {
     /// drops the entry at once; elsewhere, the `spells` cache epoch does.
     versions_cache: std::sync::Mutex<VersionsCache>,
     epoch: std::sync::atomic::AtomicI64,
+    /// Signers, spells and versions one user may have.
+    creation: crate::config::CreationLimits,
 }
 
 /// A version as resolution sees it.
@@ -357,7 +359,14 @@ impl Registry {
             limits: std::sync::Mutex::new(HashMap::new()),
             versions_cache: std::sync::Mutex::new(HashMap::new()),
             epoch: std::sync::atomic::AtomicI64::new(i64::MIN),
+            creation: crate::config::CreationLimits::default(),
         }
+    }
+
+    /// Caps what one user may register and publish.
+    pub fn with_limits(mut self, limits: crate::config::CreationLimits) -> Self {
+        self.creation = limits;
+        self
     }
 
     pub async fn add_signer(
@@ -410,16 +419,21 @@ impl Registry {
                 )
             }
         };
+        let mut tx = self.db.begin().await?;
+        // The user's row is locked so that concurrent registrations count one after the
+        // other (SQLite's writer is exclusive already).
+        self.db.lock_user(&mut tx, user_id).await?;
         let (active,): (i64,) = sqlx::query_as(
             "SELECT COUNT(*) FROM signers WHERE user_id = $1 AND removed_at_ms IS NULL",
         )
         .bind(user_id)
-        .fetch_one(self.db.reader())
+        .fetch_one(&mut *tx)
         .await?;
-        if active >= SIGNERS_PER_USER_MAX {
-            return Err(RegistryError::InvalidSigner(format!(
-                "at most {SIGNERS_PER_USER_MAX} signers; remove one first (DELETE /v1/signers/{{id}})"
-            )));
+        if active >= self.creation.signers_per_user {
+            return Err(RegistryError::LimitReached {
+                limit: "signers_per_user",
+                max: self.creation.signers_per_user,
+            });
         }
         let created_at_ms = now_ms();
         let inserted: Result<(i64,), sqlx::Error> = sqlx::query_as(
@@ -434,7 +448,7 @@ impl Registry {
         .bind(&issuer)
         .bind(&sigstore_instance)
         .bind(created_at_ms)
-        .fetch_one(self.db.writer())
+        .fetch_one(&mut *tx)
         .await;
         let (id,) = match inserted {
             Err(error) if is_unique_violation(&error) => {
@@ -442,6 +456,7 @@ impl Registry {
             }
             other => other?,
         };
+        tx.commit().await?;
         Ok(SignerRow {
             id,
             name: name.to_owned(),
@@ -453,6 +468,35 @@ impl Registry {
             created_at_ms,
         }
         .info())
+    }
+
+    /// A new version counts against the owner's versions; a new name also against their
+    /// spells. Called under the owner's row lock, so concurrent publishes count in turn.
+    async fn check_publish_limits<'c>(
+        &self,
+        executor: impl sqlx::Executor<'c, Database = sqlx::Any>,
+        owner_id: i64,
+        new_spell: bool,
+    ) -> Result<(), RegistryError> {
+        let (versions, spells): (i64, i64) = sqlx::query_as(
+            "SELECT COUNT(*), COUNT(DISTINCT name) FROM spell_versions WHERE owner_id = $1",
+        )
+        .bind(owner_id)
+        .fetch_one(executor)
+        .await?;
+        if new_spell && spells >= self.creation.spells_per_user {
+            return Err(RegistryError::LimitReached {
+                limit: "spells_per_user",
+                max: self.creation.spells_per_user,
+            });
+        }
+        if versions >= self.creation.versions_per_user {
+            return Err(RegistryError::LimitReached {
+                limit: "versions_per_user",
+                max: self.creation.versions_per_user,
+            });
+        }
+        Ok(())
     }
 
     async fn signer_rows(&self, user_id: i64) -> Result<Vec<SignerRow>, RegistryError> {
@@ -498,6 +542,10 @@ impl Registry {
         owner_handle: &str,
         bundle: SpellBundle,
     ) -> Result<Published, RegistryError> {
+        // Checked again under the owner's lock below; this read spares a publisher at the
+        // limit the verification and the compile.
+        self.check_publish_limits(self.db.reader(), owner_id, false)
+            .await?;
         let rows = self.signer_rows(owner_id).await?;
         // Building the signers (identity patterns compile) and verification (hashing,
         // signatures, transparency-log evidence, SBOM and wasm parsing) are CPU work, kept off
@@ -557,13 +605,7 @@ impl Registry {
         // Rollback protection: a new version is higher than every version ever published,
         // yanked ones included. The owner's row is locked so that two publishes of one spell
         // are checked one after the other (SQLite's writer is exclusive already).
-        sqlx::query(self.db.pick(
-            "SELECT id FROM users WHERE id = $1",
-            "SELECT id FROM users WHERE id = $1 FOR UPDATE",
-        ))
-        .bind(owner_id)
-        .fetch_one(&mut *tx)
-        .await?;
+        self.db.lock_user(&mut tx, owner_id).await?;
         let published: Vec<(String,)> =
             sqlx::query_as("SELECT version FROM spell_versions WHERE owner_id = $1 AND name = $2")
                 .bind(owner_id)
@@ -574,6 +616,8 @@ impl Registry {
             .iter()
             .filter_map(|(v,)| semver::Version::parse(v).ok())
             .max();
+        self.check_publish_limits(&mut *tx, owner_id, published.is_empty())
+            .await?;
         if let Some(highest) = highest {
             if highest == manifest.version {
                 return Err(RegistryError::VersionExists(format!("{spell}@{version}")));

@@ -140,6 +140,19 @@ impl Db {
         }
     }
 
+    /// Locks a user's row for the rest of `tx` (PostgreSQL; SQLite's write transaction is
+    /// exclusive already), so that checks counting the user's rows run one after the other.
+    pub async fn lock_user(&self, tx: &mut Tx, user_id: i64) -> sqlx::Result<()> {
+        sqlx::query(self.pick(
+            "SELECT id FROM users WHERE id = $1",
+            "SELECT id FROM users WHERE id = $1 FOR UPDATE",
+        ))
+        .bind(user_id)
+        .fetch_one(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
     pub async fn close(&self) {
         self.writer.close().await;
         self.reader.close().await;

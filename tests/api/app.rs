@@ -187,6 +187,12 @@ pub async fn spawn_app_with(backend: &Backend, extra: &[(&str, &str)]) -> TestAp
         // other tests' amounts are fuel arithmetic, and the default price would hold hundreds
         // of thousands of µ$ of wall time for every cast.
         ("SPELLHOST_PRICE_MICROUSD_PER_WALL_MS", "0"),
+        // Tests cast and poll as fast as they can, with one key, from one address, on many
+        // connections: the rate limits and the per-address connection cap are off unless a
+        // test is about them (tests/api/hardening.rs sets them).
+        ("SPELLHOST_RATE_LIMIT_AUTHENTICATED_PER_MINUTE", "0"),
+        ("SPELLHOST_RATE_LIMIT_ANONYMOUS_PER_MINUTE", "0"),
+        ("SPELLHOST_HTTP_CONNECTIONS_PER_IP_MAX", "4096"),
     ];
     vars.extend_from_slice(extra);
     let config = spellhost::config::Config::from_vars(&vars).expect("config");

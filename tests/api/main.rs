@@ -7,6 +7,7 @@ mod billing_recovery;
 mod budgets;
 mod fairness;
 mod gate;
+mod hardening;
 mod helpers;
 mod idempotency;
 mod leases;

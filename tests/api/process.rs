@@ -37,6 +37,15 @@ impl Env {
                 // Credits here are sized to fuel worst cases (as in `spawn_app`): blocked time
                 // is free unless a test prices it.
                 ("SPELLHOST_PRICE_MICROUSD_PER_WALL_MS".into(), "0".into()),
+                // These tests cast as fast as they can with one key from one address.
+                (
+                    "SPELLHOST_RATE_LIMIT_AUTHENTICATED_PER_MINUTE".into(),
+                    "0".into(),
+                ),
+                (
+                    "SPELLHOST_RATE_LIMIT_ANONYMOUS_PER_MINUTE".into(),
+                    "0".into(),
+                ),
                 ("RUST_LOG".into(), "warn".into()),
             ],
         }
