@@ -78,8 +78,18 @@ impl AppState {
             &config.sigstore_trusted_roots,
         )
         .map_err(|message| anyhow::anyhow!("SPELLHOST_SIGSTORE_TRUSTED_ROOTS: {message}"))?;
-        let registry =
-            registry::Registry::new(db.clone(), sandbox.clone(), Arc::new(trusted_roots));
+        // The advisory database too: a directory that cannot be read stops the start.
+        let advisories = supply_chain::advisory::Advisories::open(
+            config.advisories.dir.clone(),
+            config.advisories.severity_min,
+        )
+        .map_err(|e| anyhow::anyhow!("SPELLHOST_ADVISORY_DB: {e}"))?;
+        let registry = registry::Registry::new(
+            db.clone(),
+            sandbox.clone(),
+            Arc::new(trusted_roots),
+            Arc::new(advisories),
+        );
         let auth = auth::Authenticator::new(db.clone(), config.derived_key("verified api keys"));
         let metrics = telemetry::Metrics::new().context("registering metrics")?;
         let billing = billing::Billing::from_config(&config)?;
@@ -140,6 +150,7 @@ pub async fn serve(
     };
     let recharger = billing::spawn_recharger(&app);
     let self_check = ops::selfcheck::spawn(app.clone());
+    let advisories = spawn_advisory_reload(&app);
     axum::serve(listener, http::router(app.clone()))
         .with_graceful_shutdown(shutdown)
         .await
@@ -154,8 +165,43 @@ pub async fn serve(
         tracing::warn!(error = %error, "giving back leases at shutdown failed; they expire");
     }
     self_check.abort();
+    advisories.abort();
     app.db.close().await;
     Ok(())
+}
+
+/// Reloads the advisory database when its directory changed (a poll reads file metadata only).
+fn spawn_advisory_reload(app: &App) -> tokio::task::JoinHandle<()> {
+    let app = app.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(app.config.advisories.reload_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let advisories = app.registry.advisories().clone();
+            let refreshed = tokio::task::spawn_blocking(move || {
+                let refreshed = advisories.refresh();
+                (
+                    refreshed,
+                    advisories.current().map(|db| db.snapshot().clone()),
+                )
+            })
+            .await;
+            match refreshed {
+                Ok((Ok(true), Some(snapshot))) => tracing::info!(
+                    advisories.snapshot = %snapshot.id,
+                    advisories.count = snapshot.advisories,
+                    "advisory database reloaded"
+                ),
+                Ok((Ok(_), _)) => {}
+                Ok((Err(error), _)) => tracing::warn!(
+                    error = %error,
+                    "reloading the advisory database failed; the previous one stays in force"
+                ),
+                Err(error) => tracing::warn!(error = %error, "advisory reload task failed"),
+            }
+        }
+    })
 }
 
 /// Drops cached API keys and spell versions that changed in any process (their epochs move in

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crate::sandbox::{CompiledSpell, Sandbox, SandboxError};
 use crate::store::{Db, is_unique_violation, now_ms};
+use crate::supply_chain::advisory::{Advisories, AdvisoryReport};
 use crate::supply_chain::{
     GateError, IdentityPolicy, Manifest, ManifestLimits, ModuleDigest, Signature, SignaturePolicy,
     Signer, SignerKey, SpellBundle, TrustedRoots, Verifier,
@@ -169,6 +170,33 @@ pub struct VersionInfo {
     pub signed_by: VersionSigner,
     #[sqlx(flatten)]
     pub sbom: VersionSbom,
+    /// The advisory check's report as stored (JSON); shown as [`VersionInfo::advisory_check`].
+    #[serde(skip)]
+    #[sqlx(rename = "advisory_check")]
+    pub advisory_check_json: Option<String>,
+    /// What the advisory check found at publish: `status` (`clean`, `findings_allowed`,
+    /// `no_database_configured`, or `not_checked` for versions published before the check),
+    /// the database snapshot, the threshold and the findings with their VEX states.
+    #[sqlx(skip)]
+    pub advisory_check: serde_json::Value,
+}
+
+/// The listing's view of a stored advisory report.
+fn advisory_view(stored: Option<&str>) -> serde_json::Value {
+    let Some(report) = stored.and_then(|json| serde_json::from_str::<AdvisoryReport>(json).ok())
+    else {
+        return serde_json::json!({"status": "not_checked"});
+    };
+    let status = match (&report.database, report.findings.is_empty()) {
+        (None, _) => "no_database_configured",
+        (Some(_), true) => "clean",
+        (Some(_), false) => "findings_allowed",
+    };
+    let mut view = serde_json::to_value(&report).unwrap_or_default();
+    if let Some(object) = view.as_object_mut() {
+        object.insert("status".into(), status.into());
+    }
+    view
 }
 
 /// A version's SBOM as checked at publish (`None` for versions published before it was kept).
@@ -318,6 +346,8 @@ pub struct Registry {
     sandbox: Arc<Sandbox>,
     /// The Sigstore instances whose bundles publishing accepts (prepared once at start-up).
     trusted_roots: Arc<TrustedRoots>,
+    /// The advisory database SBOM components are checked against at publish.
+    advisories: Arc<Advisories>,
     /// Single-flight for loading and compiling modules that are not in the sandbox's cache.
     loading: tokio::sync::Mutex<()>,
     /// Each version's parsed manifest limits. Versions are immutable, so entries never go
@@ -348,16 +378,27 @@ const VERSIONS_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 const LIMITS_CACHE_MAX: usize = 10_000;
 
 impl Registry {
-    pub fn new(db: Db, sandbox: Arc<Sandbox>, trusted_roots: Arc<TrustedRoots>) -> Self {
+    pub fn new(
+        db: Db,
+        sandbox: Arc<Sandbox>,
+        trusted_roots: Arc<TrustedRoots>,
+        advisories: Arc<Advisories>,
+    ) -> Self {
         Registry {
             db,
             sandbox,
             trusted_roots,
+            advisories,
             loading: tokio::sync::Mutex::new(()),
             limits: std::sync::Mutex::new(HashMap::new()),
             versions_cache: std::sync::Mutex::new(HashMap::new()),
             epoch: std::sync::atomic::AtomicI64::new(i64::MIN),
         }
+    }
+
+    /// The advisory database in force (reloaded by the server when its directory changes).
+    pub fn advisories(&self) -> &Arc<Advisories> {
+        &self.advisories
     }
 
     pub async fn add_signer(
@@ -503,13 +544,21 @@ impl Registry {
         // signatures, transparency-log evidence, SBOM and wasm parsing) are CPU work, kept off
         // the reactor.
         let roots = self.trusted_roots.clone();
-        let (module, bundle, ids) = tokio::task::spawn_blocking(move || {
+        let advisories = self.advisories.clone();
+        let (module, bundle, ids, report) = tokio::task::spawn_blocking(move || {
             let (ids, signers): (Vec<i64>, Vec<Signer>) = rows
                 .iter()
                 .filter_map(|row| row.signer().map(|signer| (row.id, signer)))
                 .unzip();
-            Verifier::verify(&bundle, SignaturePolicy::AnyOf(&signers, &roots))
-                .map(|module| (module, bundle, ids))
+            let module = Verifier::verify(&bundle, SignaturePolicy::AnyOf(&signers, &roots))?;
+            // Known vulnerabilities: checked at publish only, against the database in force
+            // now (a later advisory never breaks casts of a version already published).
+            let report = crate::supply_chain::advisory::check(
+                advisories.current().as_deref(),
+                module.sbom(),
+                advisories.severity_min(),
+            )?;
+            Ok::<_, GateError>((module, bundle, ids, report))
         })
         .await
         .map_err(|e| RegistryError::Internal(e.to_string()))??;
@@ -596,8 +645,8 @@ impl Registry {
         let inserted = sqlx::query(
             "INSERT INTO spell_versions (owner_id, name, version, digest, manifest, sbom, signature, signer_id, created_at_ms, \
              sigstore_bundle, sigstore_instance, signed_identity, signed_issuer, tlog_index, tlog_integrated_time, \
-             sbom_format, sbom_components) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+             sbom_format, sbom_components, advisory_check) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
         )
         .bind(owner_id)
         .bind(&manifest.name)
@@ -616,6 +665,7 @@ impl Registry {
         .bind(evidence.integrated_time)
         .bind(&module.sbom().format)
         .bind(i64::try_from(module.sbom().components).unwrap_or(i64::MAX))
+        .bind(serde_json::to_string(&report).map_err(|e| RegistryError::Internal(e.to_string()))?)
         .execute(&mut *tx)
         .await;
         match inserted {
@@ -647,7 +697,7 @@ impl Registry {
         name: &str,
     ) -> Result<Vec<VersionInfo>, RegistryError> {
         let mut rows: Vec<VersionInfo> = sqlx::query_as(
-            "SELECT v.version, v.digest, v.created_at_ms, v.yanked_at_ms, v.sbom_format, v.sbom_components, s.name AS signer_name, \
+            "SELECT v.version, v.digest, v.created_at_ms, v.yanked_at_ms, v.sbom_format, v.sbom_components, v.advisory_check, s.name AS signer_name, \
              CASE WHEN v.sigstore_bundle IS NULL THEN 'signature' ELSE 'sigstore_bundle' END AS signed_with, \
              v.sigstore_instance, v.signed_identity AS identity, v.signed_issuer AS issuer, v.tlog_index, v.tlog_integrated_time \
              FROM spell_versions v JOIN users u ON u.id = v.owner_id JOIN signers s ON s.id = v.signer_id \
@@ -663,6 +713,7 @@ impl Registry {
         rows.sort_by_key(|row| std::cmp::Reverse(semver::Version::parse(&row.version).ok()));
         for row in &mut rows {
             row.digest = format!("sha256:{}", row.digest);
+            row.advisory_check = advisory_view(row.advisory_check_json.as_deref());
         }
         Ok(rows)
     }

@@ -6,6 +6,7 @@
 //! nothing else of ours: imports and complexity are checked with a wasm parser, not with the
 //! sandbox (the registry compiles a verified module before it publishes it).
 
+pub mod advisory;
 pub mod bundle;
 mod digest;
 pub mod manifest;
@@ -78,6 +79,16 @@ pub enum GateError {
     ModuleTooComplex(String),
     #[error("import {module}::{name} is not allowed")]
     ImportNotAllowed { module: String, name: String },
+    #[error(
+        "component {component} is affected by advisory {advisory} ({severity}){others}: upgrade it, or state in the SBOM (CycloneDX VEX, analysis.state not_affected) why it is not affected"
+    )]
+    VulnerableComponent {
+        component: String,
+        advisory: String,
+        severity: String,
+        /// ` (and N more)` when other components or advisories block too.
+        others: String,
+    },
 }
 
 impl GateError {
@@ -98,6 +109,7 @@ impl GateError {
             GateError::ModuleInvalid(_) => "module_invalid",
             GateError::ModuleTooComplex(_) => "module_too_complex",
             GateError::ImportNotAllowed { .. } => "import_not_allowed",
+            GateError::VulnerableComponent { .. } => "vulnerable_component",
         }
     }
 }
