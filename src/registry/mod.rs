@@ -206,6 +206,14 @@ pub struct VersionSbom {
     pub format: Option<String>,
     #[sqlx(rename = "sbom_components")]
     pub components: Option<i64>,
+    /// Whether a signed SBOM (an in-toto attestation under the module's signer) came with it.
+    #[serde(serialize_with = "as_bool")]
+    #[sqlx(rename = "sbom_signed")]
+    pub signed: i64,
+}
+
+fn as_bool<S: serde::Serializer>(value: &i64, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_bool(*value != 0)
 }
 
 /// `POST …/versions/{version}/yank`'s answer.
@@ -256,6 +264,8 @@ pub struct SignerInfo {
     /// For identity signers: the Sigstore instance whose certificates count.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sigstore_instance: Option<String>,
+    /// Versions it signs must come with a signed SBOM.
+    pub require_signed_sbom: bool,
     pub created_at_ms: i64,
 }
 
@@ -287,6 +297,7 @@ struct SignerRow {
     identity_regex: Option<String>,
     issuer: Option<String>,
     sigstore_instance: Option<String>,
+    require_signed_sbom: i64,
     created_at_ms: i64,
 }
 
@@ -305,6 +316,7 @@ impl SignerRow {
                     .unwrap_or_else(|| crate::supply_chain::bundle::PUBLIC_GOOD.to_owned())
             }),
             issuer: self.issuer,
+            require_signed_sbom: self.require_signed_sbom != 0,
             created_at_ms: self.created_at_ms,
         }
     }
@@ -406,6 +418,7 @@ impl Registry {
         user_id: i64,
         name: &str,
         signer: NewSigner,
+        require_signed_sbom: bool,
     ) -> Result<SignerInfo, RegistryError> {
         let name = name.trim();
         if name.is_empty() || name.len() > 100 || name.chars().any(char::is_control) {
@@ -464,8 +477,8 @@ impl Registry {
         }
         let created_at_ms = now_ms();
         let inserted: Result<(i64,), sqlx::Error> = sqlx::query_as(
-            "INSERT INTO signers (user_id, name, public_key_pem, identity, identity_regex, issuer, sigstore_instance, created_at_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+            "INSERT INTO signers (user_id, name, public_key_pem, identity, identity_regex, issuer, sigstore_instance, created_at_ms, require_signed_sbom) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
         )
         .bind(user_id)
         .bind(name)
@@ -475,6 +488,7 @@ impl Registry {
         .bind(&issuer)
         .bind(&sigstore_instance)
         .bind(created_at_ms)
+        .bind(i64::from(require_signed_sbom))
         .fetch_one(self.db.writer())
         .await;
         let (id,) = match inserted {
@@ -491,6 +505,7 @@ impl Registry {
             identity_regex,
             issuer,
             sigstore_instance,
+            require_signed_sbom: i64::from(require_signed_sbom),
             created_at_ms,
         }
         .info())
@@ -498,7 +513,7 @@ impl Registry {
 
     async fn signer_rows(&self, user_id: i64) -> Result<Vec<SignerRow>, RegistryError> {
         Ok(sqlx::query_as(
-            "SELECT id, name, public_key_pem, identity, identity_regex, issuer, sigstore_instance, created_at_ms \
+            "SELECT id, name, public_key_pem, identity, identity_regex, issuer, sigstore_instance, require_signed_sbom, created_at_ms \
              FROM signers WHERE user_id = $1 AND removed_at_ms IS NULL ORDER BY id",
         )
         .bind(user_id)
@@ -543,6 +558,11 @@ impl Registry {
         // Building the signers (identity patterns compile) and verification (hashing,
         // signatures, transparency-log evidence, SBOM and wasm parsing) are CPU work, kept off
         // the reactor.
+        let requiring_signed_sbom: Vec<i64> = rows
+            .iter()
+            .filter(|row| row.require_signed_sbom != 0)
+            .map(|row| row.id)
+            .collect();
         let roots = self.trusted_roots.clone();
         let advisories = self.advisories.clone();
         let (module, bundle, ids, report) = tokio::task::spawn_blocking(move || {
@@ -588,6 +608,13 @@ impl Registry {
         let signer_id = *ids
             .get(signed_by.signer)
             .ok_or_else(|| RegistryError::Internal("signer index out of range".into()))?;
+        if requiring_signed_sbom.contains(&signer_id) && module.sbom_attested_by().is_none() {
+            return Err(GateError::SbomUnsigned.into());
+        }
+        let sbom_attestation = module
+            .sbom_attested_by()
+            .and(bundle.sbom_attestation.as_deref())
+            .map(|json| String::from_utf8_lossy(json).into_owned());
         let (signature, sigstore_bundle) = match &bundle.signature {
             Some(Signature::Detached(bytes)) => {
                 (String::from_utf8_lossy(bytes).trim().to_owned(), None)
@@ -645,8 +672,8 @@ impl Registry {
         let inserted = sqlx::query(
             "INSERT INTO spell_versions (owner_id, name, version, digest, manifest, sbom, signature, signer_id, created_at_ms, \
              sigstore_bundle, sigstore_instance, signed_identity, signed_issuer, tlog_index, tlog_integrated_time, \
-             sbom_format, sbom_components, advisory_check) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+             sbom_format, sbom_components, advisory_check, sbom_attestation) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
         )
         .bind(owner_id)
         .bind(&manifest.name)
@@ -666,6 +693,7 @@ impl Registry {
         .bind(&module.sbom().format)
         .bind(i64::try_from(module.sbom().components).unwrap_or(i64::MAX))
         .bind(serde_json::to_string(&report).map_err(|e| RegistryError::Internal(e.to_string()))?)
+        .bind(&sbom_attestation)
         .execute(&mut *tx)
         .await;
         match inserted {
@@ -698,6 +726,7 @@ impl Registry {
     ) -> Result<Vec<VersionInfo>, RegistryError> {
         let mut rows: Vec<VersionInfo> = sqlx::query_as(
             "SELECT v.version, v.digest, v.created_at_ms, v.yanked_at_ms, v.sbom_format, v.sbom_components, v.advisory_check, s.name AS signer_name, \
+             CAST(CASE WHEN v.sbom_attestation IS NULL THEN 0 ELSE 1 END AS BIGINT) AS sbom_signed, \
              CASE WHEN v.sigstore_bundle IS NULL THEN 'signature' ELSE 'sigstore_bundle' END AS signed_with, \
              v.sigstore_instance, v.signed_identity AS identity, v.signed_issuer AS issuer, v.tlog_index, v.tlog_integrated_time \
              FROM spell_versions v JOIN users u ON u.id = v.owner_id JOIN signers s ON s.id = v.signer_id \
@@ -938,6 +967,7 @@ impl Registry {
                 manifest,
                 sbom,
                 signature: None,
+                sbom_attestation: None,
             };
             Verifier::verify(&bundle, SignaturePolicy::VerifiedAtPublish(&digest))
         })

@@ -52,6 +52,7 @@ fn spell_with(
         signature: Some(spellhost::supply_chain::Signature::Detached(
             signature.into_bytes(),
         )),
+        sbom_attestation: None,
     }
 }
 
@@ -118,7 +119,7 @@ on_both_databases! {
         let (status, body) = app.get("/v1/spells/ada/noop", Some(&user.key)).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         let newest = &body["versions"][0];
-        assert_eq!(newest["sbom"], json!({"format": "CycloneDX 1.6", "components": 2}), "{body}");
+        assert_eq!(newest["sbom"], json!({"format": "CycloneDX 1.6", "components": 2, "signed": false}), "{body}");
         let check = &newest["advisory_check"];
         assert_eq!(check["status"], "findings_allowed", "{body}");
         assert_eq!(check["severity_min"], "high", "{body}");
@@ -174,7 +175,7 @@ on_both_databases! {
         let (status, body) = app.publish(&user, &spell).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         let (_, body) = app.get("/v1/spells/ada/noop", Some(&user.key)).await;
-        assert_eq!(body["versions"][0]["sbom"], json!({"format": "SPDX 2.3", "components": 1}), "{body}");
+        assert_eq!(body["versions"][0]["sbom"], json!({"format": "SPDX 2.3", "components": 1, "signed": false}), "{body}");
         for version in [0, 1] {
             let check = &body["versions"][version]["advisory_check"];
             assert_eq!(check["status"], "no_database_configured", "{body}");

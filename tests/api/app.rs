@@ -398,6 +398,13 @@ impl TestApp {
             ),
             None => form,
         };
+        if let Some(attestation) = &bundle.sbom_attestation {
+            form = form.part(
+                "sbom_attestation",
+                reqwest::multipart::Part::bytes(attestation.clone())
+                    .file_name("sbom.cdx.json.sigstore.json"),
+            );
+        }
         let response = self
             .client
             .post(self.url("/v1/spells"))

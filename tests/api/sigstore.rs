@@ -81,7 +81,80 @@ fn keyless_over_a_txt() -> SpellBundle {
     spell
 }
 
+/// An in-toto statement about `module` with `predicate` of `predicate_type`.
+fn statement(module: &[u8], predicate_type: &str, predicate: &Value) -> Vec<u8> {
+    let digest = spellhost::supply_chain::ModuleDigest::of(module).hex();
+    serde_json::to_vec(&json!({
+        "_type": "https://in-toto.io/Statement/v1",
+        "subject": [{"name": "module.wasm", "digest": {"sha256": digest}}],
+        "predicateType": predicate_type,
+        "predicate": predicate
+    }))
+    .expect("JSON")
+}
+
 on_both_databases! {
+    async fn a_signer_that_requires_a_signed_sbom_gets_one_verified_under_its_own_key(backend) {
+        let fake = FakeSigstore::new();
+        let (app, _root) = app_trusting(&backend, &fake).await;
+        let user = app.user("ada", 1_000_000).await;
+        let (private_pem, _, public_pem) = new_signer();
+        let mut body = key_signer_body("release", &private_pem, &public_pem, &user.handle);
+        body["require_signed_sbom"] = json!(true);
+        let (status, body) = add_signer(&app, &user, body).await;
+        assert_eq!((status, body["require_signed_sbom"].clone()), (StatusCode::CREATED, json!(true)), "{body}");
+        let spell = bundled(&fake, "noop", &private_pem, &public_pem);
+        let sbom: Value = serde_json::from_slice(&spell.sbom).expect("sbom JSON");
+        let attested = |predicate_type: &str, predicate: &Value, key: (&str, &str)| {
+            let mut spell = spell.clone();
+            spell.sbom_attestation = Some(fake.attest_with_key(key.0, key.1, &statement(&spell.module, predicate_type, predicate)));
+            spell
+        };
+        let refused = |spell: SpellBundle| {
+            let (app, user) = (&app, &user);
+            async move {
+                let (status, body) = app.publish(user, &spell).await;
+                assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+                (error_code(&body).to_owned(), body["error"]["message"].as_str().unwrap_or_default().to_owned())
+            }
+        };
+        // No signed SBOM at all.
+        let (code, _) = refused(spell.clone()).await;
+        assert_eq!(code, "sbom_unsigned");
+        // The attested predicate is another SBOM.
+        let mut other = sbom.clone();
+        other["metadata"]["component"]["description"] = json!("something else");
+        let (code, message) = refused(attested("https://cyclonedx.org/bom", &other, (&private_pem, &public_pem))).await;
+        assert_eq!(code, "sbom_attestation_invalid");
+        assert!(message.contains("predicate is not the SBOM"), "{message}");
+        // Not an SBOM predicate.
+        let (code, message) = refused(attested("https://slsa.dev/provenance/v1", &sbom, (&private_pem, &public_pem))).await;
+        assert_eq!(code, "sbom_attestation_invalid");
+        assert!(message.contains("predicate type"), "{message}");
+        // Attested by a key that did not sign the module.
+        let (stranger_private, _, stranger_public) = new_signer();
+        let (code, _) = refused(attested("https://cyclonedx.org/bom", &sbom, (&stranger_private, &stranger_public))).await;
+        assert_eq!(code, "sbom_attestation_invalid");
+        // A statement about other bytes.
+        let mut wrong_subject = spell.clone();
+        wrong_subject.sbom_attestation = Some(fake.attest_with_key(&private_pem, &public_pem, &statement(b"other bytes", "https://cyclonedx.org/bom", &sbom)));
+        let (code, _) = refused(wrong_subject).await;
+        assert_eq!(code, "sbom_attestation_invalid");
+        // A message signature is not an attestation.
+        let mut not_dsse = spell.clone();
+        not_dsse.sbom_attestation = Some(fake.sign_with_key(&private_pem, &public_pem, &spell.module));
+        let (code, _) = refused(not_dsse).await;
+        assert_eq!(code, "sbom_attestation_invalid");
+
+        let (status, body) = app.publish(&user, &attested("https://cyclonedx.org/bom", &sbom, (&private_pem, &public_pem))).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let (_, body) = app.get("/v1/spells/ada/noop", Some(&user.key)).await;
+        assert_eq!(body["versions"][0]["sbom"]["signed"], true, "{body}");
+        let (status, body) = app.cast(&user, json!({"spell": "ada/noop", "input": {}})).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        app.shutdown().await;
+    }
+
     async fn a_bundle_signed_with_a_registered_key_publishes_and_casts_without_verifying_again(backend) {
         let fake = FakeSigstore::new();
         let (app, _root) = app_trusting(&backend, &fake).await;
@@ -100,7 +173,7 @@ on_both_databases! {
         assert_eq!(signed["signer"], "release", "{body}");
         assert_eq!(signed["signed_with"], "sigstore_bundle", "{body}");
         assert!(signed["tlog_index"].as_i64().is_some_and(|i| i >= 1), "{body}");
-        assert_eq!(body["versions"][0]["sbom"], json!({"format": "CycloneDX 1.5", "components": 0}), "{body}");
+        assert_eq!(body["versions"][0]["sbom"], json!({"format": "CycloneDX 1.5", "components": 0, "signed": false}), "{body}");
         let logged = signed["tlog_integrated_time"].as_i64().expect("integrated time");
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64;
         assert!((now - 3600..=now).contains(&logged), "{logged} vs {now}");

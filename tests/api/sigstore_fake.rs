@@ -95,6 +95,64 @@ impl FakeSigstore {
             signature,
             B64.encode(public_pem.as_bytes()),
         );
+        let bundle: Value = json!({
+            "mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json",
+            "verificationMaterial": {
+                "publicKey": {"hint": B64.encode(Sha256::digest(der_of(public_pem)))},
+                "tlogEntries": [self.log_entry("hashedrekord", &body)]
+            },
+            "messageSignature": {
+                "messageDigest": {"algorithm": "SHA2_256", "digest": B64.encode(digest)},
+                "signature": signature
+            }
+        });
+        serde_json::to_vec(&bundle).expect("JSON")
+    }
+
+    /// An in-toto attestation signed with the author's key and logged as a `dsse` 0.0.1 entry,
+    /// as `cosign attest-blob --key … --bundle` writes it: the DSSE envelope's payload is
+    /// `statement` (an in-toto Statement, JSON), signed over its PAE.
+    pub fn attest_with_key(
+        &self,
+        private_pem: &str,
+        public_pem: &str,
+        statement: &[u8],
+    ) -> Vec<u8> {
+        const PAYLOAD_TYPE: &str = "application/vnd.in-toto+json";
+        let mut pae = format!(
+            "DSSEv1 {} {PAYLOAD_TYPE} {} ",
+            PAYLOAD_TYPE.len(),
+            statement.len()
+        )
+        .into_bytes();
+        pae.extend_from_slice(statement);
+        let signature = signature::sign(private_pem, &pae).expect("signs");
+        let envelope = json!({
+            "payload": B64.encode(statement),
+            "payloadType": PAYLOAD_TYPE,
+            "signatures": [{"sig": signature, "keyid": ""}]
+        });
+        let envelope_hash =
+            hex::encode(Sha256::digest(serde_json::to_vec(&envelope).expect("JSON")));
+        let body = format!(
+            r#"{{"apiVersion":"0.0.1","kind":"dsse","spec":{{"envelopeHash":{{"algorithm":"sha256","value":"{envelope_hash}"}},"payloadHash":{{"algorithm":"sha256","value":"{}"}},"signatures":[{{"signature":"{signature}","verifier":"{}"}}]}}}}"#,
+            hex::encode(Sha256::digest(statement)),
+            B64.encode(public_pem.as_bytes()),
+        );
+        let bundle: Value = json!({
+            "mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json",
+            "verificationMaterial": {
+                "publicKey": {"hint": B64.encode(Sha256::digest(der_of(public_pem)))},
+                "tlogEntries": [self.log_entry("dsse", &body)]
+            },
+            "dsseEnvelope": envelope
+        });
+        serde_json::to_vec(&bundle).expect("JSON")
+    }
+
+    /// Logs `body` (a canonical Rekor entry of `kind` 0.0.1): the tlog entry with its signed
+    /// entry timestamp (SET) and an inclusion proof against a signed checkpoint.
+    fn log_entry(&self, kind: &str, body: &str) -> Value {
         let log_index = self.next_index.fetch_add(1, Ordering::Relaxed);
         let integrated_time = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -102,7 +160,7 @@ impl FakeSigstore {
             .as_secs()
             // Logged a moment ago: never "in the future" for the verifier's clock.
             - 5;
-        let body_b64 = B64.encode(&body);
+        let body_b64 = B64.encode(body);
         let log_id = self.log_id();
         // The signed entry timestamp: the log's signature over the canonical JSON of the entry.
         let set_payload = format!(
@@ -121,31 +179,20 @@ impl FakeSigstore {
         let mut signed = log_id[..4].to_vec();
         signed.extend_from_slice(&note_signature);
         let checkpoint = format!("{note}\n\u{2014} {LOG_NAME} {}\n", B64.encode(signed));
-        let bundle: Value = json!({
-            "mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json",
-            "verificationMaterial": {
-                "publicKey": {"hint": B64.encode(Sha256::digest(der_of(public_pem)))},
-                "tlogEntries": [{
-                    "logIndex": log_index.to_string(),
-                    "logId": {"keyId": B64.encode(log_id)},
-                    "kindVersion": {"kind": "hashedrekord", "version": "0.0.1"},
-                    "integratedTime": integrated_time.to_string(),
-                    "inclusionPromise": {"signedEntryTimestamp": set},
-                    "inclusionProof": {
-                        "logIndex": "1",
-                        "rootHash": B64.encode(root),
-                        "treeSize": "2",
-                        "hashes": [B64.encode(earlier)],
-                        "checkpoint": {"envelope": checkpoint}
-                    },
-                    "canonicalizedBody": body_b64
-                }]
+        json!({
+            "logIndex": log_index.to_string(),
+            "logId": {"keyId": B64.encode(log_id)},
+            "kindVersion": {"kind": kind, "version": "0.0.1"},
+            "integratedTime": integrated_time.to_string(),
+            "inclusionPromise": {"signedEntryTimestamp": set},
+            "inclusionProof": {
+                "logIndex": "1",
+                "rootHash": B64.encode(root),
+                "treeSize": "2",
+                "hashes": [B64.encode(earlier)],
+                "checkpoint": {"envelope": checkpoint}
             },
-            "messageSignature": {
-                "messageDigest": {"algorithm": "SHA2_256", "digest": B64.encode(digest)},
-                "signature": signature
-            }
-        });
-        serde_json::to_vec(&bundle).expect("JSON")
+            "canonicalizedBody": body_b64
+        })
     }
 }
