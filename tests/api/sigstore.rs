@@ -94,6 +94,59 @@ fn statement(module: &[u8], predicate_type: &str, predicate: &Value) -> Vec<u8> 
 }
 
 on_both_databases! {
+    async fn a_keyless_signed_module_publishes_and_casts_over_http_and_other_identities_are_refused(backend) {
+        // A private instance (Fulcio CA + CT log + Rekor), pinned by the operator; the signer
+        // names it, as a CI workflow's identity at that instance.
+        let fake = FakeSigstore::new();
+        let (app, _root) = app_trusting(&backend, &fake).await;
+        let user = app.user("ada", 1_000_000).await;
+        let workflow = "https://github.com/ada/noop/.github/workflows/release.yml@refs/heads/main";
+        let (status, body) = add_signer(&app, &user, json!({
+            "name": "ci", "identity": workflow, "issuer": ISSUER, "sigstore_instance": "trusted_root"
+        })).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let (private_pem, _, _) = new_signer();
+        let keyless = |identity: &str, issuer: &str, version: &str| {
+            let mut spell = noop_at(version, &private_pem);
+            spell.signature = Some(Signature::Sigstore(fake.sign_keyless(identity, issuer, &spell.module)));
+            spell
+        };
+        let refused = |spell: SpellBundle| {
+            let (app, user) = (&app, &user);
+            async move {
+                let (status, body) = app.publish(user, &spell).await;
+                assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+                error_code(&body).to_owned()
+            }
+        };
+        // Another workflow of the same issuer, and the same workflow name under another issuer.
+        let other_workflow = "https://github.com/mallory/noop/.github/workflows/release.yml@refs/heads/main";
+        assert_eq!(refused(keyless(other_workflow, ISSUER, "1.0.0")).await, "signer_identity_mismatch");
+        assert_eq!(refused(keyless(workflow, "https://accounts.example.com", "1.0.0")).await, "signer_issuer_mismatch");
+        // A genuine keyless bundle for other bytes.
+        let mut spell = keyless(workflow, ISSUER, "1.0.0");
+        spell.signature = Some(Signature::Sigstore(fake.sign_keyless(workflow, ISSUER, b"other bytes")));
+        assert_eq!(refused(spell).await, "bundle_artifact_mismatch");
+        // A certificate from a CA the roots do not trust (another instance's Fulcio).
+        let stranger = FakeSigstore::new();
+        let mut spell = keyless(workflow, ISSUER, "1.0.0");
+        spell.signature = Some(Signature::Sigstore(stranger.sign_keyless(workflow, ISSUER, &spell.module)));
+        assert_eq!(refused(spell).await, "bundle_evidence_invalid");
+
+        let (status, body) = app.publish(&user, &keyless(workflow, ISSUER, "1.0.0")).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let (status, body) = app.get("/v1/spells/ada/noop", Some(&user.key)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let signed = &body["versions"][0]["signed_by"];
+        assert_eq!((signed["signer"].as_str(), signed["signed_with"].as_str()), (Some("ci"), Some("sigstore_bundle")), "{body}");
+        assert_eq!((signed["identity"].as_str(), signed["issuer"].as_str()), (Some(workflow), Some(ISSUER)), "{body}");
+        assert_eq!(signed["sigstore_instance"], "trusted_root", "{body}");
+        assert!(signed["tlog_index"].as_i64().is_some(), "{body}");
+        let (status, body) = app.cast(&user, json!({"spell": "ada/noop", "input": {}})).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        app.shutdown().await;
+    }
+
     async fn a_signer_that_requires_a_signed_sbom_gets_one_verified_under_its_own_key(backend) {
         let fake = FakeSigstore::new();
         let (app, _root) = app_trusting(&backend, &fake).await;
