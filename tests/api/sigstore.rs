@@ -81,6 +81,20 @@ fn keyless_over_a_txt() -> SpellBundle {
     spell
 }
 
+/// Publishes `spell`, expects a 422 in the one error shape, and returns its code and message.
+async fn refusal(app: &TestApp, user: &TestUser, spell: &SpellBundle) -> (String, String) {
+    let (status, body) = app.publish(user, spell).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let code = error_code(&body).to_owned();
+    (
+        code,
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    )
+}
+
 /// An in-toto statement about `module` with `predicate` of `predicate_type`.
 fn statement(module: &[u8], predicate_type: &str, predicate: &Value) -> Vec<u8> {
     let digest = spellhost::supply_chain::ModuleDigest::of(module).hex();
@@ -113,11 +127,7 @@ on_both_databases! {
         };
         let refused = |spell: SpellBundle| {
             let (app, user) = (&app, &user);
-            async move {
-                let (status, body) = app.publish(user, &spell).await;
-                assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
-                error_code(&body).to_owned()
-            }
+            async move { refusal(app, user, &spell).await.0 }
         };
         // Another workflow of the same issuer, and the same workflow name under another issuer.
         let other_workflow = "https://github.com/mallory/noop/.github/workflows/release.yml@refs/heads/main";
@@ -135,9 +145,33 @@ on_both_databases! {
 
         let (status, body) = app.publish(&user, &keyless(workflow, ISSUER, "1.0.0")).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
+
+        // A workflow signer that requires signed SBOMs: the attestation must come from the
+        // same identity policy (here the workflow itself, keyless), not merely any identity.
+        let (status, body) = add_signer(&app, &user, json!({
+            "name": "ci-attested", "identity": workflow, "issuer": "https://token.example.com",
+            "sigstore_instance": "trusted_root", "require_signed_sbom": true
+        })).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let strict = "https://token.example.com";
+        let attested_by = |identity: &str, version: &str| {
+            let mut spell = keyless(workflow, strict, version);
+            let sbom: Value = serde_json::from_slice(&spell.sbom).expect("sbom");
+            let statement = statement(&spell.module, "https://cyclonedx.org/bom", &sbom);
+            spell.sbom_attestation = Some(fake.attest_keyless(identity, strict, &statement));
+            spell
+        };
+        assert_eq!(refused(keyless(workflow, strict, "1.1.0")).await, "sbom_unsigned");
+        assert_eq!(refused(attested_by(other_workflow, "1.1.0")).await, "sbom_attestation_invalid");
+        let (status, body) = app.publish(&user, &attested_by(workflow, "1.1.0")).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
         let (status, body) = app.get("/v1/spells/ada/noop", Some(&user.key)).await;
         assert_eq!(status, StatusCode::OK, "{body}");
-        let signed = &body["versions"][0]["signed_by"];
+        assert_eq!(body["versions"][0]["sbom"]["signed"], true, "{body}");
+        assert_eq!(body["versions"][1]["sbom"]["signed"], false, "{body}");
+        let (status, body) = app.get("/v1/spells/ada/noop", Some(&user.key)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let signed = &body["versions"][1]["signed_by"];
         assert_eq!((signed["signer"].as_str(), signed["signed_with"].as_str()), (Some("ci"), Some("sigstore_bundle")), "{body}");
         assert_eq!((signed["identity"].as_str(), signed["issuer"].as_str()), (Some(workflow), Some(ISSUER)), "{body}");
         assert_eq!(signed["sigstore_instance"], "trusted_root", "{body}");
@@ -165,11 +199,7 @@ on_both_databases! {
         };
         let refused = |spell: SpellBundle| {
             let (app, user) = (&app, &user);
-            async move {
-                let (status, body) = app.publish(user, &spell).await;
-                assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
-                (error_code(&body).to_owned(), body["error"]["message"].as_str().unwrap_or_default().to_owned())
-            }
+            async move { refusal(app, user, &spell).await }
         };
         // No signed SBOM at all.
         let (code, _) = refused(spell.clone()).await;

@@ -146,6 +146,11 @@ fn signed_certificate(tbs: TbsCertificate, issuer_private_pem: &str) -> Vec<u8> 
     .expect("certificate DER")
 }
 
+/// A managed key's verification material: the hint (SHA-256 of its DER).
+fn key_material(public_pem: &str) -> Value {
+    json!({"publicKey": {"hint": B64.encode(Sha256::digest(der_of(public_pem)))}})
+}
+
 fn der_of(public_pem: &str) -> Vec<u8> {
     pem::parse(public_pem)
         .expect("public key PEM")
@@ -274,35 +279,6 @@ impl FakeSigstore {
         signed_certificate(leaf, &self.ca_private_pem)
     }
 
-    /// Signs `artifact` keyless, as the workflow `identity` of `issuer` would with `cosign
-    /// sign-blob --bundle`: an ephemeral key, its Fulcio certificate, and a hashedrekord entry
-    /// naming that certificate.
-    pub fn sign_keyless(&self, identity: &str, issuer: &str, artifact: &[u8]) -> Vec<u8> {
-        let (private_pem, public_pem) = signature::generate_key_pair().expect("ephemeral key");
-        let certificate = self.leaf_certificate(identity, issuer, &public_pem);
-        let certificate_pem = pem::encode(&pem::Pem::new("CERTIFICATE", certificate.clone()));
-        let digest: [u8; 32] = Sha256::digest(artifact).into();
-        let signature = signature::sign(&private_pem, artifact).expect("signs");
-        let body = format!(
-            r#"{{"apiVersion":"0.0.1","kind":"hashedrekord","spec":{{"data":{{"hash":{{"algorithm":"sha256","value":"{}"}}}},"signature":{{"content":"{}","publicKey":{{"content":"{}"}}}}}}}}"#,
-            hex::encode(digest),
-            signature,
-            B64.encode(certificate_pem.as_bytes()),
-        );
-        let bundle: Value = json!({
-            "mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json",
-            "verificationMaterial": {
-                "certificate": {"rawBytes": B64.encode(&certificate)},
-                "tlogEntries": [self.log_entry("hashedrekord", &body)]
-            },
-            "messageSignature": {
-                "messageDigest": {"algorithm": "SHA2_256", "digest": B64.encode(digest)},
-                "signature": signature
-            }
-        });
-        serde_json::to_vec(&bundle).expect("JSON")
-    }
-
     /// The log's id: SHA-256 of its DER public key (as Rekor and the trusted root name it).
     fn log_id(&self) -> [u8; 32] {
         Sha256::digest(&self.log_public_der).into()
@@ -345,27 +321,15 @@ impl FakeSigstore {
 
     /// Signs `artifact` with the author's key and logs it: the bundle, as JSON.
     pub fn sign_with_key(&self, private_pem: &str, public_pem: &str, artifact: &[u8]) -> Vec<u8> {
-        let digest: [u8; 32] = Sha256::digest(artifact).into();
-        let signature = signature::sign(private_pem, artifact).expect("signs");
-        // The hashedrekord body, canonical JSON (keys sorted, no spaces), as Rekor stores it.
-        let body = format!(
-            r#"{{"apiVersion":"0.0.1","kind":"hashedrekord","spec":{{"data":{{"hash":{{"algorithm":"sha256","value":"{}"}}}},"signature":{{"content":"{}","publicKey":{{"content":"{}"}}}}}}}}"#,
-            hex::encode(digest),
-            signature,
-            B64.encode(public_pem.as_bytes()),
-        );
-        let bundle: Value = json!({
-            "mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json",
-            "verificationMaterial": {
-                "publicKey": {"hint": B64.encode(Sha256::digest(der_of(public_pem)))},
-                "tlogEntries": [self.log_entry("hashedrekord", &body)]
-            },
-            "messageSignature": {
-                "messageDigest": {"algorithm": "SHA2_256", "digest": B64.encode(digest)},
-                "signature": signature
-            }
-        });
-        serde_json::to_vec(&bundle).expect("JSON")
+        self.message_bundle(key_material(public_pem), private_pem, public_pem, artifact)
+    }
+
+    /// Signs `artifact` keyless, as the workflow `identity` of `issuer` would with `cosign
+    /// sign-blob --bundle`: an ephemeral key, its Fulcio certificate, and a hashedrekord entry
+    /// naming that certificate.
+    pub fn sign_keyless(&self, identity: &str, issuer: &str, artifact: &[u8]) -> Vec<u8> {
+        let (private_pem, material, certificate_pem) = self.ephemeral(identity, issuer);
+        self.message_bundle(material, &private_pem, &certificate_pem, artifact)
     }
 
     /// An in-toto attestation signed with the author's key and logged as a `dsse` 0.0.1 entry,
@@ -375,6 +339,64 @@ impl FakeSigstore {
         &self,
         private_pem: &str,
         public_pem: &str,
+        statement: &[u8],
+    ) -> Vec<u8> {
+        self.dsse_bundle(key_material(public_pem), private_pem, public_pem, statement)
+    }
+
+    /// The same attestation signed keyless, by `identity` of `issuer`.
+    pub fn attest_keyless(&self, identity: &str, issuer: &str, statement: &[u8]) -> Vec<u8> {
+        let (private_pem, material, certificate_pem) = self.ephemeral(identity, issuer);
+        self.dsse_bundle(material, &private_pem, &certificate_pem, statement)
+    }
+
+    /// An ephemeral key and its Fulcio certificate: (private PEM, the bundle's verification
+    /// material, the certificate PEM that Rekor entries name).
+    fn ephemeral(&self, identity: &str, issuer: &str) -> (String, Value, String) {
+        let (private_pem, public_pem) = signature::generate_key_pair().expect("ephemeral key");
+        let certificate = self.leaf_certificate(identity, issuer, &public_pem);
+        let certificate_pem = pem::encode(&pem::Pem::new("CERTIFICATE", certificate.clone()));
+        let material = json!({"certificate": {"rawBytes": B64.encode(&certificate)}});
+        (private_pem, material, certificate_pem)
+    }
+
+    /// A `messageSignature` bundle over `artifact`, logged as a hashedrekord 0.0.1 entry whose
+    /// verifier is `verifier_pem` (a public key or a certificate).
+    fn message_bundle(
+        &self,
+        mut material: Value,
+        private_pem: &str,
+        verifier_pem: &str,
+        artifact: &[u8],
+    ) -> Vec<u8> {
+        let digest: [u8; 32] = Sha256::digest(artifact).into();
+        let signature = signature::sign(private_pem, artifact).expect("signs");
+        // The hashedrekord body, canonical JSON (keys sorted, no spaces), as Rekor stores it.
+        let body = format!(
+            r#"{{"apiVersion":"0.0.1","kind":"hashedrekord","spec":{{"data":{{"hash":{{"algorithm":"sha256","value":"{}"}}}},"signature":{{"content":"{}","publicKey":{{"content":"{}"}}}}}}}}"#,
+            hex::encode(digest),
+            signature,
+            B64.encode(verifier_pem.as_bytes()),
+        );
+        material["tlogEntries"] = json!([self.log_entry("hashedrekord", &body)]);
+        let bundle = json!({
+            "mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json",
+            "verificationMaterial": material,
+            "messageSignature": {
+                "messageDigest": {"algorithm": "SHA2_256", "digest": B64.encode(digest)},
+                "signature": signature
+            }
+        });
+        serde_json::to_vec(&bundle).expect("JSON")
+    }
+
+    /// A `dsseEnvelope` bundle whose payload is `statement`, signed over its PAE and logged as
+    /// a dsse 0.0.1 entry whose verifier is `verifier_pem`.
+    fn dsse_bundle(
+        &self,
+        mut material: Value,
+        private_pem: &str,
+        verifier_pem: &str,
         statement: &[u8],
     ) -> Vec<u8> {
         const PAYLOAD_TYPE: &str = "application/vnd.in-toto+json";
@@ -396,14 +418,12 @@ impl FakeSigstore {
         let body = format!(
             r#"{{"apiVersion":"0.0.1","kind":"dsse","spec":{{"envelopeHash":{{"algorithm":"sha256","value":"{envelope_hash}"}},"payloadHash":{{"algorithm":"sha256","value":"{}"}},"signatures":[{{"signature":"{signature}","verifier":"{}"}}]}}}}"#,
             hex::encode(Sha256::digest(statement)),
-            B64.encode(public_pem.as_bytes()),
+            B64.encode(verifier_pem.as_bytes()),
         );
-        let bundle: Value = json!({
+        material["tlogEntries"] = json!([self.log_entry("dsse", &body)]);
+        let bundle = json!({
             "mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json",
-            "verificationMaterial": {
-                "publicKey": {"hint": B64.encode(Sha256::digest(der_of(public_pem)))},
-                "tlogEntries": [self.log_entry("dsse", &body)]
-            },
+            "verificationMaterial": material,
             "dsseEnvelope": envelope
         });
         serde_json::to_vec(&bundle).expect("JSON")
