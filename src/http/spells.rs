@@ -51,8 +51,14 @@ async fn read_bundle(mut multipart: Multipart) -> Result<SpellBundle, ApiError> 
     }
     let missing = |part: &str| {
         ApiError::bad_request(format!(
-            "missing part {part:?}: send module, manifest, sbom, and signature or bundle"
+            "missing part {part:?}: send module, manifest, sbom (or sbom_attestation), and signature or bundle"
         ))
+    };
+    // A signed SBOM may come alone: its predicate is then the SBOM.
+    let sbom = match (sbom, &attestation) {
+        (Some(sbom), _) => sbom,
+        (None, Some(attestation)) => crate::supply_chain::signer::sbom_of_attestation(attestation)?,
+        (None, None) => return Err(missing("sbom")),
     };
     let signature = match (signature, sigstore) {
         (Some(_), Some(_)) => {
@@ -70,7 +76,7 @@ async fn read_bundle(mut multipart: Multipart) -> Result<SpellBundle, ApiError> 
     Ok(SpellBundle {
         module: module.ok_or_else(|| missing("module"))?,
         manifest,
-        sbom: sbom.ok_or_else(|| missing("sbom"))?,
+        sbom,
         signature,
         sbom_attestation: attestation,
     })

@@ -224,6 +224,24 @@ pub fn authenticate(
     }
 }
 
+/// The predicate of a signed SBOM, as the SBOM itself: a publisher may send the attestation
+/// alone. Not verified here; [`attested_sbom`] verifies the attestation, whose predicate then
+/// equals this SBOM by construction.
+pub fn sbom_of_attestation(attestation: &[u8]) -> Result<Vec<u8>, GateError> {
+    let invalid = |message: String| GateError::SbomAttestationInvalid(message);
+    let bundle = bundle::parse(attestation).map_err(|e| invalid(e.to_string()))?;
+    let sigstore_verify::types::bundle::SignatureContent::DsseEnvelope(envelope) = &bundle.content
+    else {
+        return Err(invalid("not an attestation (no DSSE envelope)".into()));
+    };
+    let statement: serde_json::Value = serde_json::from_slice(envelope.payload.as_bytes())
+        .map_err(|e| invalid(format!("the payload is not an in-toto statement: {e}")))?;
+    let predicate = statement
+        .get("predicate")
+        .ok_or_else(|| invalid("the statement has no predicate".into()))?;
+    serde_json::to_vec(predicate).map_err(|e| invalid(e.to_string()))
+}
+
 /// The in-toto predicate types of a signed SBOM: CycloneDX as `cosign attest-blob --type
 /// cyclonedx` writes it (versioned forms too), and SPDX.
 const SBOM_PREDICATE_TYPES: [&str; 2] = ["https://cyclonedx.org/bom", "https://spdx.dev/Document"];

@@ -235,6 +235,22 @@ on_both_databases! {
         assert_eq!(body["versions"][0]["sbom"]["signed"], true, "{body}");
         let (status, body) = app.cast(&user, json!({"spell": "ada/noop", "input": {}})).await;
         assert_eq!(status, StatusCode::OK, "{body}");
+
+        // The signed SBOM alone: its predicate is the SBOM.
+        let mut alone = noop_at("1.0.1", &private_pem);
+        alone.signature = Some(Signature::Sigstore(fake.sign_with_key(&private_pem, &public_pem, &alone.module)));
+        let predicate: Value = serde_json::from_slice(&alone.sbom).expect("sbom JSON");
+        alone.sbom_attestation = Some(fake.attest_with_key(&private_pem, &public_pem, &statement(&alone.module, "https://cyclonedx.org/bom", &predicate)));
+        alone.sbom = Vec::new();
+        let (status, body) = app.publish(&user, &alone).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let (_, body) = app.get("/v1/spells/ada/noop", Some(&user.key)).await;
+        assert_eq!(body["versions"][0]["sbom"], json!({"format": "CycloneDX 1.5", "components": 0, "signed": true}), "{body}");
+        // Neither an SBOM nor an attestation is a malformed request.
+        let mut neither = noop_at("1.0.2", &private_pem);
+        neither.sbom = Vec::new();
+        let (status, body) = app.publish(&user, &neither).await;
+        assert_eq!((status, error_code(&body)), (StatusCode::BAD_REQUEST, "bad_request"), "{body}");
         app.shutdown().await;
     }
 
@@ -667,4 +683,63 @@ fn spell_verify_checks_a_directorys_bundle_like_the_server() {
         String::from_utf8_lossy(&refused.stdout).trim(),
         "bundle_evidence_invalid"
     );
+}
+
+/// Issue 13's figure: the publish latency of a keyless-signed `hello` (HTTP, bundle
+/// verification, SBOM and wasm checks, compile, store), over 20 publishes, each of a module
+/// made new by a custom section so that every one is verified and compiled. A measurement, not
+/// a check (it asserts only that each publish succeeds); run it on a quiet machine with
+/// `cargo test --release --test api -- --ignored --nocapture publish_latency_of_a_keyless_signed_hello`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: run in a release build on a quiet machine"]
+async fn publish_latency_of_a_keyless_signed_hello() {
+    use spellhost::supply_chain::{Manifest, ModuleDigest, sbom};
+    let fake = FakeSigstore::new();
+    let (app, _root) = app_trusting(&crate::app::Backend::Sqlite, &fake).await;
+    let user = app.user("ada", 0).await;
+    let workflow = "https://github.com/ada/hello/.github/workflows/release.yml@refs/heads/main";
+    let (status, body) = add_signer(
+        &app,
+        &user,
+        json!({"name": "ci", "identity": workflow, "issuer": ISSUER, "sigstore_instance": "trusted_root"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let hello = crate::helpers::example_bundle("hello");
+    let mut samples = Vec::new();
+    for run in 0..20u8 {
+        let mut module = hello.module.clone();
+        // A custom section `run` holding the run's number: a new digest every time.
+        module.extend_from_slice(&[0, 5, 3, b'r', b'u', b'n', run]);
+        let manifest = hello
+            .manifest
+            .replace("version = \"1.0.0\"", &format!("version = \"1.0.{run}\""));
+        let parsed = Manifest::parse(&manifest).expect("manifest");
+        let spell = SpellBundle {
+            sbom: sbom::generate(&parsed, &ModuleDigest::of(&module), None).expect("sbom"),
+            signature: Some(Signature::Sigstore(
+                fake.sign_keyless(workflow, ISSUER, &module),
+            )),
+            module,
+            manifest,
+            sbom_attestation: None,
+        };
+        let started = std::time::Instant::now();
+        let (status, body) = app.publish(&user, &spell).await;
+        samples.push(started.elapsed());
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    samples.sort();
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "keyless publish of hello, 20 runs: median {:.1} ms (min {:.1}, max {:.1}); sorted: {:?}",
+        ms(samples[samples.len() / 2]),
+        ms(samples[0]),
+        ms(samples[samples.len() - 1]),
+        samples
+            .iter()
+            .map(|d| format!("{:.1}", ms(*d)))
+            .collect::<Vec<_>>()
+    );
+    app.shutdown().await;
 }
