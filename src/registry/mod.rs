@@ -1,5 +1,5 @@
 //! Spells, versions, signers and module blobs. The only place that hands a `VerifiedModule` to
-//! the sandbox: modules are verified at publish and verified again (signature, SBOM, digest)
+//! the sandbox: modules are verified at publish and checked again (digest, manifest, wasm)
 //! whenever their bytes are loaded back from the database.
 
 use std::collections::HashMap;
@@ -571,6 +571,13 @@ impl Registry {
                 .filter_map(|row| row.signer().map(|signer| (row.id, signer)))
                 .unzip();
             let module = Verifier::verify(&bundle, SignaturePolicy::AnyOf(&signers, &roots))?;
+            // A signer that requires a signed SBOM, before anything costlier.
+            let signer_id = module.signed_by().and_then(|signed| ids.get(signed.signer));
+            if signer_id.is_some_and(|id| requiring_signed_sbom.contains(id))
+                && module.sbom_attested_by().is_none()
+            {
+                return Err(GateError::SbomUnsigned);
+            }
             // Known vulnerabilities: checked at publish only, against the database in force
             // now (a later advisory never breaks casts of a version already published).
             let report = crate::supply_chain::advisory::check(
@@ -608,9 +615,6 @@ impl Registry {
         let signer_id = *ids
             .get(signed_by.signer)
             .ok_or_else(|| RegistryError::Internal("signer index out of range".into()))?;
-        if requiring_signed_sbom.contains(&signer_id) && module.sbom_attested_by().is_none() {
-            return Err(GateError::SbomUnsigned.into());
-        }
         let sbom_attestation = module
             .sbom_attested_by()
             .and(bundle.sbom_attestation.as_deref())

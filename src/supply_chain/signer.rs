@@ -229,7 +229,8 @@ pub fn authenticate(
 /// equals this SBOM by construction.
 pub fn sbom_of_attestation(attestation: &[u8]) -> Result<Vec<u8>, GateError> {
     let invalid = |message: String| GateError::SbomAttestationInvalid(message);
-    let bundle = bundle::parse(attestation).map_err(|e| invalid(e.to_string()))?;
+    let bundle = bundle::parse_at_most(attestation, bundle::ATTESTATION_BYTES_MAX)
+        .map_err(|e| invalid(e.to_string()))?;
     let sigstore_verify::types::bundle::SignatureContent::DsseEnvelope(envelope) = &bundle.content
     else {
         return Err(invalid("not an attestation (no DSSE envelope)".into()));
@@ -257,7 +258,8 @@ pub fn attested_sbom(
     roots: &TrustedRoots,
 ) -> Result<Evidence, GateError> {
     let invalid = |message: String| GateError::SbomAttestationInvalid(message);
-    let bundle = bundle::parse(attestation).map_err(|e| invalid(e.to_string()))?;
+    let bundle = bundle::parse_at_most(attestation, bundle::ATTESTATION_BYTES_MAX)
+        .map_err(|e| invalid(e.to_string()))?;
     let sigstore_verify::types::bundle::SignatureContent::DsseEnvelope(envelope) = &bundle.content
     else {
         return Err(invalid(

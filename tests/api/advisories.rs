@@ -186,6 +186,26 @@ on_both_databases! {
         app.shutdown().await;
     }
 
+    async fn a_stored_sbom_is_not_checked_again_when_its_module_is_loaded(backend) {
+        let app = spawn_app(&backend).await;
+        let (user, key) = publisher(&app).await;
+        let (status, body) = app.publish(&user, &spell_with("1.0.0", &[], json!([]), &key)).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        // As a version published under older rules (CycloneDX 1.3, accepted before) is stored.
+        let old = json!({"bomFormat": "CycloneDX", "specVersion": "1.3", "version": 1});
+        sqlx::query("UPDATE spell_versions SET sbom = $1")
+            .bind(serde_json::to_vec(&old).expect("json"))
+            .execute(app.app.db.writer())
+            .await
+            .expect("update");
+        // Another instance on the same database loads and compiles it from storage.
+        let other = spellhost::AppState::build(app.app.config.clone()).await.expect("builds");
+        let spell_ref: spellhost::registry::SpellRef = "ada/noop".parse().expect("spell ref");
+        let resolved = other.registry.resolve(&spell_ref).await.expect("loads without re-checking the SBOM");
+        assert_eq!(resolved.version, "1.0.0");
+        app.shutdown().await;
+    }
+
     async fn the_database_is_reloaded_when_its_directory_changes(backend) {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::copy(

@@ -239,13 +239,17 @@ on_both_databases! {
         // The signed SBOM alone: its predicate is the SBOM.
         let mut alone = noop_at("1.0.1", &private_pem);
         alone.signature = Some(Signature::Sigstore(fake.sign_with_key(&private_pem, &public_pem, &alone.module)));
-        let predicate: Value = serde_json::from_slice(&alone.sbom).expect("sbom JSON");
+        let mut predicate: Value = serde_json::from_slice(&alone.sbom).expect("sbom JSON");
+        // Many components: the attestation is larger than a signature bundle may be (64 KiB).
+        predicate["components"] = (0..800)
+            .map(|i| json!({"type": "library", "name": format!("dependency-{i}"), "version": "1.0.0", "purl": format!("pkg:cargo/dependency-{i}@1.0.0")}))
+            .collect();
         alone.sbom_attestation = Some(fake.attest_with_key(&private_pem, &public_pem, &statement(&alone.module, "https://cyclonedx.org/bom", &predicate)));
         alone.sbom = Vec::new();
         let (status, body) = app.publish(&user, &alone).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         let (_, body) = app.get("/v1/spells/ada/noop", Some(&user.key)).await;
-        assert_eq!(body["versions"][0]["sbom"], json!({"format": "CycloneDX 1.5", "components": 0, "signed": true}), "{body}");
+        assert_eq!(body["versions"][0]["sbom"], json!({"format": "CycloneDX 1.5", "components": 800, "signed": true}), "{body}");
         // Neither an SBOM nor an attestation is a malformed request.
         let mut neither = noop_at("1.0.2", &private_pem);
         neither.sbom = Vec::new();
