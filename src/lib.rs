@@ -173,6 +173,9 @@ pub async fn serve(
 /// Reloads the advisory database when its directory changed (a poll reads file metadata only).
 fn spawn_advisory_reload(app: &App) -> tokio::task::JoinHandle<()> {
     let app = app.clone();
+    if app.config.advisories.dir.is_none() {
+        return tokio::spawn(async {});
+    }
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(app.config.advisories.reload_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -589,7 +589,7 @@ pub fn check(
         });
     };
     let mut findings = Vec::new();
-    let mut blocking: Option<(Finding, usize)> = None;
+    let mut blocking: Option<Finding> = None;
     let mut blocking_count = 0usize;
     for component in &sbom.inventory {
         let Some(purl) = component.purl.as_deref().and_then(Purl::parse) else {
@@ -620,7 +620,7 @@ pub fn check(
             if blocks {
                 blocking_count += 1;
                 if blocking.is_none() {
-                    blocking = Some((finding.clone(), 0));
+                    blocking = Some(finding.clone());
                 }
             }
             if findings.len() < FINDINGS_MAX {
@@ -628,7 +628,7 @@ pub fn check(
             }
         }
     }
-    if let Some((first, _)) = blocking {
+    if let Some(first) = blocking {
         let others = match blocking_count - 1 {
             0 => String::new(),
             n => format!(" (and {n} more)"),
