@@ -60,6 +60,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// How much of each thing one user may create.
     pub creation: CreationLimits,
+    /// The advisory check of published SBOMs (`SPELLHOST_ADVISORY_*`).
+    pub advisories: AdvisoryConfig,
 }
 
 /// The HTTP edge's settings (`SPELLHOST_RATE_LIMIT_*`, `SPELLHOST_TRUSTED_PROXIES`,
@@ -348,6 +350,7 @@ impl Config {
                 .collect(),
             http,
             creation,
+            advisories: advisory_config(&source)?,
         })
     }
 
@@ -860,4 +863,36 @@ mod tests {
         let shown = format!("{config:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
     }
+}
+
+/// The offline advisory database publishing checks SBOM components against.
+#[derive(Debug, Clone)]
+pub struct AdvisoryConfig {
+    /// A directory of OSV JSON records (`SPELLHOST_ADVISORY_DB`); `None`: no check, and each
+    /// version says so.
+    pub dir: Option<PathBuf>,
+    /// Advisories at or above this severity refuse a publish (`SPELLHOST_ADVISORY_SEVERITY_MIN`,
+    /// default high).
+    pub severity_min: crate::supply_chain::advisory::Severity,
+    /// How often the directory is looked at for changes (`SPELLHOST_ADVISORY_RELOAD_INTERVAL_MS`,
+    /// default 60 000): a reload needs no restart, and a poll only reads file metadata.
+    pub reload_interval: std::time::Duration,
+}
+
+fn advisory_config(source: &Source) -> Result<AdvisoryConfig, ConfigError> {
+    let reload_ms: u64 = source.parse("SPELLHOST_ADVISORY_RELOAD_INTERVAL_MS", 60_000)?;
+    if !(100..=86_400_000).contains(&reload_ms) {
+        return Err(error(
+            "SPELLHOST_ADVISORY_RELOAD_INTERVAL_MS",
+            "must be between 100 and 86400000 (a day)",
+        ));
+    }
+    Ok(AdvisoryConfig {
+        dir: source.text("SPELLHOST_ADVISORY_DB").map(PathBuf::from),
+        severity_min: source.parse(
+            "SPELLHOST_ADVISORY_SEVERITY_MIN",
+            crate::supply_chain::advisory::Severity::High,
+        )?,
+        reload_interval: std::time::Duration::from_millis(reload_ms),
+    })
 }

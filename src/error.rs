@@ -301,7 +301,20 @@ pub fn limit_reached(limit: &'static str, max: i64) -> ApiError {
 
 impl From<GateError> for ApiError {
     fn from(error: GateError) -> Self {
-        ApiError::new(Code::Gate(error.code()), error.to_string())
+        let refusal = ApiError::new(Code::Gate(error.code()), error.to_string());
+        match &error {
+            // What blocks, for a client to act on without parsing the message.
+            GateError::VulnerableComponent {
+                component,
+                advisory,
+                severity,
+                ..
+            } => refusal
+                .with("component", component.as_str())
+                .with("advisory", advisory.as_str())
+                .with("severity", severity.as_str()),
+            _ => refusal,
+        }
     }
 }
 

@@ -84,9 +84,19 @@ impl AppState {
             &config.sigstore_trusted_roots,
         )
         .map_err(|message| anyhow::anyhow!("SPELLHOST_SIGSTORE_TRUSTED_ROOTS: {message}"))?;
-        let registry =
-            registry::Registry::new(db.clone(), sandbox.clone(), Arc::new(trusted_roots))
-                .with_limits(config.creation);
+        // The advisory database too: a directory that cannot be read stops the start.
+        let advisories = supply_chain::advisory::Advisories::open(
+            config.advisories.dir.clone(),
+            config.advisories.severity_min,
+        )
+        .map_err(|e| anyhow::anyhow!("SPELLHOST_ADVISORY_DB: {e}"))?;
+        let registry = registry::Registry::new(
+            db.clone(),
+            sandbox.clone(),
+            Arc::new(trusted_roots),
+            Arc::new(advisories),
+        )
+        .with_limits(config.creation);
         let auth = auth::Authenticator::new(db.clone(), config.derived_key("verified api keys"))
             .with_keys_per_user_max(config.creation.keys_per_user);
         let rate_limits = http::RateLimits::new(&config.http);
@@ -156,6 +166,7 @@ pub async fn serve(
     };
     let recharger = billing::spawn_recharger(&app);
     let self_check = ops::selfcheck::spawn(app.clone());
+    let advisories = spawn_advisory_reload(&app);
     let idempotency_upkeep = idempotency::spawn_upkeep(app.clone());
     http::server::serve(app.clone(), listener, shutdown)
         .await
@@ -174,6 +185,7 @@ pub async fn serve(
     if let Some(private_metrics) = private_metrics {
         private_metrics.abort();
     }
+    advisories.abort();
     app.db.close().await;
     Ok(())
 }
@@ -192,6 +204,43 @@ async fn serve_private_metrics(
             tracing::warn!(error = %error, "the metrics listener stopped");
         }
     }))
+}
+
+/// Reloads the advisory database when its directory changed (a poll reads file metadata only).
+fn spawn_advisory_reload(app: &App) -> tokio::task::JoinHandle<()> {
+    let app = app.clone();
+    if app.config.advisories.dir.is_none() {
+        return tokio::spawn(async {});
+    }
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(app.config.advisories.reload_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let advisories = app.registry.advisories().clone();
+            let refreshed = tokio::task::spawn_blocking(move || {
+                let refreshed = advisories.refresh();
+                (
+                    refreshed,
+                    advisories.current().map(|db| db.snapshot().clone()),
+                )
+            })
+            .await;
+            match refreshed {
+                Ok((Ok(true), Some(snapshot))) => tracing::info!(
+                    advisories.snapshot = %snapshot.id,
+                    advisories.count = snapshot.advisories,
+                    "advisory database reloaded"
+                ),
+                Ok((Ok(_), _)) => {}
+                Ok((Err(error), _)) => tracing::warn!(
+                    error = %error,
+                    "reloading the advisory database failed; the previous one stays in force"
+                ),
+                Err(error) => tracing::warn!(error = %error, "advisory reload task failed"),
+            }
+        }
+    })
 }
 
 /// Drops cached API keys and spell versions that changed in any process (their epochs move in

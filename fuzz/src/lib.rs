@@ -67,6 +67,7 @@ pub fn gate_and_run(module: &[u8], input: &[u8]) {
         manifest: MANIFEST.to_owned(),
         sbom,
         signature: None,
+        sbom_attestation: None,
     };
     // Signatures have a target of their own; here the gate's module checks are the subject.
     let verified = match Verifier::verify(&bundle, SignaturePolicy::SkipForLocalRun) {

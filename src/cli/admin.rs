@@ -88,6 +88,10 @@ pub enum SignerCommand {
         /// SPELLHOST_SIGSTORE_TRUSTED_ROOTS) whose certificates count; default public-good.
         #[arg(long, requires = "issuer")]
         sigstore_instance: Option<String>,
+        /// Every version this signer signs must come with a signed SBOM (an in-toto
+        /// attestation whose predicate is the SBOM), verified under the same key or identity.
+        #[arg(long)]
+        require_signed_sbom: bool,
         #[arg(long, default_value = "default")]
         name: String,
         #[arg(long)]
@@ -269,6 +273,7 @@ pub fn signer(config_path: Option<&Path>, command: SignerCommand) -> anyhow::Res
         identity_regex,
         issuer,
         sigstore_instance,
+        require_signed_sbom,
         name,
         json,
     } = command;
@@ -288,7 +293,10 @@ pub fn signer(config_path: Option<&Path>, command: SignerCommand) -> anyhow::Res
     runtime()?.block_on(async move {
         let app = AppState::build(config).await?;
         let user_id = user_id(&app.db, &user).await?;
-        let signer = app.registry.add_signer(user_id, &name, new_signer).await?;
+        let signer = app
+            .registry
+            .add_signer(user_id, &name, new_signer, require_signed_sbom)
+            .await?;
         if json {
             print_json(&json!({"id": signer.id, "name": signer.name}));
         } else {

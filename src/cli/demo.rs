@@ -29,6 +29,7 @@ macro_rules! example {
             signature: Some(Signature::Detached(
                 include_bytes!(concat!("../../spells/", $name, "/module.wasm.sig")).to_vec(),
             )),
+            sbom_attestation: None,
         }
     };
 }
@@ -57,6 +58,7 @@ pub async fn setup(app: &AppState, address: SocketAddr) -> anyhow::Result<()> {
                 NewSigner::Key {
                     public_key_pem: DEMO_PUBLIC_KEY.to_owned(),
                 },
+                false,
             )
             .await?;
     }

@@ -64,7 +64,11 @@ pub fn metrics_router(app: App) -> Router {
 }
 
 pub fn router(app: App) -> Router {
-    let publish_bytes_max = MODULE_BYTES_MAX + SBOM_BYTES_MAX + BUNDLE_BYTES_MAX + 256 * 1024;
+    let publish_bytes_max = MODULE_BYTES_MAX
+        + SBOM_BYTES_MAX
+        + BUNDLE_BYTES_MAX
+        + crate::supply_chain::bundle::ATTESTATION_BYTES_MAX
+        + 256 * 1024;
     use KeyScope::{Cast, Manage, Publish, Read};
     let a = &app;
     let router = Router::new()

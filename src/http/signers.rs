@@ -24,6 +24,9 @@ pub struct NewSignerBody {
     identity_regex: Option<String>,
     issuer: Option<String>,
     sigstore_instance: Option<String>,
+    /// Every version this signer signs must come with a signed SBOM.
+    #[serde(default)]
+    require_signed_sbom: bool,
 }
 
 /// `POST /v1/signers`
@@ -73,7 +76,7 @@ pub async fn create(
     };
     let signer = app
         .registry
-        .add_signer(caller.user_id, &body.name, signer)
+        .add_signer(caller.user_id, &body.name, signer, body.require_signed_sbom)
         .await?;
     Ok((StatusCode::CREATED, axum::Json(json!(signer))))
 }

@@ -8,7 +8,7 @@ use crate::error::ApiError;
 use crate::supply_chain::{Signature, SpellBundle};
 
 /// `POST /v1/spells` (multipart: `module`, `manifest`, `sbom`, and `signature` or a Sigstore
-/// `bundle`).
+/// `bundle`; `sbom_attestation`, a signed SBOM, when the signer requires one).
 pub async fn publish(
     State(app): State<App>,
     caller: Caller,
@@ -23,8 +23,8 @@ pub async fn publish(
 }
 
 async fn read_bundle(mut multipart: Multipart) -> Result<SpellBundle, ApiError> {
-    let (mut module, mut manifest, mut sbom, mut signature, mut sigstore) =
-        (None, None, None, None, None);
+    let (mut module, mut manifest, mut sbom, mut signature, mut sigstore, mut attestation) =
+        (None, None, None, None, None, None);
     while let Some(field) = multipart.next_field().await.map_err(|e| {
         ApiError::bad_request(format!("malformed multipart body: {}", e.body_text()))
     })? {
@@ -42,6 +42,7 @@ async fn read_bundle(mut multipart: Multipart) -> Result<SpellBundle, ApiError> 
             "sbom" => &mut sbom,
             "signature" => &mut signature,
             "bundle" => &mut sigstore,
+            "sbom_attestation" => &mut attestation,
             other => return Err(ApiError::bad_request(format!("unexpected part {other:?}"))),
         };
         if slot.replace(bytes).is_some() {
@@ -50,8 +51,14 @@ async fn read_bundle(mut multipart: Multipart) -> Result<SpellBundle, ApiError> 
     }
     let missing = |part: &str| {
         ApiError::bad_request(format!(
-            "missing part {part:?}: send module, manifest, sbom, and signature or bundle"
+            "missing part {part:?}: send module, manifest, sbom (or sbom_attestation), and signature or bundle"
         ))
+    };
+    // A signed SBOM may come alone: its predicate is then the SBOM.
+    let sbom = match (sbom, &attestation) {
+        (Some(sbom), _) => sbom,
+        (None, Some(attestation)) => crate::supply_chain::signer::sbom_of_attestation(attestation)?,
+        (None, None) => return Err(missing("sbom")),
     };
     let signature = match (signature, sigstore) {
         (Some(_), Some(_)) => {
@@ -69,8 +76,9 @@ async fn read_bundle(mut multipart: Multipart) -> Result<SpellBundle, ApiError> 
     Ok(SpellBundle {
         module: module.ok_or_else(|| missing("module"))?,
         manifest,
-        sbom: sbom.ok_or_else(|| missing("sbom"))?,
+        sbom,
         signature,
+        sbom_attestation: attestation,
     })
 }
 

@@ -1,5 +1,5 @@
 //! Spells, versions, signers and module blobs. The only place that hands a `VerifiedModule` to
-//! the sandbox: modules are verified at publish and verified again (signature, SBOM, digest)
+//! the sandbox: modules are verified at publish and checked again (digest, manifest, wasm)
 //! whenever their bytes are loaded back from the database.
 
 use std::collections::HashMap;
@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crate::sandbox::{CompiledSpell, Sandbox, SandboxError};
 use crate::store::{Db, is_unique_violation, now_ms};
+use crate::supply_chain::advisory::{Advisories, AdvisoryReport};
 use crate::supply_chain::{
     GateError, IdentityPolicy, Manifest, ManifestLimits, ModuleDigest, Signature, SignaturePolicy,
     Signer, SignerKey, SpellBundle, TrustedRoots, Verifier,
@@ -172,6 +173,33 @@ pub struct VersionInfo {
     pub signed_by: VersionSigner,
     #[sqlx(flatten)]
     pub sbom: VersionSbom,
+    /// The advisory check's report as stored (JSON); shown as [`VersionInfo::advisory_check`].
+    #[serde(skip)]
+    #[sqlx(rename = "advisory_check")]
+    pub advisory_check_json: Option<String>,
+    /// What the advisory check found at publish: `status` (`clean`, `findings_allowed`,
+    /// `no_database_configured`, or `not_checked` for versions published before the check),
+    /// the database snapshot, the threshold and the findings with their VEX states.
+    #[sqlx(skip)]
+    pub advisory_check: serde_json::Value,
+}
+
+/// The listing's view of a stored advisory report.
+fn advisory_view(stored: Option<&str>) -> serde_json::Value {
+    let Some(report) = stored.and_then(|json| serde_json::from_str::<AdvisoryReport>(json).ok())
+    else {
+        return serde_json::json!({"status": "not_checked"});
+    };
+    let status = match (&report.database, report.findings.is_empty()) {
+        (None, _) => "no_database_configured",
+        (Some(_), true) => "clean",
+        (Some(_), false) => "findings_allowed",
+    };
+    let mut view = serde_json::to_value(&report).unwrap_or_default();
+    if let Some(object) = view.as_object_mut() {
+        object.insert("status".into(), status.into());
+    }
+    view
 }
 
 /// A version's SBOM as checked at publish (`None` for versions published before it was kept).
@@ -181,6 +209,14 @@ pub struct VersionSbom {
     pub format: Option<String>,
     #[sqlx(rename = "sbom_components")]
     pub components: Option<i64>,
+    /// Whether a signed SBOM (an in-toto attestation under the module's signer) came with it.
+    #[serde(serialize_with = "as_bool")]
+    #[sqlx(rename = "sbom_signed")]
+    pub signed: i64,
+}
+
+fn as_bool<S: serde::Serializer>(value: &i64, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_bool(*value != 0)
 }
 
 /// `POST …/versions/{version}/yank`'s answer.
@@ -231,6 +267,8 @@ pub struct SignerInfo {
     /// For identity signers: the Sigstore instance whose certificates count.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sigstore_instance: Option<String>,
+    /// Versions it signs must come with a signed SBOM.
+    pub require_signed_sbom: bool,
     pub created_at_ms: i64,
 }
 
@@ -259,6 +297,7 @@ struct SignerRow {
     identity_regex: Option<String>,
     issuer: Option<String>,
     sigstore_instance: Option<String>,
+    require_signed_sbom: i64,
     created_at_ms: i64,
 }
 
@@ -277,6 +316,7 @@ impl SignerRow {
                     .unwrap_or_else(|| crate::supply_chain::bundle::PUBLIC_GOOD.to_owned())
             }),
             issuer: self.issuer,
+            require_signed_sbom: self.require_signed_sbom != 0,
             created_at_ms: self.created_at_ms,
         }
     }
@@ -318,6 +358,8 @@ pub struct Registry {
     sandbox: Arc<Sandbox>,
     /// The Sigstore instances whose bundles publishing accepts (prepared once at start-up).
     trusted_roots: Arc<TrustedRoots>,
+    /// The advisory database SBOM components are checked against at publish.
+    advisories: Arc<Advisories>,
     /// Single-flight for loading and compiling modules that are not in the sandbox's cache.
     loading: tokio::sync::Mutex<()>,
     /// Each version's parsed manifest limits. Versions are immutable, so entries never go
@@ -350,11 +392,17 @@ const VERSIONS_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 const LIMITS_CACHE_MAX: usize = 10_000;
 
 impl Registry {
-    pub fn new(db: Db, sandbox: Arc<Sandbox>, trusted_roots: Arc<TrustedRoots>) -> Self {
+    pub fn new(
+        db: Db,
+        sandbox: Arc<Sandbox>,
+        trusted_roots: Arc<TrustedRoots>,
+        advisories: Arc<Advisories>,
+    ) -> Self {
         Registry {
             db,
             sandbox,
             trusted_roots,
+            advisories,
             loading: tokio::sync::Mutex::new(()),
             limits: std::sync::Mutex::new(HashMap::new()),
             versions_cache: std::sync::Mutex::new(HashMap::new()),
@@ -369,11 +417,17 @@ impl Registry {
         self
     }
 
+    /// The advisory database in force (reloaded by the server when its directory changes).
+    pub fn advisories(&self) -> &Arc<Advisories> {
+        &self.advisories
+    }
+
     pub async fn add_signer(
         &self,
         user_id: i64,
         name: &str,
         signer: NewSigner,
+        require_signed_sbom: bool,
     ) -> Result<SignerInfo, RegistryError> {
         let name = name.trim();
         if name.is_empty() || name.len() > 100 || name.chars().any(char::is_control) {
@@ -437,8 +491,8 @@ impl Registry {
         }
         let created_at_ms = now_ms();
         let inserted: Result<(i64,), sqlx::Error> = sqlx::query_as(
-            "INSERT INTO signers (user_id, name, public_key_pem, identity, identity_regex, issuer, sigstore_instance, created_at_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+            "INSERT INTO signers (user_id, name, public_key_pem, identity, identity_regex, issuer, sigstore_instance, created_at_ms, require_signed_sbom) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
         )
         .bind(user_id)
         .bind(name)
@@ -448,6 +502,7 @@ impl Registry {
         .bind(&issuer)
         .bind(&sigstore_instance)
         .bind(created_at_ms)
+        .bind(i64::from(require_signed_sbom))
         .fetch_one(&mut *tx)
         .await;
         let (id,) = match inserted {
@@ -465,6 +520,7 @@ impl Registry {
             identity_regex,
             issuer,
             sigstore_instance,
+            require_signed_sbom: i64::from(require_signed_sbom),
             created_at_ms,
         }
         .info())
@@ -501,7 +557,7 @@ impl Registry {
 
     async fn signer_rows(&self, user_id: i64) -> Result<Vec<SignerRow>, RegistryError> {
         Ok(sqlx::query_as(
-            "SELECT id, name, public_key_pem, identity, identity_regex, issuer, sigstore_instance, created_at_ms \
+            "SELECT id, name, public_key_pem, identity, identity_regex, issuer, sigstore_instance, require_signed_sbom, created_at_ms \
              FROM signers WHERE user_id = $1 AND removed_at_ms IS NULL ORDER BY id",
         )
         .bind(user_id)
@@ -550,14 +606,34 @@ impl Registry {
         // Building the signers (identity patterns compile) and verification (hashing,
         // signatures, transparency-log evidence, SBOM and wasm parsing) are CPU work, kept off
         // the reactor.
+        let requiring_signed_sbom: Vec<i64> = rows
+            .iter()
+            .filter(|row| row.require_signed_sbom != 0)
+            .map(|row| row.id)
+            .collect();
         let roots = self.trusted_roots.clone();
-        let (module, bundle, ids) = tokio::task::spawn_blocking(move || {
+        let advisories = self.advisories.clone();
+        let (module, bundle, ids, report) = tokio::task::spawn_blocking(move || {
             let (ids, signers): (Vec<i64>, Vec<Signer>) = rows
                 .iter()
                 .filter_map(|row| row.signer().map(|signer| (row.id, signer)))
                 .unzip();
-            Verifier::verify(&bundle, SignaturePolicy::AnyOf(&signers, &roots))
-                .map(|module| (module, bundle, ids))
+            let module = Verifier::verify(&bundle, SignaturePolicy::AnyOf(&signers, &roots))?;
+            // A signer that requires a signed SBOM, before anything costlier.
+            let signer_id = module.signed_by().and_then(|signed| ids.get(signed.signer));
+            if signer_id.is_some_and(|id| requiring_signed_sbom.contains(id))
+                && module.sbom_attested_by().is_none()
+            {
+                return Err(GateError::SbomUnsigned);
+            }
+            // Known vulnerabilities: checked at publish only, against the database in force
+            // now (a later advisory never breaks casts of a version already published).
+            let report = crate::supply_chain::advisory::check(
+                advisories.current().as_deref(),
+                module.sbom(),
+                advisories.severity_min(),
+            )?;
+            Ok::<_, GateError>((module, bundle, ids, report))
         })
         .await
         .map_err(|e| RegistryError::Internal(e.to_string()))??;
@@ -587,6 +663,10 @@ impl Registry {
         let signer_id = *ids
             .get(signed_by.signer)
             .ok_or_else(|| RegistryError::Internal("signer index out of range".into()))?;
+        let sbom_attestation = module
+            .sbom_attested_by()
+            .and(bundle.sbom_attestation.as_deref())
+            .map(|json| String::from_utf8_lossy(json).into_owned());
         let (signature, sigstore_bundle) = match &bundle.signature {
             Some(Signature::Detached(bytes)) => {
                 (String::from_utf8_lossy(bytes).trim().to_owned(), None)
@@ -640,8 +720,8 @@ impl Registry {
         let inserted = sqlx::query(
             "INSERT INTO spell_versions (owner_id, name, version, digest, manifest, sbom, signature, signer_id, created_at_ms, \
              sigstore_bundle, sigstore_instance, signed_identity, signed_issuer, tlog_index, tlog_integrated_time, \
-             sbom_format, sbom_components) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+             sbom_format, sbom_components, advisory_check, sbom_attestation) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
         )
         .bind(owner_id)
         .bind(&manifest.name)
@@ -660,6 +740,8 @@ impl Registry {
         .bind(evidence.integrated_time)
         .bind(&module.sbom().format)
         .bind(i64::try_from(module.sbom().components).unwrap_or(i64::MAX))
+        .bind(serde_json::to_string(&report).map_err(|e| RegistryError::Internal(e.to_string()))?)
+        .bind(&sbom_attestation)
         .execute(&mut *tx)
         .await;
         match inserted {
@@ -691,7 +773,8 @@ impl Registry {
         name: &str,
     ) -> Result<Vec<VersionInfo>, RegistryError> {
         let mut rows: Vec<VersionInfo> = sqlx::query_as(
-            "SELECT v.version, v.digest, v.created_at_ms, v.yanked_at_ms, v.sbom_format, v.sbom_components, s.name AS signer_name, \
+            "SELECT v.version, v.digest, v.created_at_ms, v.yanked_at_ms, v.sbom_format, v.sbom_components, v.advisory_check, s.name AS signer_name, \
+             CAST(CASE WHEN v.sbom_attestation IS NULL THEN 0 ELSE 1 END AS BIGINT) AS sbom_signed, \
              CASE WHEN v.sigstore_bundle IS NULL THEN 'signature' ELSE 'sigstore_bundle' END AS signed_with, \
              v.sigstore_instance, v.signed_identity AS identity, v.signed_issuer AS issuer, v.tlog_index, v.tlog_integrated_time \
              FROM spell_versions v JOIN users u ON u.id = v.owner_id JOIN signers s ON s.id = v.signer_id \
@@ -707,6 +790,7 @@ impl Registry {
         rows.sort_by_key(|row| std::cmp::Reverse(semver::Version::parse(&row.version).ok()));
         for row in &mut rows {
             row.digest = format!("sha256:{}", row.digest);
+            row.advisory_check = advisory_view(row.advisory_check_json.as_deref());
         }
         Ok(rows)
     }
@@ -931,6 +1015,7 @@ impl Registry {
                 manifest,
                 sbom,
                 signature: None,
+                sbom_attestation: None,
             };
             Verifier::verify(&bundle, SignaturePolicy::VerifiedAtPublish(&digest))
         })

@@ -18,6 +18,10 @@ use super::signature::single_pem_block;
 /// one or two log entries); this bounds what parsing and verification can be made to cost.
 pub const BUNDLE_BYTES_MAX: usize = 64 * 1024;
 
+/// The largest attestation bundle accepted (a signed SBOM): its payload is the SBOM, base64 in
+/// the envelope, so the SBOM's own bound with base64's 4/3 and room for the rest of the bundle.
+pub const ATTESTATION_BYTES_MAX: usize = super::SBOM_BYTES_MAX / 3 * 4 + BUNDLE_BYTES_MAX;
+
 /// The most transparency-log entries a bundle may carry (Sigstore clients write one; each
 /// costs signature checks).
 pub const TLOG_ENTRIES_MAX: usize = 4;
@@ -42,8 +46,8 @@ pub enum Subject<'a> {
 /// Why a bundle was refused; `reason()` is a stable word for each kind of failure.
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
-    #[error("bundle is larger than {BUNDLE_BYTES_MAX} bytes")]
-    TooLarge,
+    #[error("bundle is larger than {0} bytes")]
+    TooLarge(usize),
     #[error("bundle carries {0} transparency-log entries; at most {TLOG_ENTRIES_MAX} are accepted")]
     TooManyEntries(usize),
     #[error("no trusted root is named {0:?}")]
@@ -64,9 +68,9 @@ impl BundleError {
         use sigstore_verify::bundle::Error as B;
         use sigstore_verify::{CertificateError as C, Error as E, TransparencyLogError as T};
         match self {
-            BundleError::TooLarge | BundleError::TooManyEntries(_) | BundleError::Malformed(_) => {
-                "bundle_malformed"
-            }
+            BundleError::TooLarge(_)
+            | BundleError::TooManyEntries(_)
+            | BundleError::Malformed(_) => "bundle_malformed",
             BundleError::UnknownInstance(_) => "unknown_instance",
             BundleError::TrustedRoot(_) => "trusted_root_invalid",
             BundleError::Key(_) => "key_invalid",
@@ -242,8 +246,14 @@ pub enum Check<'a> {
 
 /// Parses a bundle (bounded in size and in log entries).
 pub fn parse(bundle_json: &[u8]) -> Result<Bundle, BundleError> {
-    if bundle_json.len() > BUNDLE_BYTES_MAX {
-        return Err(BundleError::TooLarge);
+    parse_at_most(bundle_json, BUNDLE_BYTES_MAX)
+}
+
+/// Parses a bundle of at most `bytes_max` bytes (an attestation carries its predicate, an
+/// SBOM, and is bounded by [`ATTESTATION_BYTES_MAX`] instead).
+pub fn parse_at_most(bundle_json: &[u8], bytes_max: usize) -> Result<Bundle, BundleError> {
+    if bundle_json.len() > bytes_max {
+        return Err(BundleError::TooLarge(bytes_max));
     }
     let text =
         std::str::from_utf8(bundle_json).map_err(|_| BundleError::Malformed("not UTF-8".into()))?;

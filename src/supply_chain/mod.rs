@@ -6,6 +6,7 @@
 //! nothing else of ours: imports and complexity are checked with a wasm parser, not with the
 //! sandbox (the registry compiles a verified module before it publishes it).
 
+pub mod advisory;
 pub mod bundle;
 mod digest;
 pub mod manifest;
@@ -43,6 +44,9 @@ pub const SBOM_FILE: &str = "sbom.cdx.json";
 pub const SIGNATURE_FILE: &str = "module.wasm.sig";
 /// A Sigstore bundle over `module.wasm`, as `cosign sign-blob --bundle` writes it.
 pub const SIGSTORE_BUNDLE_FILE: &str = "module.wasm.sigstore.json";
+/// A signed SBOM: an in-toto attestation bundle over `module.wasm` whose predicate is the SBOM,
+/// as `cosign attest-blob --type cyclonedx --predicate sbom.cdx.json --bundle …` writes it.
+pub const SBOM_ATTESTATION_FILE: &str = "sbom.cdx.json.sigstore.json";
 
 /// Why the gate refused a spell. Each variant has a stable [`code`](GateError::code).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -64,8 +68,14 @@ pub enum GateError {
     SignerIdentityMismatch(String),
     #[error("the signer's OIDC issuer is not one the publisher registered: {0}")]
     SignerIssuerMismatch(String),
-    #[error("SBOM is not a valid CycloneDX document: {0}")]
+    #[error("SBOM is not valid: {0}")]
     SbomInvalid(String),
+    #[error("the signed SBOM does not verify: {0}")]
+    SbomAttestationInvalid(String),
+    #[error(
+        "the signer requires a signed SBOM: send an in-toto attestation bundle over the module whose predicate is the SBOM (part sbom_attestation; cosign attest-blob --type cyclonedx)"
+    )]
+    SbomUnsigned,
     #[error("SBOM names digest {found}, but the module is {expected}")]
     SbomDigestMismatch { expected: String, found: String },
     #[error("SBOM metadata component does not match the manifest: {0}")]
@@ -78,6 +88,16 @@ pub enum GateError {
     ModuleTooComplex(String),
     #[error("import {module}::{name} is not allowed")]
     ImportNotAllowed { module: String, name: String },
+    #[error(
+        "component {component} is affected by advisory {advisory} ({severity}){others}: upgrade it, or state in the SBOM (CycloneDX VEX, analysis.state not_affected) why it is not affected"
+    )]
+    VulnerableComponent {
+        component: String,
+        advisory: String,
+        severity: String,
+        /// ` (and N more)` when other components or advisories block too.
+        others: String,
+    },
 }
 
 impl GateError {
@@ -92,12 +112,15 @@ impl GateError {
             GateError::SignerIdentityMismatch(_) => "signer_identity_mismatch",
             GateError::SignerIssuerMismatch(_) => "signer_issuer_mismatch",
             GateError::SbomInvalid(_) => "sbom_invalid",
+            GateError::SbomAttestationInvalid(_) => "sbom_attestation_invalid",
+            GateError::SbomUnsigned => "sbom_unsigned",
             GateError::SbomDigestMismatch { .. } => "sbom_digest_mismatch",
             GateError::SbomComponentMismatch(_) => "sbom_component_mismatch",
             GateError::ManifestInvalid(_) => "manifest_invalid",
             GateError::ModuleInvalid(_) => "module_invalid",
             GateError::ModuleTooComplex(_) => "module_too_complex",
             GateError::ImportNotAllowed { .. } => "import_not_allowed",
+            GateError::VulnerableComponent { .. } => "vulnerable_component",
         }
     }
 }
@@ -110,11 +133,14 @@ pub struct SpellBundle {
     pub sbom: Vec<u8>,
     /// `None` when neither a signature nor a Sigstore bundle came with the module.
     pub signature: Option<Signature>,
+    /// A signed SBOM (an in-toto attestation bundle), if one came.
+    pub sbom_attestation: Option<Vec<u8>>,
 }
 
 impl SpellBundle {
     /// Reads a spell directory (`module.wasm`, `spell.toml`, `sbom.cdx.json`, and
-    /// `module.wasm.sigstore.json` or else `module.wasm.sig`).
+    /// `module.wasm.sigstore.json` or else `module.wasm.sig`; `sbom.cdx.json.sigstore.json` if
+    /// present).
     pub fn read_dir(dir: &Path) -> std::io::Result<Self> {
         let read = |name: &str| {
             std::fs::read(dir.join(name)).map_err(|e| {
@@ -134,6 +160,11 @@ impl SpellBundle {
             manifest: String::from_utf8_lossy(&read(MANIFEST_FILE)?).into_owned(),
             sbom: read(SBOM_FILE)?,
             signature,
+            sbom_attestation: if exists(SBOM_ATTESTATION_FILE)? {
+                Some(read(SBOM_ATTESTATION_FILE)?)
+            } else {
+                None
+            },
         })
     }
 
@@ -157,6 +188,10 @@ impl SpellBundle {
         write(MODULE_FILE, &self.module)?;
         write(MANIFEST_FILE, self.manifest.as_bytes())?;
         write(SBOM_FILE, &self.sbom)?;
+        match &self.sbom_attestation {
+            Some(bytes) => write(SBOM_ATTESTATION_FILE, bytes)?,
+            None => remove(SBOM_ATTESTATION_FILE)?,
+        }
         match &self.signature {
             Some(Signature::Detached(bytes)) => {
                 remove(SIGSTORE_BUNDLE_FILE)?;
@@ -186,6 +221,8 @@ struct VerifiedInner {
     manifest: Manifest,
     signed_by: Option<SignedBy>,
     sbom: sbom::SbomSummary,
+    /// What the signed SBOM's bundle proved (`None`: no signed SBOM was verified).
+    sbom_attested_by: Option<bundle::Evidence>,
 }
 
 impl VerifiedModule {
@@ -207,6 +244,10 @@ impl VerifiedModule {
     /// The SBOM's format and component count.
     pub fn sbom(&self) -> &sbom::SbomSummary {
         &self.inner.sbom
+    }
+    /// The evidence of the signed SBOM, when one came and verified under the module's signer.
+    pub fn sbom_attested_by(&self) -> Option<&bundle::Evidence> {
+        self.inner.sbom_attested_by.as_ref()
     }
 }
 
@@ -254,14 +295,27 @@ impl Verifier {
         // Hash the exact bytes that will be compiled; the VerifiedModule keeps these bytes.
         let bytes: Arc<[u8]> = Arc::from(bundle.module.as_slice());
         let digest = ModuleDigest::of(&bytes);
+        // A module loaded back from storage had its SBOM checked at publish, under the rules
+        // of that day: a stricter check since (a schema, a version no longer accepted) must not
+        // make a published version uncastable, so it is not checked again.
+        let sbom_checked_at_publish = matches!(policy, SignaturePolicy::VerifiedAtPublish(_));
+        let mut attestation = None;
         let signed_by = match policy {
-            SignaturePolicy::AnyOf(signers, roots) => Some(signer::authenticate(
-                bundle.signature.as_ref(),
-                &bytes,
-                &digest,
-                signers,
-                roots,
-            )?),
+            SignaturePolicy::AnyOf(signers, roots) => {
+                let signed = signer::authenticate(
+                    bundle.signature.as_ref(),
+                    &bytes,
+                    &digest,
+                    signers,
+                    roots,
+                )?;
+                attestation = bundle
+                    .sbom_attestation
+                    .as_deref()
+                    .zip(signers.get(signed.signer))
+                    .map(|(json, signer)| (json, signer, roots));
+                Some(signed)
+            }
             SignaturePolicy::VerifiedAtPublish(expected) => {
                 if *expected != digest {
                     return Err(GateError::ModuleInvalid(format!(
@@ -272,7 +326,23 @@ impl Verifier {
             }
             SignaturePolicy::SkipForLocalRun => None,
         };
-        let sbom = sbom::check(&bundle.sbom, &manifest, &digest)?;
+        let sbom = if sbom_checked_at_publish {
+            sbom::SbomSummary::checked_at_publish()
+        } else {
+            sbom::check(&bundle.sbom, &manifest, &digest)?
+        };
+        // A signed SBOM must verify under the signer that signed the module (its key, or its
+        // identity policy), over this module, with this SBOM as its predicate.
+        let sbom_attested_by = match attestation {
+            Some((json, signer, roots)) => Some(signer::attested_sbom(
+                json,
+                &bundle.sbom,
+                &digest,
+                signer,
+                roots,
+            )?),
+            None => None,
+        };
         wasm::check(&bytes)?;
         Ok(VerifiedModule {
             inner: Arc::new(VerifiedInner {
@@ -281,6 +351,7 @@ impl Verifier {
                 manifest,
                 signed_by,
                 sbom,
+                sbom_attested_by,
             }),
         })
     }

@@ -224,6 +224,117 @@ pub fn authenticate(
     }
 }
 
+/// The predicate of a signed SBOM, as the SBOM itself: a publisher may send the attestation
+/// alone. Not verified here; [`attested_sbom`] verifies the attestation, whose predicate then
+/// equals this SBOM by construction.
+pub fn sbom_of_attestation(attestation: &[u8]) -> Result<Vec<u8>, GateError> {
+    let invalid = |message: String| GateError::SbomAttestationInvalid(message);
+    let bundle = bundle::parse_at_most(attestation, bundle::ATTESTATION_BYTES_MAX)
+        .map_err(|e| invalid(e.to_string()))?;
+    let sigstore_verify::types::bundle::SignatureContent::DsseEnvelope(envelope) = &bundle.content
+    else {
+        return Err(invalid("not an attestation (no DSSE envelope)".into()));
+    };
+    let statement: serde_json::Value = serde_json::from_slice(envelope.payload.as_bytes())
+        .map_err(|e| invalid(format!("the payload is not an in-toto statement: {e}")))?;
+    let predicate = statement
+        .get("predicate")
+        .ok_or_else(|| invalid("the statement has no predicate".into()))?;
+    serde_json::to_vec(predicate).map_err(|e| invalid(e.to_string()))
+}
+
+/// The in-toto predicate types of a signed SBOM: CycloneDX as `cosign attest-blob --type
+/// cyclonedx` writes it (versioned forms too), and SPDX.
+const SBOM_PREDICATE_TYPES: [&str; 2] = ["https://cyclonedx.org/bom", "https://spdx.dev/Document"];
+
+/// Checks a signed SBOM: an in-toto attestation bundle (DSSE) that `signer` signed — under the
+/// same key or identity policy as the module, against the same trusted roots — whose subject
+/// is the module's digest, whose predicate type is an SBOM's and whose predicate is `sbom`.
+pub fn attested_sbom(
+    attestation: &[u8],
+    sbom: &[u8],
+    digest: &ModuleDigest,
+    signer: &Signer,
+    roots: &TrustedRoots,
+) -> Result<Evidence, GateError> {
+    let invalid = |message: String| GateError::SbomAttestationInvalid(message);
+    let bundle = bundle::parse_at_most(attestation, bundle::ATTESTATION_BYTES_MAX)
+        .map_err(|e| invalid(e.to_string()))?;
+    let sigstore_verify::types::bundle::SignatureContent::DsseEnvelope(envelope) = &bundle.content
+    else {
+        return Err(invalid(
+            "not an attestation: the bundle signs a message, not an in-toto statement (cosign attest-blob)".into(),
+        ));
+    };
+    // The subject is checked by sigstore-verify against the in-toto statement's subjects.
+    let subject = Subject::Sha256(*digest);
+    let evidence = match signer {
+        Signer::Key(key) => {
+            bundle::verify_parsed(&bundle, &subject, &Check::Key(key.der()), roots, None)
+                .map_err(|e| invalid(format!("{} ({})", e, e.reason())))?
+        }
+        Signer::Identity(policy) => {
+            let evidence = bundle::verify_parsed(
+                &bundle,
+                &subject,
+                &Check::AnyIdentity,
+                roots,
+                Some(policy.instance()),
+            )
+            .map_err(|e| invalid(format!("{} ({})", e, e.reason())))?;
+            authorize_identity(evidence, [(0, policy)].iter())
+                .map_err(|e| invalid(format!("not signed by the module's signer: {e}")))?
+                .evidence
+        }
+    };
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Statement {
+        predicate_type: String,
+        predicate: Option<serde_json::Value>,
+        #[serde(default)]
+        subject: Vec<StatementSubject>,
+    }
+    #[derive(serde::Deserialize)]
+    struct StatementSubject {
+        #[serde(default)]
+        digest: std::collections::HashMap<String, String>,
+    }
+    let statement: Statement = serde_json::from_slice(envelope.payload.as_bytes())
+        .map_err(|e| invalid(format!("the payload is not an in-toto statement: {e}")))?;
+    let sbom_type = SBOM_PREDICATE_TYPES.iter().any(|known| {
+        statement.predicate_type == *known
+            || statement
+                .predicate_type
+                .strip_prefix(known)
+                .is_some_and(|rest| rest.starts_with("/v"))
+    });
+    if !sbom_type {
+        return Err(invalid(format!(
+            "predicate type {:?} is not an SBOM's (https://cyclonedx.org/bom)",
+            statement.predicate_type
+        )));
+    }
+    // Checked again here, whatever the verifier did: the statement is about this module.
+    let names_module = statement.subject.iter().any(|subject| {
+        subject
+            .digest
+            .get("sha256")
+            .is_some_and(|hex| ModuleDigest::from_hex(hex).is_ok_and(|d| d == *digest))
+    });
+    if !names_module {
+        return Err(invalid(format!("no subject of the statement is {digest}")));
+    }
+    let uploaded: serde_json::Value =
+        serde_json::from_slice(sbom).map_err(|e| invalid(format!("the SBOM is not JSON: {e}")))?;
+    if statement.predicate.as_ref() != Some(&uploaded) {
+        return Err(invalid(
+            "the attested predicate is not the SBOM that was sent".into(),
+        ));
+    }
+    Ok(evidence)
+}
+
 /// The signers of one kind, with their positions in `signers`.
 fn indexed<'a, T>(
     signers: &'a [Signer],

@@ -439,8 +439,11 @@ impl TestApp {
             .part(
                 "manifest",
                 reqwest::multipart::Part::text(bundle.manifest.clone()),
-            )
-            .part("sbom", reqwest::multipart::Part::bytes(bundle.sbom.clone()));
+            );
+        // An empty SBOM is left out (a signed SBOM may come alone).
+        if !bundle.sbom.is_empty() {
+            form = form.part("sbom", reqwest::multipart::Part::bytes(bundle.sbom.clone()));
+        }
         form = match &bundle.signature {
             Some(Signature::Detached(bytes)) => {
                 form.part("signature", reqwest::multipart::Part::bytes(bytes.clone()))
@@ -452,6 +455,13 @@ impl TestApp {
             ),
             None => form,
         };
+        if let Some(attestation) = &bundle.sbom_attestation {
+            form = form.part(
+                "sbom_attestation",
+                reqwest::multipart::Part::bytes(attestation.clone())
+                    .file_name("sbom.cdx.json.sigstore.json"),
+            );
+        }
         let response = self
             .client
             .post(self.url("/v1/spells"))

@@ -54,6 +54,7 @@ pub fn signed_bundle(module: Vec<u8>, manifest: &str, private_pem: &str) -> Spel
         manifest: manifest.to_owned(),
         sbom,
         signature: Some(Signature::Detached(signature.into_bytes())),
+        sbom_attestation: None,
     }
 }
 

@@ -1,5 +1,6 @@
 //! One test binary for all black-box tests (one link step instead of one per file).
 
+mod advisories;
 mod app;
 mod billing;
 mod billing_recharge;

@@ -81,7 +81,183 @@ fn keyless_over_a_txt() -> SpellBundle {
     spell
 }
 
+/// Publishes `spell`, expects a 422 in the one error shape, and returns its code and message.
+async fn refusal(app: &TestApp, user: &TestUser, spell: &SpellBundle) -> (String, String) {
+    let (status, body) = app.publish(user, spell).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let code = error_code(&body).to_owned();
+    (
+        code,
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    )
+}
+
+/// An in-toto statement about `module` with `predicate` of `predicate_type`.
+fn statement(module: &[u8], predicate_type: &str, predicate: &Value) -> Vec<u8> {
+    let digest = spellhost::supply_chain::ModuleDigest::of(module).hex();
+    serde_json::to_vec(&json!({
+        "_type": "https://in-toto.io/Statement/v1",
+        "subject": [{"name": "module.wasm", "digest": {"sha256": digest}}],
+        "predicateType": predicate_type,
+        "predicate": predicate
+    }))
+    .expect("JSON")
+}
+
 on_both_databases! {
+    async fn a_keyless_signed_module_publishes_and_casts_over_http_and_other_identities_are_refused(backend) {
+        // A private instance (Fulcio CA + CT log + Rekor), pinned by the operator; the signer
+        // names it, as a CI workflow's identity at that instance.
+        let fake = FakeSigstore::new();
+        let (app, _root) = app_trusting(&backend, &fake).await;
+        let user = app.user("ada", 1_000_000).await;
+        let workflow = "https://github.com/ada/noop/.github/workflows/release.yml@refs/heads/main";
+        let (status, body) = add_signer(&app, &user, json!({
+            "name": "ci", "identity": workflow, "issuer": ISSUER, "sigstore_instance": "trusted_root"
+        })).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let (private_pem, _, _) = new_signer();
+        let keyless = |identity: &str, issuer: &str, version: &str| {
+            let mut spell = noop_at(version, &private_pem);
+            spell.signature = Some(Signature::Sigstore(fake.sign_keyless(identity, issuer, &spell.module)));
+            spell
+        };
+        let refused = |spell: SpellBundle| {
+            let (app, user) = (&app, &user);
+            async move { refusal(app, user, &spell).await.0 }
+        };
+        // Another workflow of the same issuer, and the same workflow name under another issuer.
+        let other_workflow = "https://github.com/mallory/noop/.github/workflows/release.yml@refs/heads/main";
+        assert_eq!(refused(keyless(other_workflow, ISSUER, "1.0.0")).await, "signer_identity_mismatch");
+        assert_eq!(refused(keyless(workflow, "https://accounts.example.com", "1.0.0")).await, "signer_issuer_mismatch");
+        // A genuine keyless bundle for other bytes.
+        let mut spell = keyless(workflow, ISSUER, "1.0.0");
+        spell.signature = Some(Signature::Sigstore(fake.sign_keyless(workflow, ISSUER, b"other bytes")));
+        assert_eq!(refused(spell).await, "bundle_artifact_mismatch");
+        // A certificate from a CA the roots do not trust (another instance's Fulcio).
+        let stranger = FakeSigstore::new();
+        let mut spell = keyless(workflow, ISSUER, "1.0.0");
+        spell.signature = Some(Signature::Sigstore(stranger.sign_keyless(workflow, ISSUER, &spell.module)));
+        assert_eq!(refused(spell).await, "bundle_evidence_invalid");
+
+        let (status, body) = app.publish(&user, &keyless(workflow, ISSUER, "1.0.0")).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+
+        // A workflow signer that requires signed SBOMs: the attestation must come from the
+        // same identity policy (here the workflow itself, keyless), not merely any identity.
+        let (status, body) = add_signer(&app, &user, json!({
+            "name": "ci-attested", "identity": workflow, "issuer": "https://token.example.com",
+            "sigstore_instance": "trusted_root", "require_signed_sbom": true
+        })).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let strict = "https://token.example.com";
+        let attested_by = |identity: &str, version: &str| {
+            let mut spell = keyless(workflow, strict, version);
+            let sbom: Value = serde_json::from_slice(&spell.sbom).expect("sbom");
+            let statement = statement(&spell.module, "https://cyclonedx.org/bom", &sbom);
+            spell.sbom_attestation = Some(fake.attest_keyless(identity, strict, &statement));
+            spell
+        };
+        assert_eq!(refused(keyless(workflow, strict, "1.1.0")).await, "sbom_unsigned");
+        assert_eq!(refused(attested_by(other_workflow, "1.1.0")).await, "sbom_attestation_invalid");
+        let (status, body) = app.publish(&user, &attested_by(workflow, "1.1.0")).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let (status, body) = app.get("/v1/spells/ada/noop", Some(&user.key)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["versions"][0]["sbom"]["signed"], true, "{body}");
+        assert_eq!(body["versions"][1]["sbom"]["signed"], false, "{body}");
+        let (status, body) = app.get("/v1/spells/ada/noop", Some(&user.key)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let signed = &body["versions"][1]["signed_by"];
+        assert_eq!((signed["signer"].as_str(), signed["signed_with"].as_str()), (Some("ci"), Some("sigstore_bundle")), "{body}");
+        assert_eq!((signed["identity"].as_str(), signed["issuer"].as_str()), (Some(workflow), Some(ISSUER)), "{body}");
+        assert_eq!(signed["sigstore_instance"], "trusted_root", "{body}");
+        assert!(signed["tlog_index"].as_i64().is_some(), "{body}");
+        let (status, body) = app.cast(&user, json!({"spell": "ada/noop", "input": {}})).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        app.shutdown().await;
+    }
+
+    async fn a_signer_that_requires_a_signed_sbom_gets_one_verified_under_its_own_key(backend) {
+        let fake = FakeSigstore::new();
+        let (app, _root) = app_trusting(&backend, &fake).await;
+        let user = app.user("ada", 1_000_000).await;
+        let (private_pem, _, public_pem) = new_signer();
+        let mut body = key_signer_body("release", &private_pem, &public_pem, &user.handle);
+        body["require_signed_sbom"] = json!(true);
+        let (status, body) = add_signer(&app, &user, body).await;
+        assert_eq!((status, body["require_signed_sbom"].clone()), (StatusCode::CREATED, json!(true)), "{body}");
+        let spell = bundled(&fake, "noop", &private_pem, &public_pem);
+        let sbom: Value = serde_json::from_slice(&spell.sbom).expect("sbom JSON");
+        let attested = |predicate_type: &str, predicate: &Value, key: (&str, &str)| {
+            let mut spell = spell.clone();
+            spell.sbom_attestation = Some(fake.attest_with_key(key.0, key.1, &statement(&spell.module, predicate_type, predicate)));
+            spell
+        };
+        let refused = |spell: SpellBundle| {
+            let (app, user) = (&app, &user);
+            async move { refusal(app, user, &spell).await }
+        };
+        // No signed SBOM at all.
+        let (code, _) = refused(spell.clone()).await;
+        assert_eq!(code, "sbom_unsigned");
+        // The attested predicate is another SBOM.
+        let mut other = sbom.clone();
+        other["metadata"]["component"]["description"] = json!("something else");
+        let (code, message) = refused(attested("https://cyclonedx.org/bom", &other, (&private_pem, &public_pem))).await;
+        assert_eq!(code, "sbom_attestation_invalid");
+        assert!(message.contains("predicate is not the SBOM"), "{message}");
+        // Not an SBOM predicate.
+        let (code, message) = refused(attested("https://slsa.dev/provenance/v1", &sbom, (&private_pem, &public_pem))).await;
+        assert_eq!(code, "sbom_attestation_invalid");
+        assert!(message.contains("predicate type"), "{message}");
+        // Attested by a key that did not sign the module.
+        let (stranger_private, _, stranger_public) = new_signer();
+        let (code, _) = refused(attested("https://cyclonedx.org/bom", &sbom, (&stranger_private, &stranger_public))).await;
+        assert_eq!(code, "sbom_attestation_invalid");
+        // A statement about other bytes.
+        let mut wrong_subject = spell.clone();
+        wrong_subject.sbom_attestation = Some(fake.attest_with_key(&private_pem, &public_pem, &statement(b"other bytes", "https://cyclonedx.org/bom", &sbom)));
+        let (code, _) = refused(wrong_subject).await;
+        assert_eq!(code, "sbom_attestation_invalid");
+        // A message signature is not an attestation.
+        let mut not_dsse = spell.clone();
+        not_dsse.sbom_attestation = Some(fake.sign_with_key(&private_pem, &public_pem, &spell.module));
+        let (code, _) = refused(not_dsse).await;
+        assert_eq!(code, "sbom_attestation_invalid");
+
+        let (status, body) = app.publish(&user, &attested("https://cyclonedx.org/bom", &sbom, (&private_pem, &public_pem))).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let (_, body) = app.get("/v1/spells/ada/noop", Some(&user.key)).await;
+        assert_eq!(body["versions"][0]["sbom"]["signed"], true, "{body}");
+        let (status, body) = app.cast(&user, json!({"spell": "ada/noop", "input": {}})).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+
+        // The signed SBOM alone: its predicate is the SBOM.
+        let mut alone = noop_at("1.0.1", &private_pem);
+        alone.signature = Some(Signature::Sigstore(fake.sign_with_key(&private_pem, &public_pem, &alone.module)));
+        let mut predicate: Value = serde_json::from_slice(&alone.sbom).expect("sbom JSON");
+        // Many components: the attestation is larger than a signature bundle may be (64 KiB).
+        predicate["components"] = (0..800)
+            .map(|i| json!({"type": "library", "name": format!("dependency-{i}"), "version": "1.0.0", "purl": format!("pkg:cargo/dependency-{i}@1.0.0")}))
+            .collect();
+        alone.sbom_attestation = Some(fake.attest_with_key(&private_pem, &public_pem, &statement(&alone.module, "https://cyclonedx.org/bom", &predicate)));
+        alone.sbom = Vec::new();
+        let (status, body) = app.publish(&user, &alone).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let (_, body) = app.get("/v1/spells/ada/noop", Some(&user.key)).await;
+        assert_eq!(body["versions"][0]["sbom"], json!({"format": "CycloneDX 1.5", "components": 800, "signed": true}), "{body}");
+        // Neither an SBOM nor an attestation is a malformed request.
+        let mut neither = noop_at("1.0.2", &private_pem);
+        neither.sbom = Vec::new();
+        let (status, body) = app.publish(&user, &neither).await;
+        assert_eq!((status, error_code(&body)), (StatusCode::BAD_REQUEST, "bad_request"), "{body}");
+        app.shutdown().await;
+    }
+
     async fn a_bundle_signed_with_a_registered_key_publishes_and_casts_without_verifying_again(backend) {
         let fake = FakeSigstore::new();
         let (app, _root) = app_trusting(&backend, &fake).await;
@@ -100,7 +276,7 @@ on_both_databases! {
         assert_eq!(signed["signer"], "release", "{body}");
         assert_eq!(signed["signed_with"], "sigstore_bundle", "{body}");
         assert!(signed["tlog_index"].as_i64().is_some_and(|i| i >= 1), "{body}");
-        assert_eq!(body["versions"][0]["sbom"], json!({"format": "CycloneDX 1.5", "components": 0}), "{body}");
+        assert_eq!(body["versions"][0]["sbom"], json!({"format": "CycloneDX 1.5", "components": 0, "signed": false}), "{body}");
         let logged = signed["tlog_integrated_time"].as_i64().expect("integrated time");
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64;
         assert!((now - 3600..=now).contains(&logged), "{logged} vs {now}");
@@ -511,4 +687,63 @@ fn spell_verify_checks_a_directorys_bundle_like_the_server() {
         String::from_utf8_lossy(&refused.stdout).trim(),
         "bundle_evidence_invalid"
     );
+}
+
+/// Issue 13's figure: the publish latency of a keyless-signed `hello` (HTTP, bundle
+/// verification, SBOM and wasm checks, compile, store), over 20 publishes, each of a module
+/// made new by a custom section so that every one is verified and compiled. A measurement, not
+/// a check (it asserts only that each publish succeeds); run it on a quiet machine with
+/// `cargo test --release --test api -- --ignored --nocapture publish_latency_of_a_keyless_signed_hello`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: run in a release build on a quiet machine"]
+async fn publish_latency_of_a_keyless_signed_hello() {
+    use spellhost::supply_chain::{Manifest, ModuleDigest, sbom};
+    let fake = FakeSigstore::new();
+    let (app, _root) = app_trusting(&crate::app::Backend::Sqlite, &fake).await;
+    let user = app.user("ada", 0).await;
+    let workflow = "https://github.com/ada/hello/.github/workflows/release.yml@refs/heads/main";
+    let (status, body) = add_signer(
+        &app,
+        &user,
+        json!({"name": "ci", "identity": workflow, "issuer": ISSUER, "sigstore_instance": "trusted_root"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let hello = crate::helpers::example_bundle("hello");
+    let mut samples = Vec::new();
+    for run in 0..20u8 {
+        let mut module = hello.module.clone();
+        // A custom section `run` holding the run's number: a new digest every time.
+        module.extend_from_slice(&[0, 5, 3, b'r', b'u', b'n', run]);
+        let manifest = hello
+            .manifest
+            .replace("version = \"1.0.0\"", &format!("version = \"1.0.{run}\""));
+        let parsed = Manifest::parse(&manifest).expect("manifest");
+        let spell = SpellBundle {
+            sbom: sbom::generate(&parsed, &ModuleDigest::of(&module), None).expect("sbom"),
+            signature: Some(Signature::Sigstore(
+                fake.sign_keyless(workflow, ISSUER, &module),
+            )),
+            module,
+            manifest,
+            sbom_attestation: None,
+        };
+        let started = std::time::Instant::now();
+        let (status, body) = app.publish(&user, &spell).await;
+        samples.push(started.elapsed());
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    samples.sort();
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "keyless publish of hello, 20 runs: median {:.1} ms (min {:.1}, max {:.1}); sorted: {:?}",
+        ms(samples[samples.len() / 2]),
+        ms(samples[0]),
+        ms(samples[samples.len() - 1]),
+        samples
+            .iter()
+            .map(|d| format!("{:.1}", ms(*d)))
+            .collect::<Vec<_>>()
+    );
+    app.shutdown().await;
 }

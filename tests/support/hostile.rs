@@ -27,6 +27,7 @@ pub fn fixture(name: &str) -> VerifiedModule {
         )),
         module,
         manifest,
+        sbom_attestation: None,
     };
     let key = Signer::Key(SignerKey::from_pem(&public_pem).expect("key"));
     Verifier::verify(
