@@ -587,10 +587,10 @@ fn sandbox_config(source: &Source) -> Result<SandboxConfig, ConfigError> {
     if runs_max == 0 || runs_max > 4096 {
         return Err(error("SPELLHOST_RUNS_MAX", "must be between 1 and 4096"));
     }
-    let tenant_runs_max: usize = source.parse(
-        "SPELLHOST_USER_CONCURRENT_CASTS_MAX",
-        (workers * 2).min(runs_max),
-    )?;
+    // One per worker, as `SandboxConfig::tenant_runs_max` explains (this default said two
+    // per worker: the figure measured and kept was one, but the server ran with two).
+    let tenant_runs_max: usize =
+        source.parse("SPELLHOST_USER_CONCURRENT_CASTS_MAX", workers.min(runs_max))?;
     if tenant_runs_max == 0 || tenant_runs_max > runs_max {
         return Err(error(
             "SPELLHOST_USER_CONCURRENT_CASTS_MAX",
@@ -750,6 +750,13 @@ mod tests {
         );
         assert_eq!(config.pricing, Pricing::default());
         assert!(config.billing.is_none());
+        // The sandbox's shares are the ones its own defaults document (and the noisy-neighbour
+        // figures were measured with): one run per worker per user, four slots per worker.
+        let sandbox = SandboxConfig::default();
+        assert_eq!(config.sandbox.workers, sandbox.workers);
+        assert_eq!(config.sandbox.tenant_runs_max, sandbox.tenant_runs_max);
+        assert_eq!(config.sandbox.runs_max, sandbox.runs_max);
+        assert_eq!(config.sandbox.queue_depth, sandbox.queue_depth);
     }
 
     #[test]
