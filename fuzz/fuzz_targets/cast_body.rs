@@ -60,7 +60,12 @@ static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
         let public_key_pem =
             std::fs::read_to_string(repo_path("spells/demo-key/spell.pub")).expect("demo key");
         app.registry
-            .add_signer(user.id, "demo", NewSigner::Key { public_key_pem })
+            .add_signer(
+                user.id,
+                "demo",
+                NewSigner::Key { public_key_pem },
+                false,
+            )
             .await
             .expect("signer");
         let bundle = SpellBundle::read_dir(&repo_path("spells/hello")).expect("example");
