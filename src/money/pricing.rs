@@ -20,7 +20,7 @@ pub struct Pricing {
 
 /// The default price of a blocked millisecond: about what a millisecond of computing costs,
 /// so that sleeping is no cheaper a way to hold the host than computing. Measured with the
-/// `primes` example (`spellhost spell run spells/primes --input '{"below":3000000}'`, 1.58·10⁹
+/// `primes` example (`spellhost spell run spells/primes --input-json '{"below":3000000}'`, 1.58·10⁹
 /// fuel): 3.0–7.1·10⁶ fuel per ms of its run on the 2-core development machine (the spread is
 /// the machine's load; 7.1·10⁶ alone), i.e. 300–710 µ$ per ms at the default fuel price. 700
 /// prices a blocked millisecond like a millisecond of a core the run has to itself.

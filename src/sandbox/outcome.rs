@@ -60,4 +60,7 @@ pub struct RunReport {
     pub blocked: Duration,
     /// Time the run waited for a slot before it started (zero outside the scheduler).
     pub queue_wait: Duration,
+    /// The most linear memory the run held, in bytes: its initial size or the largest size a
+    /// `memory.grow` was allowed to reach (a refused growth does not count).
+    pub memory_bytes_peak: u64,
 }

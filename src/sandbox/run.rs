@@ -66,6 +66,9 @@ struct SpellLimiter {
     memory_bytes_max: usize,
     table_elements_max: usize,
     refused: bool,
+    /// The largest size the linear memory was allowed to reach (its initial size included:
+    /// wasmtime asks the limiter for that too), in bytes.
+    memory_bytes_peak: usize,
 }
 
 impl ResourceLimiter for SpellLimiter {
@@ -77,6 +80,9 @@ impl ResourceLimiter for SpellLimiter {
     ) -> wasmtime::Result<bool> {
         let allowed = desired <= self.memory_bytes_max;
         self.refused |= !allowed;
+        if allowed {
+            self.memory_bytes_peak = self.memory_bytes_peak.max(desired);
+        }
         Ok(allowed)
     }
 
@@ -231,6 +237,7 @@ async fn run_once(
             duration: Duration::ZERO,
             blocked: Duration::ZERO,
             queue_wait: Duration::ZERO,
+            memory_bytes_peak: 0,
         };
         return (report, None);
     };
@@ -258,6 +265,8 @@ async fn run_once(
     let remaining = store.get_fuel().unwrap_or(0);
     let fuel_used = limits.fuel.saturating_sub(remaining);
     let refused = store.data().limiter.refused;
+    let memory_bytes_peak =
+        u64::try_from(store.data().limiter.memory_bytes_peak).unwrap_or(u64::MAX);
     let trap = match &result {
         Ok(Ok(Err(error))) => error.downcast_ref::<Trap>().copied(),
         _ => None,
@@ -275,6 +284,7 @@ async fn run_once(
         duration,
         blocked,
         queue_wait: Duration::ZERO,
+        memory_bytes_peak,
     };
     (report, trap)
 }
@@ -313,6 +323,7 @@ fn new_store(
         memory_bytes_max: to_usize(limits.memory_bytes),
         table_elements_max: to_usize(host.table_elements_max),
         refused: false,
+        memory_bytes_peak: 0,
     };
     let wall_deadline = Instant::now() + Duration::from_millis(limits.wall_ms);
     let state = SpellState {

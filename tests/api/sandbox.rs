@@ -545,3 +545,21 @@ fn a_host_call_blocked_past_the_wall_limit_or_the_blocked_budget_ends_the_run() 
     assert!(report.blocked >= Duration::from_millis(40), "{report:?}");
     assert!(report.blocked < Duration::from_secs(30), "{report:?}");
 }
+
+#[test]
+fn a_run_reports_its_peak_linear_memory_initial_size_and_allowed_growth_included() {
+    let sandbox = sandbox();
+    // Two pages declared, grown by three: five pages (64 KiB each) at the peak.
+    let grows = r#"(module
+  (memory (export "memory") 2)
+  (func (export "_start") (drop (memory.grow (i32.const 3)))))"#;
+    let report = run(&sandbox, &verified_wat("grows", grows, ""), b"", |l| l);
+    assert_eq!(report.outcome, Outcome::Ok);
+    assert_eq!(report.memory_bytes_peak, 5 * 65_536);
+    // A refused growth does not count: the peak is the last size the limiter allowed.
+    let report = run(&sandbox, &fixture("memory_grow_loop"), b"", |l| {
+        l.with_memory_bytes_at_most(4 * 65_536)
+    });
+    assert_eq!(report.outcome, Outcome::MemoryLimitExceeded);
+    assert_eq!(report.memory_bytes_peak, 4 * 65_536);
+}
