@@ -74,8 +74,24 @@ pub enum SignerCommand {
     /// Register who may sign a user's spells: a public key, or a keyless identity (the OIDC
     /// issuer, and the certificate identity exactly or by an anchored pattern).
     Add {
+        /// Operators: register for this user on the configured database.
+        #[arg(long, required_unless_present = "server", conflicts_with = "server")]
+        user: Option<String>,
+        /// Register over HTTP on this server (`POST /v1/signers`) with your API key.
         #[arg(long)]
-        user: String,
+        server: Option<String>,
+        /// Your API key for `--server`.
+        #[arg(
+            long,
+            env = "SPELLHOST_API_KEY",
+            hide_env_values = true,
+            requires = "server"
+        )]
+        api_key: Option<String>,
+        /// With --server and --public-key: the matching private key, to sign the proof of
+        /// possession the server asks for (it is not sent).
+        #[arg(long, requires = "public_key")]
+        key: Option<PathBuf>,
         #[arg(long, required_unless_present = "issuer", conflicts_with = "issuer")]
         public_key: Option<PathBuf>,
         #[arg(long, requires = "issuer", conflicts_with = "identity_regex")]
@@ -265,9 +281,11 @@ pub fn credits(config_path: Option<&Path>, command: CreditsCommand) -> anyhow::R
 }
 
 pub fn signer(config_path: Option<&Path>, command: SignerCommand) -> anyhow::Result<ExitCode> {
-    let config = load_config(config_path)?;
     let SignerCommand::Add {
         user,
+        server,
+        api_key,
+        key,
         public_key,
         identity,
         identity_regex,
@@ -290,6 +308,16 @@ pub fn signer(config_path: Option<&Path>, command: SignerCommand) -> anyhow::Res
         },
         (None, None) => anyhow::bail!("give --public-key, or --issuer with --identity"),
     };
+    let user = match (server, user) {
+        (Some(server), _) => {
+            let remote = super::remote::Remote::new(&server, api_key.as_deref())?;
+            let signer = remote_signer(new_signer, key.as_deref())?;
+            return super::remote::add_signer(remote, &name, signer, require_signed_sbom, json);
+        }
+        (None, Some(user)) => user,
+        (None, None) => anyhow::bail!("give --server URL (or, for operators, --user)"),
+    };
+    let config = load_config(config_path)?;
     runtime()?.block_on(async move {
         let app = AppState::build(config).await?;
         let user_id = user_id(&app.db, &user).await?;
@@ -303,6 +331,38 @@ pub fn signer(config_path: Option<&Path>, command: SignerCommand) -> anyhow::Res
             println!("registered signer {:?} for {user}", signer.name);
         }
         Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// A signer to register over HTTP: a key signer needs its private key for the proof.
+fn remote_signer(
+    signer: NewSigner,
+    key: Option<&Path>,
+) -> anyhow::Result<super::remote::RemoteSigner> {
+    use super::remote::RemoteSigner;
+    Ok(match signer {
+        NewSigner::Key { public_key_pem } => {
+            let key = key.context(
+                "with --server, a key signer needs --key (the private key, to prove possession)",
+            )?;
+            let private_key_pem = std::fs::read_to_string(key)
+                .with_context(|| format!("reading {}", key.display()))?;
+            RemoteSigner::Key {
+                public_key_pem,
+                private_key_pem,
+            }
+        }
+        NewSigner::Identity {
+            identity,
+            identity_regex,
+            issuer,
+            sigstore_instance,
+        } => RemoteSigner::Identity {
+            identity,
+            identity_regex,
+            issuer,
+            sigstore_instance,
+        },
     })
 }
 

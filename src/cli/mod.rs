@@ -5,8 +5,13 @@ mod billing;
 mod budget;
 mod demo;
 mod ops;
+mod remote;
 mod sigstore;
 mod spell;
+mod spell_build;
+mod spell_new;
+mod spell_run;
+mod spell_schema;
 
 use std::process::ExitCode;
 

@@ -4,11 +4,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use base64::Engine as _;
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use spellhost::sandbox::{Outcome, RunReport, Sandbox, SandboxConfig};
 use spellhost::supply_chain::{
     self, GateError, IdentityPolicy, Manifest, ModuleDigest, SignaturePolicy, Signer, SignerKey,
     SpellBundle, TrustedRoots, Verifier,
@@ -51,42 +49,38 @@ pub enum SpellCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Run a spell locally with the server's sandbox settings.
-    Run(RunArgs),
-    /// Publish a spell directory for a user (same verification as `POST /v1/spells`).
+    /// Run a spell directory or a bare .wasm locally, under the server's configured limits,
+    /// and report fuel, wall time, peak memory, output size and the cost at its prices.
+    Run(super::spell_run::RunArgs),
+    /// Publish a spell directory: over HTTP to `--server` with your API key (multipart
+    /// `POST /v1/spells`), or, for operators, straight into the database for `--user`.
     Publish {
         dir: PathBuf,
+        /// The server's base URL, e.g. `https://spells.example.com`.
+        #[arg(long, required_unless_present = "user", conflicts_with = "user")]
+        server: Option<String>,
+        /// Your API key for `--server`.
+        #[arg(
+            long,
+            env = "SPELLHOST_API_KEY",
+            hide_env_values = true,
+            requires = "server"
+        )]
+        api_key: Option<String>,
+        /// Operators: publish for this user on the configured database (same verification as
+        /// `POST /v1/spells`).
         #[arg(long)]
-        user: String,
+        user: Option<String>,
         #[arg(long)]
         json: bool,
     },
-}
-
-#[derive(Args)]
-pub struct RunArgs {
-    dir: PathBuf,
-    /// Input as JSON text (becomes the spell's stdin).
-    #[arg(long, conflicts_with = "input_file")]
-    input: Option<String>,
-    /// Input from a file, as raw bytes.
-    #[arg(long)]
-    input_file: Option<PathBuf>,
-    /// Lower the fuel cap.
-    #[arg(long)]
-    fuel: Option<u64>,
-    /// Lower the wall-clock limit, in milliseconds.
-    #[arg(long)]
-    wall_ms: Option<u64>,
-    /// Lower the memory limit, in bytes.
-    #[arg(long)]
-    memory_bytes: Option<u64>,
-    /// Who must have signed (without any of these, only the SBOM, manifest and module are
-    /// checked).
-    #[command(flatten)]
-    signer: SignerArgs,
-    #[arg(long)]
-    json: bool,
+    /// Create a ready-to-build spell project (`--template rust`): Cargo.toml, src/main.rs
+    /// with typed JSON input and output, spell.toml, README.
+    New(super::spell_new::NewArgs),
+    /// Build a spell project into a publishable spell directory: module.wasm (cargo, release,
+    /// wasm32-wasip1), a CycloneDX SBOM of every crate compiled in, and with `--key` its
+    /// signature.
+    Build(super::spell_build::BuildArgs),
 }
 
 /// The signer a local check expects: a key, or a keyless identity and issuer.
@@ -116,7 +110,7 @@ pub struct SignerArgs {
 
 impl SignerArgs {
     /// The signer asked for, if any, and the roots to verify bundles against.
-    fn signers(&self) -> anyhow::Result<Option<(Signer, TrustedRoots)>> {
+    pub(super) fn signers(&self) -> anyhow::Result<Option<(Signer, TrustedRoots)>> {
         let signer = match (&self.public_key, &self.issuer) {
             (Some(path), None) => Signer::Key(read_key(path)?),
             (None, Some(issuer)) => Signer::Identity(
@@ -147,10 +141,20 @@ pub fn run(command: SpellCommand, config: Option<&Path>) -> anyhow::Result<ExitC
         SpellCommand::Sbom { dir, from, json } => sbom(&dir, from.as_deref(), json),
         SpellCommand::Sign { dir, key, json } => sign(&dir, &key, json),
         SpellCommand::Verify { dir, signer, json } => verify(&dir, &signer, json),
-        SpellCommand::Run(args) => run_local(args),
-        SpellCommand::Publish { dir, user, json } => {
-            super::admin::publish(config, &dir, &user, json)
-        }
+        SpellCommand::Run(args) => super::spell_run::run_local(args, config),
+        SpellCommand::Publish {
+            dir,
+            server,
+            api_key,
+            user,
+            json,
+        } => match (server, user) {
+            (Some(server), _) => super::remote::publish(&server, api_key.as_deref(), &dir, json),
+            (None, Some(user)) => super::admin::publish(config, &dir, &user, json),
+            (None, None) => anyhow::bail!("give --server URL (or, for operators, --user)"),
+        },
+        SpellCommand::New(args) => super::spell_new::new(args),
+        SpellCommand::Build(args) => super::spell_build::build(args),
     }
 }
 
@@ -275,122 +279,11 @@ fn verify(dir: &Path, signer: &SignerArgs, json: bool) -> anyhow::Result<ExitCod
     }
 }
 
-fn print_rejection(error: &GateError, json: bool) {
+pub(super) fn print_rejection(error: &GateError, json: bool) {
     if json {
         print_json(&json!({"ok": false, "code": error.code(), "message": error.to_string()}));
     } else {
         println!("{}", error.code());
         eprintln!("{error}");
     }
-}
-
-fn run_local(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let input = match (&args.input, &args.input_file) {
-        (Some(text), _) => {
-            serde_json::from_str::<serde_json::Value>(text).context("--input must be JSON")?;
-            text.clone().into_bytes()
-        }
-        (None, Some(path)) => {
-            std::fs::read(path).with_context(|| format!("reading {}", path.display()))?
-        }
-        (None, None) => Vec::new(),
-    };
-    let bundle = SpellBundle::read_dir(&args.dir)?;
-    let expected = args.signer.signers()?;
-    let policy = match &expected {
-        Some((signer, roots)) => SignaturePolicy::AnyOf(std::slice::from_ref(signer), roots),
-        None => {
-            eprintln!(
-                "warning: no --public-key or --identity/--issuer given; the signature is not checked"
-            );
-            SignaturePolicy::SkipForLocalRun
-        }
-    };
-    let module = match Verifier::verify(&bundle, policy) {
-        Ok(module) => module,
-        Err(error) => {
-            print_rejection(&error, args.json);
-            return Ok(ExitCode::FAILURE);
-        }
-    };
-    // One worker: exactly the server's engine and limits, sized for one run at a time.
-    let sandbox = Sandbox::new(SandboxConfig {
-        workers: 1,
-        runs_max: 1,
-        tenant_runs_max: 1,
-        queue_depth: 1,
-        ..SandboxConfig::default()
-    })?;
-    let (spell, _) = sandbox.prepare(&module)?;
-    let mut limits = sandbox.limits_for(&module.manifest().limits);
-    if let Some(fuel) = args.fuel {
-        limits = limits.with_fuel_at_most(fuel);
-    }
-    if let Some(wall_ms) = args.wall_ms {
-        limits = limits.with_wall_ms_at_most(wall_ms);
-    }
-    if let Some(memory_bytes) = args.memory_bytes {
-        limits = limits.with_memory_bytes_at_most(memory_bytes);
-    }
-    let report = sandbox.run_blocking(spell, input, limits)?;
-    print_report(&report, module.digest(), args.json);
-    Ok(if report.outcome.is_ok() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
-}
-
-/// The JSON shape of a local run (also used by tests and scripts).
-pub fn report_json(report: &RunReport, digest: &ModuleDigest) -> serde_json::Value {
-    let mut value = json!({
-        "outcome": report.outcome.as_str(),
-        "exit_code": match report.outcome {
-            Outcome::Ok => Some(0),
-            Outcome::ExitCode(code) => Some(code),
-            _ => None,
-        },
-        "stderr": String::from_utf8_lossy(&report.stderr),
-        "fuel_used": report.fuel_used,
-        "duration_us": u64::try_from(report.duration.as_micros()).unwrap_or(u64::MAX),
-        // What the server would bill as blocked time (whole ms, rounded up).
-        "blocked_ms": spellhost::money::Pricing::billed_ms(report.blocked),
-        "digest": digest.to_string(),
-    });
-    match serde_json::from_slice::<serde_json::Value>(&report.output) {
-        Ok(output) => value["output"] = output,
-        Err(_) => {
-            value["output_base64"] = base64::engine::general_purpose::STANDARD
-                .encode(&report.output)
-                .into();
-        }
-    }
-    if let Outcome::Trapped(message) = &report.outcome {
-        value["trap"] = message.clone().into();
-    }
-    value
-}
-
-fn print_report(report: &RunReport, digest: &ModuleDigest, json: bool) {
-    if json {
-        print_json(&report_json(report, digest));
-        return;
-    }
-    use std::io::Write as _;
-    let _ = std::io::stdout().write_all(&report.output);
-    if !report.output.ends_with(b"\n") && !report.output.is_empty() {
-        println!();
-    }
-    let _ = std::io::stderr().write_all(&report.stderr);
-    let detail = match &report.outcome {
-        Outcome::ExitCode(code) => format!(" (exit code {code})"),
-        Outcome::Trapped(message) => format!(" ({message})"),
-        _ => String::new(),
-    };
-    eprintln!(
-        "outcome: {}{detail}; fuel used: {}; {} µs",
-        report.outcome.as_str(),
-        report.fuel_used,
-        report.duration.as_micros()
-    );
 }
