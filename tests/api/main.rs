@@ -2,6 +2,7 @@
 
 mod advisories;
 mod app;
+mod author_loop;
 mod billing;
 mod billing_recharge;
 mod billing_recovery;
