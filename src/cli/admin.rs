@@ -81,12 +81,7 @@ pub enum SignerCommand {
         #[arg(long)]
         server: Option<String>,
         /// Your API key for `--server`.
-        #[arg(
-            long,
-            env = "SPELLHOST_API_KEY",
-            hide_env_values = true,
-            requires = "server"
-        )]
+        #[arg(long, env = "SPELLHOST_API_KEY", hide_env_values = true)]
         api_key: Option<String>,
         /// With --server and --public-key: the matching private key, to sign the proof of
         /// possession the server asks for (it is not sent).

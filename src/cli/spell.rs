@@ -60,12 +60,7 @@ pub enum SpellCommand {
         #[arg(long, required_unless_present = "user", conflicts_with = "user")]
         server: Option<String>,
         /// Your API key for `--server`.
-        #[arg(
-            long,
-            env = "SPELLHOST_API_KEY",
-            hide_env_values = true,
-            requires = "server"
-        )]
+        #[arg(long, env = "SPELLHOST_API_KEY", hide_env_values = true)]
         api_key: Option<String>,
         /// Operators: publish for this user on the configured database (same verification as
         /// `POST /v1/spells`).

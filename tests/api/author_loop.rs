@@ -153,6 +153,56 @@ async fn the_author_loop_from_spell_new_to_a_priced_cast_over_http() {
         "the manifest's own limit"
     );
 
+    // The server's configuration caps the manifest's limits, as on the server.
+    let capped = cli(
+        [
+            "spell",
+            "run",
+            text(&project),
+            "--input",
+            text(&input),
+            "--json",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+        vec![("SPELLHOST_FUEL_MAX", "1000".to_owned())],
+    )
+    .await;
+    assert!(!capped.status.success());
+    let capped: Value = serde_json::from_slice(&capped.stdout).expect("JSON");
+    assert_eq!(capped["outcome"], "out_of_fuel", "{capped}");
+    assert_eq!(capped["limits"]["fuel"], 1000);
+
+    // Against a bare module (the hello example, the same greeting): the difference shown is
+    // the difference of the two runs.
+    let hello = crate::helpers::repo_path("spells/hello/module.wasm");
+    let compared = cli_json(
+        &[
+            "spell",
+            "run",
+            text(&project),
+            "--input",
+            text(&input),
+            "--compare",
+            text(&hello),
+            "--json",
+        ],
+        vec![],
+    )
+    .await;
+    let runs = compared["runs"].as_array().expect("two runs");
+    assert_eq!(runs[1]["output"], local["output"]);
+    let fuel = |run: &Value| run["fuel_used"].as_i64().expect("fuel");
+    let cost = |run: &Value| run["cost_microusd"].as_i64().expect("cost");
+    assert_eq!(
+        compared["difference"]["fuel"],
+        fuel(&runs[1]) - fuel(&runs[0])
+    );
+    assert_eq!(
+        compared["difference"]["cost_microusd"],
+        cost(&runs[1]) - cost(&runs[0])
+    );
+
     let app = spawn_app(&Backend::Sqlite).await;
     let user = app.user("ada", 1_000_000).await;
     let server = app.url("");
