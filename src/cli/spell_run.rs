@@ -191,6 +191,13 @@ fn load(
     expected: Option<&(Signer, TrustedRoots)>,
 ) -> anyhow::Result<Result<VerifiedModule, GateError>> {
     let mut bundle = if path.is_dir() {
+        anyhow::ensure!(
+            path.join(supply_chain::MODULE_FILE).exists(),
+            "{} has no {}: build it with `spellhost spell build {}`",
+            path.display(),
+            supply_chain::MODULE_FILE,
+            path.display()
+        );
         read_dir_lenient(path, expected.is_some())?
     } else {
         read_bare_module(path)?
@@ -457,6 +464,42 @@ mod tests {
         assert!(supply_chain::manifest::is_valid_name(&spell_name_from(
             "Ünïcode name"
         )));
+    }
+
+    #[test]
+    fn a_bare_module_runs_unsigned_and_is_verified_by_its_sibling_signature_when_asked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("My Module.wasm");
+        let module =
+            wat::parse_str(r#"(module (memory (export "memory") 1) (func (export "_start")))"#)
+                .expect("wat");
+        std::fs::write(&path, &module).expect("write");
+        let verified = load(&path, None).expect("reads").expect("passes the gate");
+        assert_eq!(verified.manifest().name, "my-module");
+        assert_eq!(*verified.digest(), ModuleDigest::of(&module));
+
+        let (private_pem, public_pem) =
+            supply_chain::signature::generate_key_pair().expect("keygen");
+        let key = supply_chain::SignerKey::from_pem(&public_pem).expect("key");
+        let roots = TrustedRoots::public_good_and(&[]).expect("roots");
+        let expected = (Signer::Key(key), roots);
+        let refused = load(&path, Some(&expected)).expect("reads");
+        assert_eq!(refused.expect_err("unsigned").code(), "unsigned");
+        let signature = supply_chain::signature::sign(&private_pem, &module).expect("signs");
+        std::fs::write(dir.path().join("My Module.wasm.sig"), signature).expect("write");
+        load(&path, Some(&expected))
+            .expect("reads")
+            .expect("verifies with the signature beside it");
+    }
+
+    #[test]
+    fn a_directory_without_a_module_says_to_build_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let error = load(dir.path(), None).expect_err("no module");
+        assert!(
+            error.to_string().contains("spellhost spell build"),
+            "{error}"
+        );
     }
 
     #[test]
