@@ -261,7 +261,7 @@ mod tests {
         };
         assert_eq!(
             pending.challenge(),
-            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGKSuw-cM"
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
         );
         let fresh = PendingLogin::begin(0, LocalRedirect::root());
         assert_eq!(fresh.verifier().len(), 43);
