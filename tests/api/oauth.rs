@@ -288,9 +288,11 @@ async fn callback(
     state: &str,
     json: bool,
 ) -> reqwest::Response {
-    let mut request = browser()
-        .get(app.url("/auth/callback"))
-        .query(&[("code", code), ("state", state)]);
+    let query = form_urlencoded::Serializer::new(String::new())
+        .append_pair("code", code)
+        .append_pair("state", state)
+        .finish();
+    let mut request = browser().get(app.url(&format!("/auth/callback?{query}")));
     if let Some(cookie) = cookie {
         request = request.header("cookie", cookie);
     }
