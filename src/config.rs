@@ -62,6 +62,10 @@ pub struct Config {
     pub creation: CreationLimits,
     /// The advisory check of published SBOMs (`SPELLHOST_ADVISORY_*`).
     pub advisories: AdvisoryConfig,
+    /// GitHub login; present only when both the client id and secret are set.
+    pub github: Option<GithubConfig>,
+    /// How long a session lives (`SPELLHOST_SESSION_TTL_SECS`, default 30 days).
+    pub session_ttl_ms: i64,
 }
 
 /// The HTTP edge's settings (`SPELLHOST_RATE_LIMIT_*`, `SPELLHOST_TRUSTED_PROXIES`,
@@ -351,6 +355,8 @@ impl Config {
             http,
             creation,
             advisories: advisory_config(&source)?,
+            github: github_config(&source)?,
+            session_ttl_ms: session_ttl_ms(&source)?,
         })
     }
 
@@ -902,4 +908,171 @@ fn advisory_config(source: &Source) -> Result<AdvisoryConfig, ConfigError> {
         )?,
         reload_interval: std::time::Duration::from_millis(reload_ms),
     })
+}
+
+/// GitHub OAuth login (`SPELLHOST_GITHUB_*`). The state cookie is signed with a key derived
+/// from the server secret (`SPELLHOST_SECRET_KEY`, or the one generated into the data
+/// directory), so that every instance sharing the secret accepts it.
+#[derive(Clone)]
+pub struct GithubConfig {
+    pub client_id: String,
+    pub client_secret: SecretString,
+    /// `https://github.com/login/oauth/authorize` unless set.
+    pub authorize_url: String,
+    /// `https://github.com/login/oauth/access_token` unless set.
+    pub token_url: String,
+    /// `https://api.github.com` unless set (`/user`, `/user/emails`).
+    pub api_url: String,
+}
+
+impl std::fmt::Debug for GithubConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GithubConfig")
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"***")
+            .field("authorize_url", &self.authorize_url)
+            .field("token_url", &self.token_url)
+            .field("api_url", &self.api_url)
+            .finish()
+    }
+}
+
+/// A GitHub URL: https, or http to a loopback address only (a test's fake GitHub), so a
+/// misconfiguration never sends the client secret or a user's token in clear text.
+fn github_url(source: &Source, name: &str, default: &str) -> Result<String, ConfigError> {
+    let url = source
+        .text(name)
+        .unwrap_or(default)
+        .trim()
+        .trim_end_matches('/');
+    let loopback = ["http://127.0.0.1:", "http://localhost:", "http://[::1]:"];
+    let valid = (url.starts_with("https://") && url.len() > "https://".len())
+        || loopback.iter().any(|prefix| url.starts_with(prefix));
+    if !valid || url.contains(['?', '#', ' ']) {
+        return Err(error(
+            name,
+            "must be an https:// URL without query (http:// only to 127.0.0.1, localhost or [::1])",
+        ));
+    }
+    Ok(url.to_owned())
+}
+
+fn github_config(source: &Source) -> Result<Option<GithubConfig>, ConfigError> {
+    const ID: &str = "SPELLHOST_GITHUB_CLIENT_ID";
+    const SECRET: &str = "SPELLHOST_GITHUB_CLIENT_SECRET";
+    let (client_id, client_secret) = match (source.text(ID), source.text(SECRET)) {
+        (None, None) => return Ok(None),
+        (Some(id), Some(secret)) => (id.trim(), secret.trim()),
+        (Some(_), None) => return Err(error(SECRET, format!("required when {ID} is set"))),
+        (None, Some(_)) => return Err(error(ID, format!("required when {SECRET} is set"))),
+    };
+    if client_id.is_empty() || !client_id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(error(ID, "must be printable ASCII"));
+    }
+    if client_secret.is_empty() || !client_secret.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(error(SECRET, "must be printable ASCII"));
+    }
+    Ok(Some(GithubConfig {
+        client_id: client_id.to_owned(),
+        client_secret: SecretString::from(client_secret.to_owned()),
+        authorize_url: github_url(
+            source,
+            "SPELLHOST_GITHUB_AUTHORIZE_URL",
+            "https://github.com/login/oauth/authorize",
+        )?,
+        token_url: github_url(
+            source,
+            "SPELLHOST_GITHUB_TOKEN_URL",
+            "https://github.com/login/oauth/access_token",
+        )?,
+        api_url: github_url(source, "SPELLHOST_GITHUB_API_URL", "https://api.github.com")?,
+    }))
+}
+
+fn session_ttl_ms(source: &Source) -> Result<i64, ConfigError> {
+    const NAME: &str = "SPELLHOST_SESSION_TTL_SECS";
+    // 30 days: a month between logins on one browser, as GitHub's own sessions; at most a
+    // year, so a stolen token does not live forever.
+    let seconds: i64 = source.parse(NAME, 30 * 24 * 3600)?;
+    if !(60..=365 * 24 * 3600).contains(&seconds) {
+        return Err(error(NAME, "must be between 60 and 31536000 (a year)"));
+    }
+    Ok(seconds * 1000)
+}
+
+#[cfg(test)]
+mod github_tests {
+    use super::*;
+
+    #[test]
+    fn github_login_needs_both_client_id_and_secret() {
+        let config = Config::from_vars(&[]).expect("defaults");
+        assert!(config.github.is_none());
+        assert_eq!(config.session_ttl_ms, 30 * 24 * 3600 * 1000);
+        for (set, missing) in [
+            (
+                "SPELLHOST_GITHUB_CLIENT_ID",
+                "SPELLHOST_GITHUB_CLIENT_SECRET",
+            ),
+            (
+                "SPELLHOST_GITHUB_CLIENT_SECRET",
+                "SPELLHOST_GITHUB_CLIENT_ID",
+            ),
+        ] {
+            let error = Config::from_vars(&[(set, "x")]).expect_err(set);
+            assert_eq!(error.variable, missing, "{error}");
+        }
+        let both = [
+            ("SPELLHOST_GITHUB_CLIENT_ID", "Iv1.abc"),
+            ("SPELLHOST_GITHUB_CLIENT_SECRET", "hunter2-secret"),
+        ];
+        let github = Config::from_vars(&both)
+            .expect("valid")
+            .github
+            .expect("github");
+        assert_eq!(
+            github.token_url,
+            "https://github.com/login/oauth/access_token"
+        );
+        assert_eq!(github.api_url, "https://api.github.com");
+        assert!(!format!("{github:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn github_urls_are_https_or_loopback() {
+        let both = [
+            ("SPELLHOST_GITHUB_CLIENT_ID", "Iv1.abc"),
+            ("SPELLHOST_GITHUB_CLIENT_SECRET", "secret"),
+        ];
+        for (name, value, ok) in [
+            ("SPELLHOST_GITHUB_API_URL", "http://127.0.0.1:9999", true),
+            (
+                "SPELLHOST_GITHUB_API_URL",
+                "https://ghe.example.com/api/v3/",
+                true,
+            ),
+            ("SPELLHOST_GITHUB_API_URL", "http://ghe.example.com", false),
+            (
+                "SPELLHOST_GITHUB_TOKEN_URL",
+                "http://127.0.0.1.evil.example/x",
+                false,
+            ),
+            (
+                "SPELLHOST_GITHUB_AUTHORIZE_URL",
+                "https://github.com/x?y=1",
+                false,
+            ),
+            ("SPELLHOST_SESSION_TTL_SECS", "0", false),
+        ] {
+            let mut vars = both.to_vec();
+            vars.push((name, value));
+            match Config::from_vars(&vars) {
+                Ok(_) => assert!(ok, "{name}={value} accepted"),
+                Err(error) => {
+                    assert!(!ok, "{name}={value}: {error}");
+                    assert_eq!(error.variable, name);
+                }
+            }
+        }
+    }
 }

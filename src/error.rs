@@ -85,6 +85,21 @@ pub enum Code {
     RequestTimeout,
     /// The request's headers are too large (431).
     HeadersTooLarge,
+    /// GitHub login is not configured (404).
+    LoginDisabled,
+    /// The OAuth `state` is missing, forged, expired, not this browser's or replayed (400).
+    InvalidOauthState,
+    /// GitHub refused the authorization code, or the user declined (400).
+    OauthCodeRejected,
+    /// The GitHub account has no verified primary email (403).
+    EmailUnverified,
+    /// The GitHub account's spellhost account was erased; it cannot log in again (403).
+    AccountDeleted,
+    /// GitHub could not be reached or answered unexpectedly (502).
+    GithubUnavailable,
+    /// A state-changing request authenticated by the session cookie, without proof that it
+    /// comes from this origin (403).
+    CsrfRejected,
     /// The supply-chain gate's own codes (`sbom_invalid`, …).
     Gate(&'static str),
     Internal,
@@ -139,6 +154,13 @@ impl Code {
             Code::UriTooLong => "uri_too_long",
             Code::RequestTimeout => "request_timeout",
             Code::HeadersTooLarge => "headers_too_large",
+            Code::LoginDisabled => "login_disabled",
+            Code::InvalidOauthState => "invalid_oauth_state",
+            Code::OauthCodeRejected => "oauth_code_rejected",
+            Code::EmailUnverified => "email_unverified",
+            Code::AccountDeleted => "account_deleted",
+            Code::GithubUnavailable => "github_unavailable",
+            Code::CsrfRejected => "csrf_rejected",
             Code::Gate(code) => code,
             Code::Internal => "internal",
         }
@@ -186,6 +208,12 @@ impl Code {
             Code::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Code::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Code::SignatureInvalid => StatusCode::BAD_REQUEST,
+            Code::LoginDisabled => StatusCode::NOT_FOUND,
+            Code::InvalidOauthState | Code::OauthCodeRejected => StatusCode::BAD_REQUEST,
+            Code::EmailUnverified | Code::AccountDeleted | Code::CsrfRejected => {
+                StatusCode::FORBIDDEN
+            }
+            Code::GithubUnavailable => StatusCode::BAD_GATEWAY,
             Code::PaymentProviderError => StatusCode::BAD_GATEWAY,
             Code::Internal | Code::EventUnparseable | Code::EventApiVersionUnsupported => {
                 StatusCode::INTERNAL_SERVER_ERROR

@@ -46,6 +46,8 @@ pub struct AppState {
     pub idempotency: idempotency::Idempotency,
     /// Requests per API key and per client address.
     pub rate_limits: http::RateLimits,
+    /// GitHub login, when configured.
+    pub github: Option<auth::github::GitHub>,
 }
 
 pub type App = Arc<AppState>;
@@ -107,6 +109,17 @@ impl AppState {
             None => billing::Recharger::disabled(),
         };
         let idempotency = idempotency::Idempotency::new(db.clone());
+        let github = match &config.github {
+            Some(github) => Some(
+                auth::github::GitHub::new(
+                    github.clone(),
+                    &config.public_url,
+                    config.derived_key("oauth state cookie"),
+                )
+                .context("starting the GitHub login client")?,
+            ),
+            None => None,
+        };
         Ok(Arc::new(AppState {
             config,
             db,
@@ -121,6 +134,7 @@ impl AppState {
             readiness,
             idempotency,
             rate_limits,
+            github,
         }))
     }
 }

@@ -11,8 +11,9 @@
 //! leaves the JSON unterminated (a client can tell).
 //!
 //! **Erasure** (`DELETE /v1/users/me`), in one transaction: the handle becomes `deleted-<id>`
-//! (the old one is retired, as a hash, so nobody can publish under it again), the email and
-//! the Stripe customer id are cleared; keys, signers, budgets, spells (their versions, and
+//! (the old one is retired, as a hash, so nobody can publish under it again), the email, the
+//! GitHub id (retired as a hash too: that GitHub account can never log in again) and the
+//! Stripe customer id are cleared; keys, sessions, signers, budgets, spells (their versions, and
 //! module bytes no other version uses), saved card details, auto-recharge settings and
 //! idempotency records are deleted. Financial records stay, pseudonymized by the tombstone
 //! (GDPR art. 17(3)(b)): ledger entries, casts, checkout sessions, recharges, payment
@@ -80,6 +81,11 @@ const SECTIONS: &[(&str, &str)] = &[
          last_used_at_ms, deleted_at_ms FROM api_keys WHERE user_id = $1 ORDER BY created_at_ms, id",
     ),
     (
+        "sessions",
+        "SELECT 'sps_' || id AS prefix, created_at_ms, expires_at_ms, last_used_at_ms, \
+         revoked_at_ms FROM sessions WHERE user_id = $1 ORDER BY created_at_ms, id",
+    ),
+    (
         "signers",
         "SELECT id, name, public_key_pem, issuer, identity, identity_regex, sigstore_instance, \
          created_at_ms, removed_at_ms FROM signers WHERE user_id = $1 ORDER BY id",
@@ -137,7 +143,7 @@ const SECTIONS: &[(&str, &str)] = &[
 pub async fn export_head(db: &Db, user_id: i64) -> Result<Map<String, Value>, PrivacyError> {
     let profile = sqlx::query(
         "SELECT id, handle, email, is_admin, balance_microusd, held_microusd, \
-         stripe_customer_id, created_at_ms FROM users WHERE id = $1",
+         stripe_customer_id, github_id, created_at_ms FROM users WHERE id = $1",
     )
     .bind(user_id)
     .fetch_optional(db.reader())
@@ -150,7 +156,6 @@ pub async fn export_head(db: &Db, user_id: i64) -> Result<Map<String, Value>, Pr
     for (name, sql) in SECTIONS {
         head.insert((*name).to_owned(), rows(db, sql, user_id).await?);
     }
-    // Sessions do not exist yet; API keys are the only credentials.
     Ok(head)
 }
 
@@ -201,7 +206,8 @@ pub async fn page(
         // In settlement order (`casts_user_time`).
         Paged::Casts => sqlx::query(
             "SELECT id, spell, version, digest, outcome, fuel_used, cost_microusd, duration_us, \
-             ledger_seq, 'spk_' || key_id AS key_prefix, created_at_ms FROM casts \
+             ledger_seq, CASE WHEN substr(key_id, 1, 4) = 'sps_' THEN key_id \
+             ELSE 'spk_' || key_id END AS key_prefix, created_at_ms FROM casts \
              WHERE user_id = $1 AND (created_at_ms > $2 OR (created_at_ms = $3 AND id > $4)) \
              ORDER BY created_at_ms, id LIMIT $5",
         )
@@ -289,6 +295,7 @@ pub fn retired_handle_hash(handle: &str) -> String {
 struct LockedUser {
     handle: String,
     deleted_at_ms: Option<i64>,
+    github_id: Option<i64>,
 }
 
 /// Erases a user's account (see the module documentation), if `confirm` is their handle.
@@ -317,8 +324,8 @@ pub async fn erase(
     .execute(&mut *tx)
     .await?;
     let user: LockedUser = sqlx::query_as(db.pick(
-        "SELECT handle, deleted_at_ms FROM users WHERE id = $1",
-        "SELECT handle, deleted_at_ms FROM users WHERE id = $1 FOR UPDATE",
+        "SELECT handle, deleted_at_ms, github_id FROM users WHERE id = $1",
+        "SELECT handle, deleted_at_ms, github_id FROM users WHERE id = $1 FOR UPDATE",
     ))
     .bind(user_id)
     .fetch_optional(&mut *tx)
@@ -333,7 +340,7 @@ pub async fn erase(
     let handle = tombstone(user_id);
     sqlx::query(
         "UPDATE users SET handle = $1, email = '', stripe_customer_id = NULL, is_admin = 0, \
-         deleted_at_ms = $2, budgets_version = budgets_version + 1 WHERE id = $3",
+         github_id = NULL, deleted_at_ms = $2, budgets_version = budgets_version + 1 WHERE id = $3",
     )
     .bind(&handle)
     .bind(now)
@@ -345,6 +352,16 @@ pub async fn erase(
         .bind(now)
         .execute(&mut *tx)
         .await?;
+    // The GitHub account can never log in again (`crate::auth::github::login`).
+    if let Some(github_id) = user.github_id {
+        sqlx::query(
+            "INSERT INTO retired_github_ids (github_id_sha256, retired_at_ms) VALUES ($1, $2)",
+        )
+        .bind(crate::auth::github::retired_github_id_hash(github_id))
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    }
     // Budget leases go with their budgets; balance leases are revoked, and their owners give
     // back what casts in flight do not hold at their next upkeep (half a second).
     let deleted_budgets =
@@ -354,6 +371,7 @@ pub async fn erase(
         .execute(&mut *tx)
         .await?;
     let deleted_keys = delete(&mut tx, "DELETE FROM api_keys WHERE user_id = $1", user_id).await?;
+    delete(&mut tx, "DELETE FROM sessions WHERE user_id = $1", user_id).await?;
     let digests: Vec<(String,)> =
         sqlx::query_as("SELECT DISTINCT digest FROM spell_versions WHERE owner_id = $1")
             .bind(user_id)

@@ -37,36 +37,12 @@ pub struct MalformedKey;
 impl ApiKey {
     /// A new random key.
     pub fn generate() -> ApiKey {
-        let mut rng = rand::rng();
-        let mut pick = |alphabet: &[u8], n: usize| -> String {
-            (0..n)
-                .map(|_| alphabet[rng.random_range(0..alphabet.len())] as char)
-                .collect()
-        };
-        let id = pick(ID_ALPHABET, ID_LEN);
-        let secret = pick(BASE62, SECRET_LEN);
-        let body = format!("{PREFIX}{id}_{secret}");
-        let checksum = checksum(&body);
-        ApiKey(format!("{body}{checksum}"))
+        ApiKey(generate_token(PREFIX))
     }
 
     /// Checks format and checksum only; cheap, no I/O.
     pub fn parse(text: &str) -> Result<ApiKey, MalformedKey> {
-        let expected_len = PREFIX.len() + ID_LEN + 1 + SECRET_LEN + CHECKSUM_LEN;
-        if text.len() != expected_len || !text.is_ascii() || !text.starts_with(PREFIX) {
-            return Err(MalformedKey);
-        }
-        let rest = &text[PREFIX.len()..];
-        let (id, rest) = rest.split_at(ID_LEN);
-        let (separator, rest) = rest.split_at(1);
-        let (secret, sum) = rest.split_at(SECRET_LEN);
-        let well_formed = separator == "_"
-            && id.bytes().all(|b| ID_ALPHABET.contains(&b))
-            && secret
-                .bytes()
-                .chain(sum.bytes())
-                .all(|b| BASE62.contains(&b));
-        if !well_formed || checksum(&text[..text.len() - CHECKSUM_LEN]) != sum {
+        if !is_well_formed(PREFIX, text) {
             return Err(MalformedKey);
         }
         Ok(ApiKey(text.to_owned()))
@@ -74,7 +50,7 @@ impl ApiKey {
 
     /// The public id used for lookup.
     pub fn id(&self) -> &str {
-        &self.0[PREFIX.len()..PREFIX.len() + ID_LEN]
+        token_id(PREFIX, &self.0)
     }
 
     /// `spk_<id>`: what listings show and `DELETE /v1/keys/{prefix}` takes.
@@ -88,15 +64,57 @@ impl ApiKey {
     }
 }
 
+/// A new random token `<prefix><id>_<secret><checksum>` (API keys, sessions).
+pub(crate) fn generate_token(prefix: &str) -> String {
+    let mut rng = rand::rng();
+    let mut pick = |alphabet: &[u8], n: usize| -> String {
+        (0..n)
+            .map(|_| alphabet[rng.random_range(0..alphabet.len())] as char)
+            .collect()
+    };
+    let id = pick(ID_ALPHABET, ID_LEN);
+    let secret = pick(BASE62, SECRET_LEN);
+    let body = format!("{prefix}{id}_{secret}");
+    let checksum = checksum(&body);
+    format!("{body}{checksum}")
+}
+
+/// Whether `text` is a token of `prefix`'s kind with a valid checksum; cheap, no I/O.
+pub(crate) fn is_well_formed(prefix: &str, text: &str) -> bool {
+    let expected_len = prefix.len() + ID_LEN + 1 + SECRET_LEN + CHECKSUM_LEN;
+    if text.len() != expected_len || !text.is_ascii() || !text.starts_with(prefix) {
+        return false;
+    }
+    let rest = &text[prefix.len()..];
+    let (id, rest) = rest.split_at(ID_LEN);
+    let (separator, rest) = rest.split_at(1);
+    let (secret, sum) = rest.split_at(SECRET_LEN);
+    separator == "_"
+        && id.bytes().all(|b| ID_ALPHABET.contains(&b))
+        && secret
+            .bytes()
+            .chain(sum.bytes())
+            .all(|b| BASE62.contains(&b))
+        && checksum(&text[..text.len() - CHECKSUM_LEN]) == sum
+}
+
+/// The id part of a well-formed token of `prefix`'s kind.
+pub(crate) fn token_id<'a>(prefix: &str, text: &'a str) -> &'a str {
+    &text[prefix.len()..prefix.len() + ID_LEN]
+}
+
+/// Whether `id` could be a token id (lowercase alphanumerics, the right length).
+pub(crate) fn is_token_id(id: &str) -> bool {
+    id.len() == ID_LEN && id.bytes().all(|b| ID_ALPHABET.contains(&b))
+}
+
 pub fn prefix_of(id: &str) -> String {
     format!("{PREFIX}{id}")
 }
 
 /// The id inside a `spk_<id>` prefix.
 pub fn id_from_prefix(prefix: &str) -> Option<&str> {
-    prefix
-        .strip_prefix(PREFIX)
-        .filter(|id| id.len() == ID_LEN && id.bytes().all(|b| ID_ALPHABET.contains(&b)))
+    prefix.strip_prefix(PREFIX).filter(|id| is_token_id(id))
 }
 
 fn checksum(body: &str) -> String {

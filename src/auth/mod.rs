@@ -1,8 +1,11 @@
 //! Who is calling: users, API keys, and the caches that keep argon2 and the database off the
 //! hot path.
 
+pub mod github;
 pub mod keys;
+pub mod oauth_state;
 pub mod scopes;
+pub mod sessions;
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -15,6 +18,7 @@ use tokio::sync::Semaphore;
 
 pub use keys::{ApiKey, MalformedKey};
 pub use scopes::{AllowedSpells, KeyScope, KeyScopes, SpellPattern};
+pub use sessions::{NewSession, SessionToken};
 
 use crate::store::{Db, is_unique_violation, now_ms};
 
@@ -92,6 +96,9 @@ pub struct Caller {
     pub expires_at_ms: Option<i64>,
     /// The key's own limit on casts in flight, if it has one (the user's limit binds too).
     pub concurrent_casts_max: Option<NonZeroU32>,
+    /// The session the caller authenticated with (`None`: an API key). A session's
+    /// `key_id` is its `sps_<id>` prefix, which no API key id can equal.
+    pub session_id: Option<String>,
 }
 
 impl Caller {
@@ -269,6 +276,8 @@ pub struct Authenticator {
     verifications: std::sync::atomic::AtomicU64,
     /// Live keys one user may have (`SPELLHOST_KEYS_PER_USER_MAX`).
     keys_per_user_max: i64,
+    /// Session rows by session id (`None`: no such session), with when they were read.
+    sessions: Mutex<HashMap<String, (Option<sessions::SessionRow>, Instant)>>,
 }
 
 impl Authenticator {
@@ -284,6 +293,7 @@ impl Authenticator {
             verifying: Mutex::new(HashMap::new()),
             verifications: std::sync::atomic::AtomicU64::new(0),
             keys_per_user_max: crate::config::CreationLimits::default().keys_per_user,
+            sessions: Mutex::new(HashMap::new()),
         }
     }
 
@@ -313,6 +323,13 @@ impl Authenticator {
     ) -> Result<Caller, AuthError> {
         // No credentials at all costs nothing to refuse (and the edge has counted it).
         let header = header.ok_or(AuthError::Unauthorized)?;
+        if let Some(session) = header
+            .strip_prefix("Bearer ")
+            .map(str::trim)
+            .filter(|token| token.starts_with(sessions::PREFIX))
+        {
+            return self.authenticate_session(session, gate).await;
+        }
         let key = header
             .strip_prefix("Bearer ")
             .and_then(|token| ApiKey::parse(token.trim()).ok());
@@ -353,6 +370,7 @@ impl Authenticator {
             allowed_spells: AllowedSpells::from_stored(row.allowed_spells.as_deref()),
             expires_at_ms: row.expires_at_ms,
             concurrent_casts_max: stored_limit(row.concurrent_casts_max),
+            session_id: None,
         })
     }
 
@@ -432,6 +450,10 @@ impl Authenticator {
         use std::sync::atomic::Ordering;
         if self.epoch.swap(epoch, Ordering::Relaxed) != epoch {
             self.rows.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            self.sessions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
         }
     }
 

@@ -52,6 +52,10 @@ pub async fn authenticate(
         .headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok());
+    // A browser's session cookie, when there is no Authorization header.
+    if let Some(token) = super::oauth::session_cookie(&parts.headers) {
+        return app.auth.authenticate_session(token, gate).await;
+    }
     app.auth.authenticate(header, gate).await
 }
 

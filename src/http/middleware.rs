@@ -117,6 +117,10 @@ pub async fn authorize(
         }
     };
     let authenticated = super::extract::authenticate(&app, &parts, gate).await;
+    // Cookies ride along on cross-site requests: those that change state need proof of origin.
+    let cross_site = !parts.method.is_safe()
+        && super::oauth::session_cookie(&parts.headers).is_some()
+        && !super::oauth::is_same_origin(&parts.headers, &app.config.public_url);
     let (mut response, limit) = match authenticated {
         Err(AuthError::Throttled) => match address {
             Some(decision) => (decision.refusal(&app), None),
@@ -126,7 +130,9 @@ pub async fn authorize(
         Ok(caller) => match app.rate_limits.check_key(&caller.key_id) {
             Some(decision) if !decision.allowed() => (decision.refusal(&app), None),
             decision => {
-                let response = if caller.scopes.contains(scope) {
+                let response = if cross_site {
+                    super::oauth::csrf_refusal().into_response()
+                } else if caller.scopes.contains(scope) {
                     parts.extensions.insert(caller);
                     next.run(Request::from_parts(parts, body)).await
                 } else {

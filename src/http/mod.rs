@@ -11,6 +11,7 @@ mod idempotency;
 mod keys;
 mod ledger;
 mod middleware;
+pub mod oauth;
 mod ops;
 pub mod rate_limit;
 mod router;

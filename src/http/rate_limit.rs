@@ -13,7 +13,7 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
@@ -231,7 +231,7 @@ pub async fn limit(State(app): State<App>, mut request: Request, next: Next) -> 
     if exempt(request.uri().path()) {
         return next.run(request).await;
     }
-    if !request.headers().contains_key(header::AUTHORIZATION) {
+    if !super::oauth::has_credentials(request.headers()) {
         let decision = app.rate_limits.check_address(ip);
         if let Some(decision) = decision.filter(|d| !d.allowed()) {
             return decision.refusal(&app);

@@ -5,8 +5,8 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{MethodRouter, delete, get, post, put};
 
 use super::{
-    billing, budgets, cast, hygiene, idempotency, keys, ledger, middleware, ops, signers, spells,
-    users,
+    billing, budgets, cast, hygiene, idempotency, keys, ledger, middleware, oauth, ops, signers,
+    spells, users,
 };
 use crate::App;
 use crate::auth::KeyScope;
@@ -152,6 +152,12 @@ pub fn router(app: App) -> Router {
         .route(
             "/v1/billing/payment-method",
             scoped(post(billing::payment_method), a, Manage),
+        )
+        .route("/auth/github", get(oauth::start))
+        .route("/auth/callback", get(oauth::callback))
+        .route(
+            "/v1/sessions/current",
+            scoped(delete(oauth::logout), a, Manage),
         )
         .route(
             "/webhooks/stripe",

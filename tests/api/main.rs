@@ -14,6 +14,7 @@ mod helpers;
 mod idempotency;
 mod leases;
 mod money;
+mod oauth;
 mod ops;
 mod privacy;
 mod process;
