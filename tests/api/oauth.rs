@@ -446,6 +446,21 @@ on_both_databases! {
         let (status, body) = login(&app, &fake, 2).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
         assert_eq!(error_code(&body), "email_unverified");
+        // Declined on GitHub: it sends the browser back with an error instead of a code.
+        let begun = begin(&app, "").await;
+        let declined = browser()
+            .get(app.url(&format!(
+                "/auth/callback?error=access_denied&state={}",
+                begun.state
+            )))
+            .header("cookie", &begun.cookie)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(declined.status(), StatusCode::BAD_REQUEST);
+        let body: Value = declined.json().await.expect("json");
+        assert_eq!(error_code(&body), "oauth_code_rejected", "{body}");
+        assert_eq!(body["error"]["github_error"], "access_denied");
         assert!(
             spellhost::auth::user_by_handle(&app.app.db, "linus").await.expect("db").is_none(),
             "no user without a verified email"
@@ -492,6 +507,30 @@ on_both_databases! {
         let user = app.user("keyholder", 0).await;
         let (status, body) = app.delete("/v1/sessions/current", &user.key).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        // A session expires after SPELLHOST_SESSION_TTL_SECS (30 days by default).
+        app.app.db.clock().advance(30 * 24 * 3600 * 1000);
+        let (status, _) = app.get("/v1/users/me", Some(&token_of(&other))).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "an expired session");
+    }
+
+    async fn sessions_are_rate_limited_each_on_its_own(backend) {
+        let fake = FakeGithub::start().await;
+        let mut vars = fake.vars();
+        vars.push(("SPELLHOST_RATE_LIMIT_AUTHENTICATED_PER_MINUTE".into(), "2".into()));
+        let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let app = spawn_app_with(&backend, &vars).await;
+        fake.add(6, "rita", "rita@example.com", true);
+        let (_, first) = login(&app, &fake, 6).await;
+        let (_, second) = login(&app, &fake, 6).await;
+        for _ in 0..2 {
+            let (status, _) = app.get("/v1/users/me", Some(&token_of(&first))).await;
+            assert_eq!(status, StatusCode::OK);
+        }
+        let (status, body) = app.get("/v1/users/me", Some(&token_of(&first))).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+        assert_eq!(error_code(&body), "rate_limited");
+        let (status, _) = app.get("/v1/users/me", Some(&token_of(&second))).await;
+        assert_eq!(status, StatusCode::OK, "another session has its own limit");
     }
 
     async fn cookie_authenticated_writes_need_the_same_origin_and_bearer_ones_do_not(backend) {
