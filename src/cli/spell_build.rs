@@ -170,11 +170,32 @@ fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
 
+/// The caller's `RUSTFLAGS` plus a remapping of the cargo home (where the registry's sources
+/// live) to `/cargo`, as `spells/build.sh` does: panic locations of dependencies would otherwise
+/// carry the author's home directory into the published module, and its bytes would depend on
+/// where the registry happens to be.
+fn rustflags_without_local_paths() -> std::ffi::OsString {
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")));
+    let mut flags = std::env::var_os("RUSTFLAGS").unwrap_or_default();
+    if let Some(cargo_home) = cargo_home {
+        if !flags.is_empty() {
+            flags.push(" ");
+        }
+        flags.push("--remap-path-prefix=");
+        flags.push(cargo_home.as_os_str());
+        flags.push("=/cargo");
+    }
+    flags
+}
+
 /// Runs `cargo build --release --target wasm32-wasip1` and returns the module it wrote: the
 /// binary of the package at `cargo_toml` named like the spell (or its only binary).
 fn cargo_build(cargo_toml: &Path, spell_name: &str) -> anyhow::Result<PathBuf> {
     let output = cargo()
         .args(["build", "--release", "--target", WASM_TARGET])
+        .env("RUSTFLAGS", rustflags_without_local_paths())
         .args([
             "--message-format",
             "json-render-diagnostics",

@@ -128,6 +128,17 @@ async fn the_author_loop_from_spell_new_to_a_priced_cast_over_http() {
         "proc-macros run in the compiler, not in the module: {sbom}"
     );
 
+    // The author's cargo home (where the registry's sources are) is remapped out of the module.
+    let module = std::fs::read(project.join("module.wasm")).expect("the module was written");
+    let cargo_home = std::env::var("CARGO_HOME")
+        .unwrap_or_else(|_| format!("{}/.cargo", std::env::var("HOME").unwrap_or_default()));
+    assert!(
+        !module
+            .windows(cargo_home.len())
+            .any(|window| window == cargo_home.as_bytes()),
+        "the module names the local cargo home {cargo_home}"
+    );
+
     // A local run, verified with the author's key, priced as the server will price it.
     let input = work.path().join("input.json");
     std::fs::write(&input, r#"{"name":"Ada"}"#).expect("input");
