@@ -85,6 +85,8 @@ pub enum Code {
     RequestTimeout,
     /// The request's headers are too large (431).
     HeadersTooLarge,
+    /// A cast's input does not match its spell's `input_schema` (422, with `errors`).
+    InvalidInput,
     /// The supply-chain gate's own codes (`sbom_invalid`, …).
     Gate(&'static str),
     Internal,
@@ -139,6 +141,7 @@ impl Code {
             Code::UriTooLong => "uri_too_long",
             Code::RequestTimeout => "request_timeout",
             Code::HeadersTooLarge => "headers_too_large",
+            Code::InvalidInput => "invalid_input",
             Code::Gate(code) => code,
             Code::Internal => "internal",
         }
@@ -176,6 +179,7 @@ impl Code {
             | Code::InvalidAutoRecharge
             | Code::IdempotencyKeyReused
             | Code::ConfirmationRequired
+            | Code::InvalidInput
             | Code::Gate(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Code::Overloaded | Code::BillingDisabled | Code::NotReady => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -313,6 +317,10 @@ impl From<GateError> for ApiError {
                 .with("component", component.as_str())
                 .with("advisory", advisory.as_str())
                 .with("severity", severity.as_str()),
+            GateError::LimitAboveHostMax { field, value, max } => refusal
+                .with("field", format!("limits.{field}"))
+                .with("value", *value)
+                .with("max", *max),
             _ => refusal,
         }
     }

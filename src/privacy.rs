@@ -382,6 +382,8 @@ pub async fn erase(
     for sql in [
         "DELETE FROM stripe_payment_methods WHERE user_id = $1",
         "DELETE FROM idempotency_keys WHERE user_id = $1",
+        // Kept outputs are the user's data, not a financial record: the cast records stay.
+        "UPDATE casts SET output = NULL WHERE user_id = $1 AND output IS NOT NULL",
     ] {
         delete(&mut tx, sql, user_id).await?;
     }
