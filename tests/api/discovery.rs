@@ -329,7 +329,7 @@ on_both_databases! {
         }
 
         // Would refuse on a budget.
-        let (status, body) = app.put("/v1/budgets", &bob.key, json!({"scope": {"type": "account"}, "period": "month", "hard_limit_microusd": 3})).await;
+        let (status, body) = app.post("/v1/budgets", Some(&bob.key), json!({"scope": {"type": "account"}, "period": "month", "hard_limit_microusd": 3})).await;
         assert!(status.is_success(), "{body}");
         let before = balance_and_held(&app, &bob).await;
         let (status, quote) = app.cast(&bob, dry.clone()).await;
