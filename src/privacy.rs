@@ -201,7 +201,8 @@ pub async fn page(
         // In settlement order (`casts_user_time`).
         Paged::Casts => sqlx::query(
             "SELECT id, spell, version, digest, outcome, fuel_used, cost_microusd, duration_us, \
-             ledger_seq, 'spk_' || key_id AS key_prefix, created_at_ms FROM casts \
+             ledger_seq, 'spk_' || key_id AS key_prefix, created_at_ms, output, output_encoding, \
+             output_expires_at_ms FROM casts \
              WHERE user_id = $1 AND (created_at_ms > $2 OR (created_at_ms = $3 AND id > $4)) \
              ORDER BY created_at_ms, id LIMIT $5",
         )

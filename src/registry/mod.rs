@@ -2,6 +2,8 @@
 //! the sandbox: modules are verified at publish and checked again (digest, manifest, wasm)
 //! whenever their bytes are loaded back from the database.
 
+pub mod catalog;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -12,6 +14,8 @@ use crate::supply_chain::{
     GateError, IdentityPolicy, Manifest, ManifestLimits, ModuleDigest, Signature, SignaturePolicy,
     Signer, SignerKey, SpellBundle, SpellSchema, TrustedRoots, Verifier,
 };
+
+pub use catalog::{CatalogEntry, CatalogPage, CatalogQuery, Usage, VersionDetails};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -354,10 +358,6 @@ pub struct Resolved {
     pub input_schema: Option<SpellSchema>,
     pub compiled: Arc<CompiledSpell>,
 }
-
-pub mod catalog;
-
-pub use catalog::{CatalogEntry, CatalogPage, CatalogQuery, Usage, VersionDetails};
 
 pub struct Registry {
     db: Db,
