@@ -5,14 +5,17 @@ use std::sync::Arc;
 use crate::AppState;
 use crate::auth::Caller;
 use crate::idempotency::Reservation;
-use crate::money::batch::{Receipt, Settled};
-use crate::money::quote::{self, Caps, PlanError};
+use base64::Engine as _;
+
+use crate::config::CastOutputConfig;
+use crate::money::batch::{KeptOutput, Receipt, Settled};
+use crate::money::quote::{self, Caps, Plan, PlanError};
 use crate::money::{
-    self, Budget, CastRecord, Cost, HoldFor, MicroUsd, MoneyError, Pricing, Refusal,
+    self, Budget, CastRecord, Cost, HoldFor, InFlight, MicroUsd, MoneyError, Pricing, Refusal,
 };
-use crate::registry::{RegistryError, SpellRef};
-use crate::sandbox::{Lane, RunFor, RunReport, SandboxError, Tenant};
-use crate::supply_chain::ModuleDigest;
+use crate::registry::{RegistryError, Resolved, SpellRef, Usage};
+use crate::sandbox::{Lane, Outcome, RunFor, RunLimits, RunReport, SandboxError, Tenant};
+use crate::supply_chain::{ModuleDigest, SchemaViolation, SpellSchema};
 
 pub struct CastRequest {
     pub spell: SpellRef,
@@ -49,6 +52,9 @@ pub enum CastError {
     Plan(#[from] PlanError),
     #[error("input is {actual} bytes; the limit is {limit}")]
     InputTooLarge { actual: usize, limit: u64 },
+    /// The input does not match the version's `input_schema`: nothing was held or run.
+    #[error("the input does not match the spell's input_schema")]
+    InvalidInput(Vec<SchemaViolation>),
     /// The balance or a budget cannot hold the worst case: nothing ran, nothing was charged.
     #[error("the cast's worst case cannot be held")]
     Refused {
@@ -96,32 +102,12 @@ pub async fn cast(
     request: CastRequest,
     answer: Option<Answer>,
 ) -> Result<CastResult, CastError> {
-    let spell_name = format!("{}/{}", request.spell.owner, request.spell.name);
-    if !caller
-        .allowed_spells
-        .allows(&request.spell.owner, &request.spell.name)
-    {
-        return Err(CastError::NotAllowed(spell_name));
-    }
-    // Refused before anything is written: an oversize input costs no hold.
-    let input_bytes_max = app.sandbox.host_limits().input_bytes_max;
-    if request.input.len() as u64 > input_bytes_max {
-        return Err(CastError::InputTooLarge {
-            actual: request.input.len(),
-            limit: input_bytes_max,
-        });
-    }
-    let resolved = app.registry.resolve(&request.spell).await?;
-    let limits = app.sandbox.limits_for(&resolved.limits);
-    let plan = quote::plan(
-        Caps {
-            spell_fuel_max: limits.fuel,
-            caller_fuel_max: request.max_fuel,
-            caller_cost_max: request.max_cost,
-            wall_ms: limits.wall_ms,
-        },
-        &app.config.pricing,
-    )?;
+    let Prepared {
+        spell_name,
+        resolved,
+        limits,
+        plan,
+    } = prepare(app, caller, &request).await?;
     let cast_id = format!("cast_{}", uuid::Uuid::now_v7().simple());
     let hold_for = HoldFor {
         user_id: caller.user_id,
@@ -189,6 +175,8 @@ pub async fn cast(
         fuel_used: report.fuel_used,
         duration_us: u64::try_from(report.duration.as_micros()).unwrap_or(u64::MAX),
         blocked_ms: Pricing::billed_ms(report.blocked),
+        output_bytes: report.output.len() as u64,
+        output: kept_output(&app.config.cast_outputs, &report),
     };
     // Only an idempotent cast copies its report (its output) into the answer it stores.
     let blocked_ms = record.blocked_ms.min(hold.blocked_ms_max);
@@ -232,6 +220,183 @@ pub async fn cast(
         blocked_ms: settlement.blocked_ms,
         balance_after: settlement.balance_after,
         budgets: settlement.budgets,
+    })
+}
+
+/// What of a cast's output is kept with its record for the caster (`GET /v1/casts/{id}`):
+/// a successful run's whole output, if it is within the configured size.
+fn kept_output(config: &CastOutputConfig, report: &RunReport) -> Option<KeptOutput> {
+    let output = &report.output;
+    if report.outcome != Outcome::Ok
+        || config.retention_ms <= 0
+        || output.len() as u64 > config.bytes_max
+    {
+        return None;
+    }
+    let (text, encoding) = match std::str::from_utf8(output) {
+        Ok(text) => (text.to_owned(), "utf8"),
+        Err(_) => (
+            base64::engine::general_purpose::STANDARD.encode(output),
+            "base64",
+        ),
+    };
+    Some(KeptOutput {
+        text,
+        encoding,
+        retention_ms: config.retention_ms,
+    })
+}
+
+/// Inputs up to this size are checked against a schema on the reactor; larger ones (up to
+/// the 4 MiB input limit) on the blocking pool, so that a big document never stalls it.
+const INLINE_SCHEMA_CHECK_BYTES_MAX: usize = 64 * 1024;
+
+/// Checks a cast's input against its version's input schema.
+async fn check_input(schema: &SpellSchema, input: &[u8]) -> Result<(), CastError> {
+    fn check(schema: &SpellSchema, input: &[u8]) -> Vec<SchemaViolation> {
+        match serde_json::from_slice::<serde_json::Value>(input) {
+            Ok(value) => schema.violations(&value),
+            Err(error) => vec![SchemaViolation {
+                instance_path: String::new(),
+                message: format!("the input is not JSON ({error}); this spell takes JSON"),
+            }],
+        }
+    }
+    let violations = if input.len() <= INLINE_SCHEMA_CHECK_BYTES_MAX {
+        check(schema, input)
+    } else {
+        let (schema, input) = (schema.clone(), input.to_vec());
+        tokio::task::spawn_blocking(move || check(&schema, &input))
+            .await
+            .map_err(|e| CastError::Registry(RegistryError::Internal(e.to_string())))?
+    };
+    if violations.is_empty() {
+        Ok(())
+    } else {
+        Err(CastError::InvalidInput(violations))
+    }
+}
+
+/// A cast checked and planned, before any money is held: what a real cast and a dry run share.
+struct Prepared {
+    spell_name: String,
+    resolved: Resolved,
+    limits: RunLimits,
+    plan: Plan,
+}
+
+/// Everything a cast checks before money: the key may cast the spell, the input fits and
+/// matches the version's schema, the caps make a plan.
+async fn prepare(
+    app: &AppState,
+    caller: &Caller,
+    request: &CastRequest,
+) -> Result<Prepared, CastError> {
+    let spell_name = format!("{}/{}", request.spell.owner, request.spell.name);
+    if !caller
+        .allowed_spells
+        .allows(&request.spell.owner, &request.spell.name)
+    {
+        return Err(CastError::NotAllowed(spell_name));
+    }
+    // Refused before anything is written: an oversize input costs no hold.
+    let input_bytes_max = app.sandbox.host_limits().input_bytes_max;
+    if request.input.len() as u64 > input_bytes_max {
+        return Err(CastError::InputTooLarge {
+            actual: request.input.len(),
+            limit: input_bytes_max,
+        });
+    }
+    let resolved = app.registry.resolve(&request.spell).await?;
+    // Before any money moves: an input the spell declares it cannot take costs nothing.
+    if let Some(schema) = &resolved.input_schema {
+        check_input(schema, &request.input).await?;
+    }
+    let limits = app.sandbox.limits_for(&resolved.limits);
+    let plan = quote::plan(
+        Caps {
+            spell_fuel_max: limits.fuel,
+            caller_fuel_max: request.max_fuel,
+            caller_cost_max: request.max_cost,
+            wall_ms: limits.wall_ms,
+        },
+        &app.config.pricing,
+    )?;
+    Ok(Prepared {
+        spell_name,
+        resolved,
+        limits,
+        plan,
+    })
+}
+
+/// A dry run's answer: what a real cast with the same request would hold and likely cost,
+/// and whether it would be refused for money.
+pub struct Quote {
+    pub spell: String,
+    pub version: String,
+    pub digest: ModuleDigest,
+    pub plan: Plan,
+    /// The worst case by component.
+    pub worst_case: Cost,
+    /// What the balance has free for casts, as a client should see it.
+    pub available: MicroUsd,
+    /// The version's statistics priced now (`casts` 0 when it has none).
+    pub usage: Usage,
+    /// `Some` when a real cast would be refused (402), with what the refusal would say.
+    pub refusal: Option<Box<Refusal>>,
+    pub in_flight: InFlight,
+}
+
+/// `POST /v1/cast` with `"dry_run": true`: every check a cast makes (key, scope, allowed
+/// spells, input and its schema, version, caps, balance and budgets), and the quote, without
+/// running, holding or charging anything. Nothing is written.
+pub async fn dry_run(
+    app: &AppState,
+    caller: &Caller,
+    request: &CastRequest,
+) -> Result<Quote, CastError> {
+    let Prepared {
+        spell_name,
+        resolved,
+        plan,
+        ..
+    } = prepare(app, caller, request).await?;
+    let pricing = &app.config.pricing;
+    let balance = money::balance(&app.db, caller.user_id).await?;
+    // The same view of casts in flight a 402 gives: this instance's holds and what other
+    // instances lease; the unused part of this instance's own leases is the user's to spend.
+    let in_flight = app.money.in_flight(&app.db, caller.user_id).await?;
+    let available = MicroUsd::new(
+        balance
+            .balance
+            .get()
+            .saturating_sub(in_flight.balance.get())
+            .max(0),
+    );
+    let budgets: Vec<Budget> = money::budgets::list(&app.db, caller.user_id, app.db.now_ms())
+        .await?
+        .into_iter()
+        .filter(|budget| budget.applies_to(&caller.key_id, &spell_name))
+        .map(|budget| in_flight.show(&budget))
+        .collect();
+    let refusal = quote::check(&plan, available, &budgets, pricing).err();
+    let histogram = app
+        .registry
+        .usage(&resolved.spell, Some(&resolved.version))
+        .await?
+        .remove(&resolved.version)
+        .unwrap_or_default();
+    Ok(Quote {
+        spell: resolved.spell,
+        version: resolved.version,
+        digest: resolved.digest,
+        worst_case: pricing.charge(plan.fuel_cap, plan.blocked_ms_max),
+        plan,
+        available,
+        usage: Usage::of(&histogram, pricing),
+        refusal,
+        in_flight,
     })
 }
 

@@ -66,6 +66,30 @@ pub struct Config {
     pub github: Option<GithubConfig>,
     /// How long a session lives (`SPELLHOST_SESSION_TTL_SECS`, default 30 days).
     pub session_ttl_ms: i64,
+    /// Settled casts' outputs kept for `GET /v1/casts/{id}` (`SPELLHOST_CAST_OUTPUT_*`).
+    pub cast_outputs: CastOutputConfig,
+}
+
+/// How long and how much of a cast's output is kept for its caster to fetch again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CastOutputConfig {
+    /// Milliseconds an output is kept after its settlement
+    /// (`SPELLHOST_CAST_OUTPUT_RETENTION_SECONDS`, default a day: long enough for a client that
+    /// lost its connection to come back; 0 keeps none).
+    pub retention_ms: i64,
+    /// The largest output kept, in bytes (`SPELLHOST_CAST_OUTPUT_BYTES_MAX`, default 64 KiB:
+    /// outputs are written in the settlement batch, the money path's one transaction, so big
+    /// ones would slow every cast's charge; a larger output is not kept, and the record says so).
+    pub bytes_max: u64,
+}
+
+impl Default for CastOutputConfig {
+    fn default() -> Self {
+        CastOutputConfig {
+            retention_ms: 86_400_000,
+            bytes_max: 64 * 1024,
+        }
+    }
 }
 
 /// The HTTP edge's settings (`SPELLHOST_RATE_LIMIT_*`, `SPELLHOST_TRUSTED_PROXIES`,
@@ -357,6 +381,7 @@ impl Config {
             advisories: advisory_config(&source)?,
             github: github_config(&source)?,
             session_ttl_ms: session_ttl_ms(&source)?,
+            cast_outputs: cast_output_config(&source)?,
         })
     }
 
@@ -516,6 +541,28 @@ fn creation_limits(source: &Source) -> Result<CreationLimits, ConfigError> {
         }
     }
     Ok(limits)
+}
+
+fn cast_output_config(source: &Source) -> Result<CastOutputConfig, ConfigError> {
+    const RETENTION: &str = "SPELLHOST_CAST_OUTPUT_RETENTION_SECONDS";
+    const BYTES: &str = "SPELLHOST_CAST_OUTPUT_BYTES_MAX";
+    let defaults = CastOutputConfig::default();
+    let seconds: i64 = source.parse(RETENTION, defaults.retention_ms / 1000)?;
+    // A year at most: outputs are the caster's data, not an archive.
+    if !(0..=366 * 86_400).contains(&seconds) {
+        return Err(error(
+            RETENTION,
+            "must be between 0 and 31622400 (366 days)",
+        ));
+    }
+    let bytes_max: u64 = source.parse(BYTES, defaults.bytes_max)?;
+    if bytes_max > 8 * 1024 * 1024 {
+        return Err(error(BYTES, "must be at most 8388608 (8 MiB)"));
+    }
+    Ok(CastOutputConfig {
+        retention_ms: seconds * 1000,
+        bytes_max,
+    })
 }
 
 /// A comma-separated list, entries trimmed, empty ones dropped.

@@ -100,6 +100,8 @@ pub enum Code {
     /// A state-changing request authenticated by the session cookie, without proof that it
     /// comes from this origin (403).
     CsrfRejected,
+    /// A cast's input does not match its spell's `input_schema` (422, with `errors`).
+    InvalidInput,
     /// The supply-chain gate's own codes (`sbom_invalid`, …).
     Gate(&'static str),
     Internal,
@@ -161,6 +163,7 @@ impl Code {
             Code::AccountDeleted => "account_deleted",
             Code::GithubUnavailable => "github_unavailable",
             Code::CsrfRejected => "csrf_rejected",
+            Code::InvalidInput => "invalid_input",
             Code::Gate(code) => code,
             Code::Internal => "internal",
         }
@@ -198,6 +201,7 @@ impl Code {
             | Code::InvalidAutoRecharge
             | Code::IdempotencyKeyReused
             | Code::ConfirmationRequired
+            | Code::InvalidInput
             | Code::Gate(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Code::Overloaded | Code::BillingDisabled | Code::NotReady => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -341,6 +345,10 @@ impl From<GateError> for ApiError {
                 .with("component", component.as_str())
                 .with("advisory", advisory.as_str())
                 .with("severity", severity.as_str()),
+            GateError::LimitAboveHostMax { field, value, max } => refusal
+                .with("field", format!("limits.{field}"))
+                .with("value", *value)
+                .with("max", *max),
             _ => refusal,
         }
     }

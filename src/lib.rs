@@ -279,6 +279,10 @@ async fn poll_epochs(app: &AppState) {
 }
 
 async fn sweep_once(app: &AppState) {
+    // Cast outputs past their retention (`SPELLHOST_CAST_OUTPUT_RETENTION_SECONDS`).
+    if let Err(error) = money::records::sweep_expired_outputs(&app.db).await {
+        tracing::warn!(error = %error, "sweeping expired cast outputs failed");
+    }
     match app.money.sweep().await {
         Ok(0) => {}
         Ok(swept) => app.metrics.holds_voided.inc_by(swept),

@@ -207,7 +207,8 @@ pub async fn page(
         Paged::Casts => sqlx::query(
             "SELECT id, spell, version, digest, outcome, fuel_used, cost_microusd, duration_us, \
              ledger_seq, CASE WHEN substr(key_id, 1, 4) = 'sps_' THEN key_id \
-             ELSE 'spk_' || key_id END AS key_prefix, created_at_ms FROM casts \
+             ELSE 'spk_' || key_id END AS key_prefix, created_at_ms, output, output_encoding, \
+             output_expires_at_ms FROM casts \
              WHERE user_id = $1 AND (created_at_ms > $2 OR (created_at_ms = $3 AND id > $4)) \
              ORDER BY created_at_ms, id LIMIT $5",
         )
@@ -400,6 +401,8 @@ pub async fn erase(
     for sql in [
         "DELETE FROM stripe_payment_methods WHERE user_id = $1",
         "DELETE FROM idempotency_keys WHERE user_id = $1",
+        // Kept outputs are the user's data, not a financial record: the cast records stay.
+        "UPDATE casts SET output = NULL WHERE user_id = $1 AND output IS NOT NULL",
     ] {
         delete(&mut tx, sql, user_id).await?;
     }

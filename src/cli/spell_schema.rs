@@ -96,6 +96,8 @@ mod tests {
             version: _,
             description: _,
             limits,
+            input_schema: _,
+            output_schema: _,
         } = manifest;
         let ManifestLimits {
             fuel_max: _,
@@ -103,7 +105,14 @@ mod tests {
             memory_bytes_max: _,
             output_bytes_max: _,
         } = limits;
-        let top = ["name", "version", "description", "limits"];
+        let top = [
+            "name",
+            "version",
+            "description",
+            "limits",
+            "input_schema",
+            "output_schema",
+        ];
         let in_limits = [
             "fuel_max",
             "wall_ms_max",

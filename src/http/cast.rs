@@ -28,6 +28,9 @@ pub struct CastBody {
     input_base64: Option<String>,
     max_fuel: Option<u64>,
     max_cost_microusd: Option<i64>,
+    /// Check and quote without running, holding or charging anything.
+    #[serde(default)]
+    dry_run: bool,
 }
 
 /// Names a budget past its soft limit on every cast response that knows of it.
@@ -40,7 +43,14 @@ pub async fn cast(
     reservation: Option<Extension<Arc<Reservation>>>,
     Json(body): Json<CastBody>,
 ) -> Result<Response, ApiError> {
+    let dry_run = body.dry_run;
     let request = parse(body)?;
+    if dry_run {
+        let quote = cast::dry_run(&app, &caller, &request)
+            .await
+            .map_err(cast_error)?;
+        return Ok(axum::Json(quoted(&app, &quote)).into_response());
+    }
     // With an Idempotency-Key, the answer is stored in the settlement's transaction.
     let answer = reservation.map(|Extension(reservation)| Answer {
         reservation,
@@ -81,6 +91,43 @@ pub async fn cast(
     };
     warn_of_soft_limits(&mut response, &budgets);
     Ok(response)
+}
+
+/// A dry run's answer. A cast that could not be paid is still a successful quote (200): its
+/// `would_refuse` carries the status and the very body the real cast would get (402
+/// `budget_exhausted` or `spend_limit_reached`, with the binding pool and the top-up), so a
+/// client tells exactly what a real cast would do; `would_refuse` is null when it would run.
+/// Refusals that are not about money (an unknown spell, a key that may not cast it, an input
+/// its schema refuses) answer as the real cast would, with their error.
+fn quoted(app: &App, quote: &cast::Quote) -> Value {
+    let would_refuse = quote.refusal.as_ref().map(|refusal| {
+        let error = refused(app, refusal, &quote.in_flight);
+        json!({"status": error.code.status().as_u16(), "body": error.body()})
+    });
+    let plan = &quote.plan;
+    json!({
+        "dry_run": true,
+        "spell": quote.spell,
+        "version": quote.version,
+        "digest": quote.digest.to_string(),
+        "worst_case": {
+            "hold_microusd": plan.worst_case.get(),
+            "fuel_cap": plan.fuel_cap,
+            "fuel_bound": match plan.bound {
+                crate::money::FuelBound::Caller => "caller",
+                crate::money::FuelBound::Spell => "spell",
+            },
+            "blocked_ms_max": plan.blocked_ms_max,
+            "cost": {
+                "base_microusd": quote.worst_case.base.get(),
+                "fuel_microusd": quote.worst_case.fuel.get(),
+                "wall_microusd": quote.worst_case.wall.get(),
+            },
+        },
+        "typical": quote.usage,
+        "available_microusd": quote.available.get(),
+        "would_refuse": would_refuse,
+    })
 }
 
 /// One `Spellhost-Budget-Warning` header per budget at or past its soft limit.
@@ -318,6 +365,11 @@ fn cast_error(error: CastError) -> ApiError {
             Code::PayloadTooLarge,
             format!("input is {actual} bytes; the limit is {limit}"),
         ),
+        CastError::InvalidInput(violations) => ApiError::new(
+            Code::InvalidInput,
+            "the input does not match the spell's input_schema; nothing was held or run",
+        )
+        .with("errors", json!(violations)),
         // Answered by the caller with the quote; kept here so the match is total.
         CastError::Refused { .. } => ApiError::internal(error),
         CastError::Overloaded => ApiError::new(

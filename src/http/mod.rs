@@ -4,6 +4,7 @@
 mod billing;
 mod budgets;
 mod cast;
+mod casts;
 pub mod client_ip;
 mod extract;
 pub mod hygiene;

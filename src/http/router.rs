@@ -5,8 +5,8 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{MethodRouter, delete, get, post, put};
 
 use super::{
-    billing, budgets, cast, hygiene, idempotency, keys, ledger, middleware, oauth, ops, signers,
-    spells, users,
+    billing, budgets, cast, casts, hygiene, idempotency, keys, ledger, middleware, oauth, ops,
+    signers, spells, users,
 };
 use crate::App;
 use crate::auth::KeyScope;
@@ -98,7 +98,8 @@ pub fn router(app: App) -> Router {
             limited(
                 scoped(idempotent(post(spells::publish), a), a, Publish),
                 publish_bytes_max,
-            ),
+            )
+            .merge(scoped(get(spells::catalog), a, Read)),
         )
         .route(
             "/v1/spells/{owner}/{name}",
@@ -115,6 +116,7 @@ pub fn router(app: App) -> Router {
                 cast_body_bytes_max(a),
             ),
         )
+        .route("/v1/casts/{cast_id}", scoped(get(casts::show), a, Read))
         .route("/v1/ledger", scoped(get(ledger::list), a, Read))
         .route(
             "/v1/budgets",

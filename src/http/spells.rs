@@ -1,10 +1,11 @@
-use axum::extract::{Multipart, Path, State};
+use axum::extract::{Multipart, Path, Query, State};
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
 use crate::App;
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::registry::CatalogQuery;
 use crate::supply_chain::{Signature, SpellBundle};
 
 /// `POST /v1/spells` (multipart: `module`, `manifest`, `sbom`, and `signature` or a Sigstore
@@ -82,16 +83,41 @@ async fn read_bundle(mut multipart: Multipart) -> Result<SpellBundle, ApiError> 
     })
 }
 
-/// `GET /v1/spells/{owner}/{name}`: versions, newest first, with digests.
+/// `GET /v1/spells/{owner}/{name}`: versions, newest first, with digests, limits, schemas and
+/// usage statistics priced at the current prices.
 pub async fn versions(
     State(app): State<App>,
     _caller: Caller,
     Path((owner, name)): Path<(String, String)>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let versions = app.registry.versions(&owner, &name).await?;
+    let versions = app
+        .registry
+        .details(&owner, &name, &app.config.pricing)
+        .await?;
     Ok(axum::Json(
         json!({ "spell": format!("{owner}/{name}"), "versions": versions }),
     ))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogParams {
+    owner: Option<String>,
+    q: Option<String>,
+    cursor: Option<String>,
+    limit: Option<u32>,
+}
+
+/// `GET /v1/spells?owner=&q=&cursor=&limit=`: published spells by owner and name, a page at a
+/// time.
+pub async fn catalog(
+    State(app): State<App>,
+    _caller: Caller,
+    Query(params): Query<CatalogParams>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let query = CatalogQuery::parse(params.owner, params.q, params.cursor, params.limit)?;
+    let page = app.registry.catalog(&query).await?;
+    Ok(axum::Json(json!(page)))
 }
 
 /// `POST /v1/spells/{owner}/{name}/versions/{version}/yank` (the owner only).

@@ -41,6 +41,19 @@ pub struct SettleRequest {
     pub budget_ids: Vec<String>,
     /// The answer to store with the charge (a request with an `Idempotency-Key`).
     pub receipt: Option<Receipt>,
+    /// The output's size in bytes, and the output itself when it is kept for the caster.
+    pub output_bytes: u64,
+    pub output: Option<KeptOutput>,
+}
+
+/// A cast's output kept with its record, for `GET /v1/casts/{id}`.
+#[derive(Debug, Clone)]
+pub struct KeptOutput {
+    pub text: String,
+    /// `utf8` (the bytes as text) or `base64`.
+    pub encoding: &'static str,
+    /// How long it is kept after the settlement.
+    pub retention_ms: i64,
 }
 
 /// Renders a settled cast's answer: its status and the stored (sealed) response.
@@ -125,6 +138,8 @@ pub struct Plan {
     pub leases: BTreeMap<String, i64>,
     pub receipts: Vec<ReceiptRow>,
     pub results: Vec<Settled>,
+    /// `(spell, version, fuel bucket)` → casts this batch adds to the usage statistics.
+    pub histogram: BTreeMap<(String, String, u32), i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -279,6 +294,15 @@ pub fn plan(mut state: State, requests: &[SettleRequest]) -> Result<Plan, MoneyE
         out.results.push(settled);
         out.entries.push(entry);
     }
+    // Only casts this batch records count: one already settled (a retry) counted then.
+    out.histogram = super::fuel_histogram::aggregate(out.casts.iter().map(|row| {
+        let r = &row.request;
+        (r.spell.as_str(), r.version.as_str(), r.fuel_used)
+    }));
+    debug_assert_eq!(
+        out.histogram.values().sum::<i64>(),
+        i64::try_from(out.casts.len()).unwrap_or(i64::MAX)
+    );
     out.users = touched_users
         .into_iter()
         .filter_map(|id| state.users.get(&id).map(|u| (id, *u)))
@@ -450,7 +474,7 @@ fn already_settled(row: &Row, requests: &[SettleRequest]) -> Result<(String, Set
     ))
 }
 
-/// Rows per INSERT: 10 parameters each for the ledger, 16 for casts, well inside SQLite's
+/// Rows per INSERT: 10 parameters each for the ledger, 20 for casts, well inside SQLite's
 /// limit.
 const ROWS_PER_INSERT: usize = 64;
 
@@ -493,8 +517,35 @@ async fn write(
             &format!(
                 "INSERT INTO casts (id, user_id, spell, version, digest, outcome, fuel_used, \
                  cost_microusd, duration_us, ledger_seq, created_at_ms, key_id, blocked_ms, \
-                 base_microusd, fuel_microusd, wall_microusd) VALUES {}",
-                values_rows(chunk.len(), 16)
+                 base_microusd, fuel_microusd, wall_microusd, output, output_encoding, \
+                 output_bytes, output_expires_at_ms) VALUES {}",
+                values_rows(chunk.len(), 20)
+            ),
+            args,
+        )
+        .await?;
+    }
+    // The usage statistics: one upsert for the whole batch (at most one row per version and
+    // bucket, at most BATCH_MAX rows of 4 parameters).
+    if !plan.histogram.is_empty() {
+        let args: Vec<Arg> = plan
+            .histogram
+            .iter()
+            .flat_map(|((spell, version, bucket), casts)| {
+                [
+                    Arg::from(spell.as_str()),
+                    Arg::from(version.as_str()),
+                    Arg::Int(i64::from(*bucket)),
+                    Arg::Int(*casts),
+                ]
+            })
+            .collect();
+        conn.execute(
+            &format!(
+                "INSERT INTO spell_fuel_histogram (spell, version, bucket, casts) VALUES {} \
+                 ON CONFLICT (spell, version, bucket) \
+                 DO UPDATE SET casts = spell_fuel_histogram.casts + excluded.casts",
+                values_rows(plan.histogram.len(), 4)
             ),
             args,
         )
@@ -563,7 +614,7 @@ async fn write(
     Ok(())
 }
 
-fn cast_args(row: &CastRow) -> [Arg; 16] {
+fn cast_args(row: &CastRow) -> [Arg; 20] {
     let r = &row.request;
     let int = |value: u64| Arg::Int(i64::try_from(value).unwrap_or(i64::MAX));
     [
@@ -583,6 +634,14 @@ fn cast_args(row: &CastRow) -> [Arg; 16] {
         Arg::Int(row.cost.base.get()),
         Arg::Int(row.cost.fuel.get()),
         Arg::Int(row.cost.wall.get()),
+        Arg::from(r.output.as_ref().map(|o| o.text.clone())),
+        Arg::from(r.output.as_ref().map(|o| o.encoding.to_owned())),
+        int(r.output_bytes),
+        Arg::from(
+            r.output
+                .as_ref()
+                .map(|o| row.created_at_ms.saturating_add(o.retention_ms)),
+        ),
     ]
 }
 

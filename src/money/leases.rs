@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt as _;
 
-use super::batch::{LeaseRef, Receipt, SettleRequest, Settled};
+use super::batch::{KeptOutput, LeaseRef, Receipt, SettleRequest, Settled};
 use super::budgets::Budget;
 use super::quote::{self, FuelBound, Plan, Refusal};
 use super::store::{Arg, Conn, Row, Store};
@@ -285,6 +285,9 @@ pub struct CastRecord<'a> {
     pub duration_us: u64,
     /// Time blocked in host calls, in whole ms rounded up ([`Pricing::billed_ms`]).
     pub blocked_ms: u64,
+    /// The output's size, and the output when it is kept for the caster.
+    pub output_bytes: u64,
+    pub output: Option<KeptOutput>,
 }
 
 impl Inner {
@@ -1125,6 +1128,8 @@ impl Money {
                 .collect(),
             budget_ids: hold.budgets.iter().map(|b| b.id.clone()).collect(),
             receipt,
+            output_bytes: record.output_bytes,
+            output: record.output.clone(),
         };
         let settled = self.inner.store.settle(request).await;
         let late = settled.as_ref().is_ok_and(|s: &Settled| s.late);

@@ -10,10 +10,12 @@
 
 pub mod batch;
 pub mod budgets;
+pub mod fuel_histogram;
 pub mod leases;
 pub mod ledger;
 mod pricing;
 pub mod quote;
+pub mod records;
 pub mod store;
 mod units;
 

@@ -2,6 +2,8 @@
 //! the sandbox: modules are verified at publish and checked again (digest, manifest, wasm)
 //! whenever their bytes are loaded back from the database.
 
+pub mod catalog;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -10,8 +12,10 @@ use crate::store::{Db, is_unique_violation, now_ms};
 use crate::supply_chain::advisory::{Advisories, AdvisoryReport};
 use crate::supply_chain::{
     GateError, IdentityPolicy, Manifest, ManifestLimits, ModuleDigest, Signature, SignaturePolicy,
-    Signer, SignerKey, SpellBundle, TrustedRoots, Verifier,
+    Signer, SignerKey, SpellBundle, SpellSchema, TrustedRoots, Verifier,
 };
+
+pub use catalog::{CatalogEntry, CatalogPage, CatalogQuery, Usage, VersionDetails};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -124,7 +128,7 @@ impl std::str::FromStr for SpellRef {
 /// The version a cast resolves to among `(version, yanked)`: an exact pin, yanked or not (the
 /// caller refuses a yanked pin); else the highest matching version that is not yanked and, for
 /// an unpinned cast, not a pre-release. `Err(true)` when versions match but all are yanked.
-fn choose<T>(
+pub(crate) fn choose<T>(
     spec: Option<&VersionSpec>,
     versions: impl IntoIterator<Item = (semver::Version, bool, T)>,
 ) -> Result<(semver::Version, bool, T), bool> {
@@ -350,6 +354,8 @@ pub struct Resolved {
     pub digest: ModuleDigest,
     /// This version's own limits (the compiled module is shared by digest across versions).
     pub limits: ManifestLimits,
+    /// This version's input schema, compiled once per process.
+    pub input_schema: Option<SpellSchema>,
     pub compiled: Arc<CompiledSpell>,
 }
 
@@ -362,9 +368,10 @@ pub struct Registry {
     advisories: Arc<Advisories>,
     /// Single-flight for loading and compiling modules that are not in the sandbox's cache.
     loading: tokio::sync::Mutex<()>,
-    /// Each version's parsed manifest limits. Versions are immutable, so entries never go
-    /// stale; this keeps TOML parsing and manifest text off the cast path.
-    limits: std::sync::Mutex<HashMap<i64, ManifestLimits>>,
+    /// Each version's parsed manifest: its limits and its schemas, compiled. Versions are
+    /// immutable, so entries never go stale; this keeps TOML parsing, schema compiling and
+    /// manifest text off the cast path.
+    manifests: std::sync::Mutex<HashMap<i64, Arc<Manifest>>>,
     /// Each spell's versions, so that resolving a name costs no database read. Publishing here
     /// drops the entry at once; elsewhere, the `spells` cache epoch does.
     versions_cache: std::sync::Mutex<VersionsCache>,
@@ -404,7 +411,7 @@ impl Registry {
             trusted_roots,
             advisories,
             loading: tokio::sync::Mutex::new(()),
-            limits: std::sync::Mutex::new(HashMap::new()),
+            manifests: std::sync::Mutex::new(HashMap::new()),
             versions_cache: std::sync::Mutex::new(HashMap::new()),
             epoch: std::sync::atomic::AtomicI64::new(i64::MIN),
             creation: crate::config::CreationLimits::default(),
@@ -637,6 +644,15 @@ impl Registry {
         })
         .await
         .map_err(|e| RegistryError::Internal(e.to_string()))??;
+        // A limit above what this host allows is refused, not lowered: the author learns the
+        // maximum now rather than from casts that stop short of what the manifest promised.
+        if let Some((field, value, max)) = self
+            .sandbox
+            .host_limits()
+            .first_above(&module.manifest().limits)
+        {
+            return Err(GateError::LimitAboveHostMax { field, value, max }.into());
+        }
         // Compiling is the gate's last check: a module the engine cannot compile, or not
         // within the compile time limit, is refused here rather than published and failing
         // every cast. It also puts the module in the cache for its first cast.
@@ -720,8 +736,8 @@ impl Registry {
         let inserted = sqlx::query(
             "INSERT INTO spell_versions (owner_id, name, version, digest, manifest, sbom, signature, signer_id, created_at_ms, \
              sigstore_bundle, sigstore_instance, signed_identity, signed_issuer, tlog_index, tlog_integrated_time, \
-             sbom_format, sbom_components, advisory_check, sbom_attestation) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
+             sbom_format, sbom_components, advisory_check, sbom_attestation, description) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
         )
         .bind(owner_id)
         .bind(&manifest.name)
@@ -742,6 +758,7 @@ impl Registry {
         .bind(i64::try_from(module.sbom().components).unwrap_or(i64::MAX))
         .bind(serde_json::to_string(&report).map_err(|e| RegistryError::Internal(e.to_string()))?)
         .bind(&sbom_attestation)
+        .bind(&manifest.description)
         .execute(&mut *tx)
         .await;
         match inserted {
@@ -899,7 +916,7 @@ impl Registry {
         };
         let digest =
             ModuleDigest::from_hex(&digest).map_err(|e| RegistryError::Internal(e.to_string()))?;
-        let limits = self.version_limits(version_id).await?;
+        let manifest = self.version_manifest(version_id).await?;
         let compiled = match self.sandbox.cached(&digest) {
             Some(compiled) => compiled,
             None => self.load(version_id, digest).await?,
@@ -908,7 +925,8 @@ impl Registry {
             spell: name,
             version: version.to_string(),
             digest,
-            limits,
+            limits: manifest.limits.clone(),
+            input_schema: manifest.input_schema.clone(),
             compiled,
         })
     }
@@ -965,10 +983,14 @@ impl Registry {
         }
     }
 
-    /// A version's own manifest limits (verified at publish; parsed once per process).
-    async fn version_limits(&self, version_id: i64) -> Result<ManifestLimits, RegistryError> {
+    /// A version's manifest (verified at publish; parsed and its schemas compiled once per
+    /// process).
+    pub(crate) async fn version_manifest(
+        &self,
+        version_id: i64,
+    ) -> Result<Arc<Manifest>, RegistryError> {
         let known = self
-            .limits
+            .manifests
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&version_id)
@@ -981,13 +1003,17 @@ impl Registry {
                 .bind(version_id)
                 .fetch_one(self.db.reader())
                 .await?;
-        let limits = Manifest::parse(&manifest)?.limits;
-        let mut cache = self.limits.lock().unwrap_or_else(|p| p.into_inner());
+        // Schemas compile here: CPU work, off the reactor.
+        let manifest = tokio::task::spawn_blocking(move || Manifest::parse(&manifest))
+            .await
+            .map_err(|e| RegistryError::Internal(e.to_string()))??;
+        let manifest = Arc::new(manifest);
+        let mut cache = self.manifests.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= LIMITS_CACHE_MAX {
             cache.clear();
         }
-        cache.insert(version_id, limits.clone());
-        Ok(limits)
+        cache.insert(version_id, manifest.clone());
+        Ok(manifest)
     }
 
     /// Loads a version's bytes from the database, verifies them again and compiles them.

@@ -51,6 +51,29 @@ impl Default for HostLimits {
     }
 }
 
+impl HostLimits {
+    /// The first of a manifest's limits above this host's maximum: `(field, value, maximum)`.
+    /// Publishing refuses such a manifest rather than lowering the limit silently.
+    pub fn first_above(&self, manifest: &ManifestLimits) -> Option<(&'static str, u64, u64)> {
+        [
+            ("fuel_max", manifest.fuel_max, self.fuel_max),
+            ("wall_ms_max", manifest.wall_ms_max, self.wall_ms_max),
+            (
+                "memory_bytes_max",
+                manifest.memory_bytes_max,
+                self.memory_bytes_max,
+            ),
+            (
+                "output_bytes_max",
+                manifest.output_bytes_max,
+                self.output_bytes_max,
+            ),
+        ]
+        .into_iter()
+        .find_map(|(field, own, max)| own.filter(|&v| v > max).map(|v| (field, v, max)))
+    }
+}
+
 /// The limits of one run: the smallest of the host's maxima, the manifest's limits and (for
 /// fuel) the caller's and the budget's caps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,5 +147,27 @@ mod tests {
         assert_eq!(limits.output_bytes, 10);
         assert_eq!(limits.with_fuel_at_most(7).fuel, 7);
         assert_eq!(limits.with_fuel_at_most(u64::MAX).fuel, host.fuel_max);
+    }
+
+    #[test]
+    fn the_first_limit_above_the_host_maximum_is_named_with_the_maximum() {
+        let host = HostLimits::default();
+        let mut manifest = ManifestLimits {
+            fuel_max: Some(host.fuel_max),
+            wall_ms_max: Some(host.wall_ms_max + 1),
+            memory_bytes_max: None,
+            output_bytes_max: Some(u64::MAX),
+        };
+        assert_eq!(
+            host.first_above(&manifest),
+            Some(("wall_ms_max", host.wall_ms_max + 1, host.wall_ms_max))
+        );
+        manifest.wall_ms_max = None;
+        manifest.output_bytes_max = Some(1);
+        assert_eq!(
+            host.first_above(&manifest),
+            None,
+            "at the maximum is allowed"
+        );
     }
 }

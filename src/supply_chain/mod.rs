@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 pub use bundle::TrustedRoots;
 pub use digest::{DigestParseError, ModuleDigest};
-pub use manifest::{Manifest, ManifestLimits};
+pub use manifest::{Manifest, ManifestLimits, SchemaViolation, SpellSchema};
 pub use signature::SignerKey;
 pub use signer::{IdentityPolicy, Signature, SignedBy, Signer};
 pub use wasm::{DEFINED_FUNCTIONS_MAX, FUNCTION_BODY_BYTES_MAX, FUNCTION_LOCALS_MAX};
@@ -82,6 +82,12 @@ pub enum GateError {
     SbomComponentMismatch(String),
     #[error("manifest is invalid: {0}")]
     ManifestInvalid(String),
+    #[error("limits.{field} = {value} is above this host's maximum of {max}")]
+    LimitAboveHostMax {
+        field: &'static str,
+        value: u64,
+        max: u64,
+    },
     #[error("module is invalid: {0}")]
     ModuleInvalid(String),
     #[error("module is too complex to compile: {0}")]
@@ -117,6 +123,7 @@ impl GateError {
             GateError::SbomDigestMismatch { .. } => "sbom_digest_mismatch",
             GateError::SbomComponentMismatch(_) => "sbom_component_mismatch",
             GateError::ManifestInvalid(_) => "manifest_invalid",
+            GateError::LimitAboveHostMax { .. } => "limit_above_host_max",
             GateError::ModuleInvalid(_) => "module_invalid",
             GateError::ModuleTooComplex(_) => "module_too_complex",
             GateError::ImportNotAllowed { .. } => "import_not_allowed",

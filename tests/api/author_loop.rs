@@ -278,6 +278,15 @@ async fn the_author_loop_from_spell_new_to_a_priced_cast_over_http() {
         cast["cost_microusd"], local["cost_microusd"],
         "the local run's cost is the cast's"
     );
+    // The template's input schema is enforced by the server before any money moves.
+    let (status, refused) = app
+        .cast(
+            &user,
+            json!({"spell": "ada/greeter", "input": {"nom": "Ada"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    assert_eq!(refused["error"]["code"], "invalid_input", "{refused}");
     app.assert_money_invariants(&user).await;
     app.shutdown().await;
 }

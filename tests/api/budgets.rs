@@ -324,7 +324,7 @@ on_both_databases! {
         assert!(budgets(&app, &ada).await[0]["held_microusd"].as_i64().is_some_and(|h| h >= 101), "leased");
         let yesterday = db.now_ms();
         db.clock().advance(to_next_midnight(&app));
-        let record = CastRecord { spell: "ada/slow", version: "1.0.0", digest: "00", outcome: "ok", fuel_used: 500_000, duration_us: 1, blocked_ms: 0 };
+        let record = CastRecord { spell: "ada/slow", version: "1.0.0", digest: "00", outcome: "ok", fuel_used: 500_000, duration_us: 1, blocked_ms: 0, output_bytes: 0, output: None };
         let settled = app.app.money.settle(hold, &record).await.expect("settle");
         app.app.money.return_all().await.expect("leases given back");
         let listed = &budgets(&app, &ada).await[0];

@@ -37,6 +37,8 @@ fn record(fuel_used: u64) -> CastRecord<'static> {
         fuel_used,
         duration_us: 1,
         blocked_ms: 0,
+        output_bytes: 0,
+        output: None,
     }
 }
 

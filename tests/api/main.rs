@@ -7,6 +7,7 @@ mod billing;
 mod billing_recharge;
 mod billing_recovery;
 mod budgets;
+mod discovery;
 mod fairness;
 mod gate;
 mod hardening;

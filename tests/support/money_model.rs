@@ -267,6 +267,8 @@ pub async fn check_against_model(database_url: &str, ops: Vec<Operation>) {
                     fuel_used,
                     duration_us: 1,
                     blocked_ms,
+                    output_bytes: 0,
+                    output: None,
                 };
                 let settled = money.settle(hold, &record).await.expect("settle");
                 let charge = pricing.charge(fuel_used.min(cap), blocked_ms.min(blocked_max));

@@ -1,0 +1,78 @@
+//! `GET /v1/casts/{cast_id}`: a settled cast's record and output, for its caster.
+
+use axum::extract::{Path, State};
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+use crate::App;
+use crate::auth::Caller;
+use crate::error::{ApiError, Code};
+use crate::money::records::{self, CastView, OutputState};
+use crate::store::rfc3339;
+
+/// The caster's own cast; any other answers 404, as an unknown id does.
+pub async fn show(
+    State(app): State<App>,
+    caller: Caller,
+    Path(cast_id): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let view = records::cast_record(&app.db, caller.user_id, &cast_id)
+        .await?
+        .ok_or_else(|| ApiError::new(Code::NotFound, format!("no cast {cast_id:?} of yours")))?;
+    Ok(axum::Json(render(view)))
+}
+
+/// The record as the cast's own answer showed it, plus what became of the output:
+/// `output_status` is `kept` (with `output` or `output_base64`, as the cast answered, and
+/// `output_expires_at`), `expired` (with `output_expired_at`), `not_kept` (larger than the
+/// server keeps, or none was kept then) or `none` (the run failed: it has no output).
+fn render(view: CastView) -> Value {
+    let mut body = json!({
+        "cast_id": view.cast_id,
+        "spell": view.spell,
+        "version": view.version,
+        "digest": format!("sha256:{}", view.digest),
+        "outcome": view.outcome,
+        "fuel_used": view.fuel_used,
+        "wall_ms": (view.duration_us + 999) / 1000,
+        "duration_us": view.duration_us,
+        "blocked_ms": view.blocked_ms,
+        "cost_microusd": view.cost.get(),
+        "cost": {
+            "base_microusd": view.breakdown.base.get(),
+            "fuel_microusd": view.breakdown.fuel.get(),
+            "wall_microusd": view.breakdown.wall.get(),
+        },
+        "created_at": rfc3339(view.created_at_ms),
+        "output_bytes": view.output_bytes,
+    });
+    let Some(fields) = body.as_object_mut() else {
+        return body;
+    };
+    let status = match view.output {
+        OutputState::Kept {
+            output,
+            expires_at_ms,
+        } => {
+            match serde_json::from_slice::<Value>(&output) {
+                Ok(output) => fields.insert("output".into(), output),
+                Err(_) => fields.insert(
+                    "output_base64".into(),
+                    base64::engine::general_purpose::STANDARD
+                        .encode(&output)
+                        .into(),
+                ),
+            };
+            fields.insert("output_expires_at".into(), rfc3339(expires_at_ms).into());
+            "kept"
+        }
+        OutputState::Expired { expired_at_ms } => {
+            fields.insert("output_expired_at".into(), rfc3339(expired_at_ms).into());
+            "expired"
+        }
+        OutputState::NotKept => "not_kept",
+        OutputState::None => "none",
+    };
+    fields.insert("output_status".into(), status.into());
+    body
+}
