@@ -11,6 +11,7 @@ mod idempotency;
 mod keys;
 mod ledger;
 mod middleware;
+mod openapi;
 mod ops;
 pub mod rate_limit;
 mod router;
@@ -19,5 +20,6 @@ mod signers;
 mod spells;
 mod users;
 
+pub use openapi::json as openapi_json;
 pub use rate_limit::RateLimits;
 pub use router::{metrics_router, router};

@@ -13,6 +13,7 @@ mod helpers;
 mod idempotency;
 mod leases;
 mod money;
+mod openapi;
 mod ops;
 mod privacy;
 mod process;
