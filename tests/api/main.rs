@@ -2,6 +2,7 @@
 
 mod advisories;
 mod app;
+mod authz;
 mod billing;
 mod billing_recharge;
 mod billing_recovery;
