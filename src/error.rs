@@ -247,9 +247,9 @@ impl Code {
             | Code::IdempotencyKeyReused
             | Code::ConfirmationRequired
             | Code::Gate(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Code::Overloaded | Code::BillingDisabled | Code::NotReady => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Code::Overloaded | Code::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            // A feature this server does not offer, not a transient failure to retry.
+            Code::BillingDisabled => StatusCode::NOT_FOUND,
             Code::TooManyConcurrentCasts | Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Code::LimitReached => StatusCode::UNPROCESSABLE_ENTITY,
             Code::UriTooLong => StatusCode::URI_TOO_LONG,

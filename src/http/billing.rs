@@ -61,7 +61,7 @@ pub struct Received {
         (status = 201, description = "A Stripe Checkout session for the top-up: send the person to `checkout_url`.", body = crate::billing::Checkout),
         (status = 422, description = "`amount_out_of_range` (with `min_cents` and `max_cents`), or `idempotency_key_reused`.", body = crate::http::openapi::ErrorBody),
         (status = 502, description = "`payment_provider_error`: Stripe could not be reached; try again.", body = crate::http::openapi::ErrorBody),
-        (status = 503, description = "`billing_disabled`: billing is not configured on this server.", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "`billing_disabled`: billing is not configured on this server.", body = crate::http::openapi::ErrorBody),
     ),
 )]
 /// `POST /v1/billing/checkout {"amount_usd_cents":500,"save_payment_method":false}` → 201
@@ -93,7 +93,7 @@ pub async fn checkout(
     responses(
         (status = 201, description = "A Checkout in setup mode that saves a card.", body = crate::billing::Checkout),
         (status = 502, description = "`payment_provider_error`: Stripe could not be reached; try again.", body = crate::http::openapi::ErrorBody),
-        (status = 503, description = "`billing_disabled`: billing is not configured on this server.", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "`billing_disabled`: billing is not configured on this server.", body = crate::http::openapi::ErrorBody),
     ),
 )]
 pub async fn payment_method(
@@ -115,7 +115,7 @@ pub async fn payment_method(
         (status = 201, description = "A customer-portal session.", body = Portal),
         (status = 409, description = "`no_billing_account`: the caller never paid through Stripe.", body = crate::http::openapi::ErrorBody),
         (status = 502, description = "`payment_provider_error`: Stripe could not be reached; try again.", body = crate::http::openapi::ErrorBody),
-        (status = 503, description = "`billing_disabled`: billing is not configured on this server.", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "`billing_disabled`: billing is not configured on this server.", body = crate::http::openapi::ErrorBody),
     ),
 )]
 pub async fn portal(
@@ -135,7 +135,7 @@ pub async fn portal(
     tag = "billing",
     responses(
         (status = 200, description = "Balance, auto-recharge, the saved card, last top-ups.", body = crate::billing::BillingView),
-        (status = 503, description = "`billing_disabled`: billing is not configured on this server.", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "`billing_disabled`: billing is not configured on this server.", body = crate::http::openapi::ErrorBody),
     ),
 )]
 pub async fn show(State(app): State<App>, caller: Caller) -> Result<axum::Json<Value>, ApiError> {
@@ -163,7 +163,7 @@ pub struct AutoRechargeBody {
         (status = 200, description = "Saved; the same view as `GET /v1/billing`.", body = crate::billing::BillingView),
         (status = 409, description = "`no_payment_method`: enabling needs a saved card.", body = crate::http::openapi::ErrorBody),
         (status = 422, description = "`invalid_auto_recharge`.", body = crate::http::openapi::ErrorBody),
-        (status = 503, description = "`billing_disabled`: billing is not configured on this server.", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "`billing_disabled`: billing is not configured on this server.", body = crate::http::openapi::ErrorBody),
     ),
 )]
 pub async fn auto_recharge(
@@ -199,7 +199,7 @@ pub async fn auto_recharge(
         (status = 200, description = "Recorded and applied (once).", body = Received),
         (status = 400, description = "`signature_invalid`: not signed by Stripe with a configured secret.", body = crate::http::openapi::ErrorBody),
         (status = 500, description = "`event_unparseable` or `event_api_version_unsupported`: a signed money event that cannot be read; not recorded, so Stripe retries it.", body = crate::http::openapi::ErrorBody),
-        (status = 503, description = "`billing_disabled`: billing is not configured on this server.", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "`billing_disabled`: billing is not configured on this server.", body = crate::http::openapi::ErrorBody),
     ),
 )]
 pub async fn webhook(

@@ -16,29 +16,52 @@ use crate::money::{Budget, MoneyError};
 use crate::registry::SpellRef;
 use crate::store::parse_rfc3339;
 
-/// What a budget applies to.
-#[derive(utoipa::ToSchema)]
+/// A budget's scope type.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
 #[expect(dead_code, reason = "a schema: read and shown as JSON by hand")]
-pub struct BudgetScope {
-    /// `account`, `key` (with `key_prefix`) or `spell` (with `spell`).
-    #[schema(schema_with = scope_type)]
-    r#type: String,
-    /// One of the caller's live keys.
-    key_prefix: Option<String>,
-    /// `owner/name`, an existing spell.
-    spell: Option<String>,
+pub enum ScopeType {
+    Account,
+    Key,
+    Spell,
 }
 
-fn scope_type() -> utoipa::openapi::ObjectBuilder {
-    utoipa::openapi::ObjectBuilder::new()
-        .schema_type(utoipa::openapi::Type::String)
-        .enum_values(Some(["account", "key", "spell"]))
+/// A calendar period (UTC), or `total`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[expect(dead_code, reason = "a schema: read and shown as JSON by hand")]
+pub enum PeriodName {
+    Day,
+    Week,
+    Month,
+    Total,
 }
 
-fn period_type() -> utoipa::openapi::ObjectBuilder {
-    utoipa::openapi::ObjectBuilder::new()
-        .schema_type(utoipa::openapi::Type::String)
-        .enum_values(Some(["day", "week", "month", "total"]))
+/// How usage is grouped.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[expect(dead_code, reason = "a schema: read as a query parameter by hand")]
+pub enum GroupByName {
+    Day,
+    Spell,
+    Key,
+}
+
+/// What a budget applies to. Fields of other scope types are ignored.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(tag = "type", rename_all = "lowercase")]
+#[expect(dead_code, reason = "a schema: read and shown as JSON by hand")]
+pub enum BudgetScope {
+    Account,
+    Key {
+        /// One of the caller's live keys.
+        key_prefix: String,
+    },
+    Spell {
+        /// `owner/name`, an existing spell.
+        #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,38}/[a-z0-9-]{1,64}$")]
+        spell: String,
+    },
 }
 
 /// `POST` and `PUT /v1/budgets`' body: the budget of a scope and period, and its limits.
@@ -46,12 +69,13 @@ fn period_type() -> utoipa::openapi::ObjectBuilder {
 #[expect(dead_code, reason = "a schema: read as JSON by hand")]
 pub struct BudgetBody {
     scope: BudgetScope,
-    /// A calendar period (UTC), or `total`.
-    #[schema(schema_with = period_type)]
-    period: String,
-    /// Casts are refused (402 `spend_limit_reached`) past it; positive.
+    period: PeriodName,
+    /// Casts are refused (402 `spend_limit_reached`) past it.
+    #[schema(minimum = 1)]
     hard_limit_microusd: i64,
-    /// Casts are answered with a `Spellhost-Budget-Warning` header past it; `0 <` soft `≤` hard.
+    /// Casts are answered with a `Spellhost-Budget-Warning` header past it; at most the hard
+    /// limit.
+    #[schema(minimum = 1)]
     soft_limit_microusd: Option<i64>,
 }
 
@@ -59,7 +83,10 @@ pub struct BudgetBody {
 #[derive(utoipa::ToSchema)]
 #[expect(dead_code, reason = "a schema: read as JSON by hand")]
 pub struct LimitsBody {
+    #[schema(minimum = 1)]
     hard_limit_microusd: i64,
+    /// At most the hard limit.
+    #[schema(minimum = 1)]
     soft_limit_microusd: Option<i64>,
 }
 
@@ -69,8 +96,7 @@ pub struct LimitsBody {
 pub struct BudgetView {
     id: String,
     scope: BudgetScope,
-    #[schema(schema_with = period_type)]
-    period: String,
+    period: PeriodName,
     hard_limit_microusd: i64,
     soft_limit_microusd: Option<i64>,
     used_microusd: i64,
@@ -112,8 +138,7 @@ pub struct UsageView {
     from: String,
     #[schema(format = DateTime)]
     to: String,
-    /// `day`, `spell` or `key`.
-    group_by: String,
+    group_by: GroupByName,
     total: budgets::UsageGroup,
     groups: Vec<UsageRow>,
 }
@@ -372,8 +397,8 @@ pub async fn delete(
     path = "/v1/budgets",
     tag = "budgets",
     params(
-        ("scope" = String, Query, description = "`account`, `key` (with `key_prefix`) or `spell` (with `spell`)."),
-        ("period" = String, Query, description = "`day`, `week`, `month` or `total`."),
+        ("scope" = ScopeType, Query, description = "`key` needs `key_prefix`; `spell` needs `spell`."),
+        ("period" = PeriodName, Query),
         ("key_prefix" = Option<String>, Query, description = "For `scope=key`: one of the caller's keys."),
         ("spell" = Option<String>, Query, description = "For `scope=spell`: `owner/name`."),
     ),
@@ -423,7 +448,7 @@ pub async fn delete_by_scope(
     params(
         ("from" = Option<String>, Query, format = DateTime, description = "RFC 3339; the current month's start (UTC) when absent."),
         ("to" = Option<String>, Query, format = DateTime, description = "RFC 3339, not before `from`; the current month's end when absent."),
-        ("group_by" = Option<String>, Query, description = "`day` (default), `spell` or `key`."),
+        ("group_by" = Option<GroupByName>, Query, description = "`day` when absent."),
     ),
     responses((status = 200, description = "The caller's spend over the range, in total and per group, by outcome too.", body = UsageView)),
 )]

@@ -23,15 +23,22 @@ use crate::store::rfc3339;
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CastBody {
-    /// `owner/name` or `owner/name@version`.
+    /// `owner/name`, or `owner/name@version` to pin a version (a requirement such as
+    /// `@^1.2` is accepted too).
+    #[schema(
+        pattern = "^[a-z0-9][a-z0-9-]{0,38}/[a-z0-9-]{1,64}(@(0|[1-9][0-9]{0,15})\\.(0|[1-9][0-9]{0,15})\\.(0|[1-9][0-9]{0,15}))?$"
+    )]
     spell: String,
     /// The spell's input as JSON (or send `input_base64`).
     input: Option<Value>,
     /// The spell's input as bytes, base64 (or send `input`).
+    #[schema(pattern = "^[A-Za-z0-9+/]*={0,2}$")]
     input_base64: Option<String>,
-    /// At most this much fuel (positive); the manifest's limit binds as well.
+    /// At most this much fuel; the manifest's limit binds as well.
+    #[schema(minimum = 1)]
     max_fuel: Option<u64>,
-    /// Refuse (402) rather than risk more than this (positive µ$).
+    /// Refuse (402) rather than risk more than this (µ$).
+    #[schema(minimum = 1)]
     max_cost_microusd: Option<i64>,
 }
 

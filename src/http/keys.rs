@@ -17,10 +17,11 @@ use crate::store::{parse_rfc3339, rfc3339};
 #[serde(deny_unknown_fields)]
 pub struct NewKey {
     name: String,
-    /// `cast`, `publish`, `read`, `manage`; every scope when absent (never more than the
-    /// calling key's).
+    /// Every scope when absent (never more than the calling key's).
+    #[schema(value_type = Option<Vec<ScopeName>>)]
     scopes: Option<Vec<String>>,
     /// `owner/name` or `owner/*`; every spell when absent.
+    #[schema(value_type = Option<Vec<SpellPatternText>>)]
     allowed_spells: Option<Vec<String>>,
     /// RFC 3339, in the future; never expires when absent.
     #[schema(format = DateTime)]
@@ -28,6 +29,23 @@ pub struct NewKey {
     /// Casts in flight through this key at most; the user's limit binds as well.
     concurrent_casts_max: Option<u64>,
 }
+
+/// A key's scope.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[expect(dead_code, reason = "a schema: parsed by `KeyScope::parse`")]
+pub enum ScopeName {
+    Cast,
+    Publish,
+    Read,
+    Manage,
+}
+
+/// `owner/name` or `owner/*`.
+#[derive(utoipa::ToSchema)]
+#[schema(pattern = "^[a-z0-9][a-z0-9-]{0,38}/([a-z0-9-]{1,64}|\\*)$")]
+#[expect(dead_code, reason = "a schema: parsed by `SpellPattern::parse`")]
+pub struct SpellPatternText(String);
 
 fn auth_error(error: AuthError) -> ApiError {
     match error {

@@ -142,6 +142,29 @@ fn operations(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
     .filter_map(Option::as_mut)
 }
 
+/// Names every operation after its method and path (`delete_keys_prefix`): handlers' names
+/// repeat across modules (`list`, `delete`), and an operation id must be unique.
+pub fn name_operations(openapi: &mut OpenApi) {
+    for (path, item) in openapi.paths.paths.iter_mut() {
+        let slug: Vec<&str> = path
+            .split(['/', '{', '}', '.', '-'])
+            .filter(|part| !part.is_empty() && *part != "v1")
+            .collect();
+        let slug = slug.join("_");
+        for (method, operation) in [
+            ("get", &mut item.get),
+            ("put", &mut item.put),
+            ("post", &mut item.post),
+            ("delete", &mut item.delete),
+            ("patch", &mut item.patch),
+        ] {
+            if let Some(operation) = operation {
+                operation.operation_id = Some(format!("{method}_{slug}"));
+            }
+        }
+    }
+}
+
 /// Every operation of every path.
 fn each_operation(paths: &mut Paths, mut edit: impl FnMut(&mut Operation)) {
     for item in paths.paths.values_mut() {

@@ -104,7 +104,7 @@ fn api(app: Option<&App>) -> OpenApiRouter<App> {
         + 256 * 1024;
     use KeyScope::{Cast, Manage, Publish, Read};
     let a = app;
-    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+    let mut api = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(public(routes!(ops::healthz), false))
         .routes(public(routes!(ops::readyz), false))
         .routes(public(routes!(ops::metrics), false))
@@ -145,7 +145,9 @@ fn api(app: Option<&App>) -> OpenApiRouter<App> {
         .routes(limited(
             public(routes!(billing::webhook), false),
             WEBHOOK_BYTES_MAX,
-        ))
+        ));
+    openapi::name_operations(api.get_openapi_mut());
+    api
 }
 
 /// The OpenAPI document of [`router`] (see `openapi.rs`).

@@ -162,7 +162,7 @@ pub async fn versions(
     params(
         ("owner" = String, Path, description = "The publisher's handle: the caller's."),
         ("name" = String, Path, description = "The spell's name."),
-        ("version" = String, Path, description = "A published version (semver)."),
+        ("version" = String, Path, description = "A published version (semver).", pattern = "^(0|[1-9][0-9]{0,15})\\.(0|[1-9][0-9]{0,15})\\.(0|[1-9][0-9]{0,15})(-((0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*)(\\.(0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*))*))?(\\+[0-9a-zA-Z-]+(\\.[0-9a-zA-Z-]+)*)?$"),
     ),
     responses(
         (status = 200, description = "Yanked: not cast unless pinned (see `version_yanked`).", body = crate::registry::YankedVersion),

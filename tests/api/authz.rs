@@ -81,7 +81,7 @@ const fn row(
 const BUDGET_OF_A_KEY: &str = r#"{"scope":{"type":"key","key_prefix":"{a_key}"},"period":"month","hard_limit_microusd":1000000}"#;
 const BUDGET_OF_A_KEY_RAISED: &str = r#"{"scope":{"type":"key","key_prefix":"{a_key}"},"period":"month","hard_limit_microusd":2000000}"#;
 
-/// Every route × every caller. Billing is not configured in tests: its routes answer 503
+/// Every route × every caller. Billing is not configured in tests: its routes answer 404
 /// `billing_disabled` once the caller is authenticated and has the scope.
 #[rustfmt::skip]
 const ROUTES: &[Row] = &[
@@ -111,12 +111,12 @@ const ROUTES: &[Row] = &[
     row("DELETE", "/v1/budgets/{a_budget}",            Body::None, Some(Manage),           [401, 404, 401, 401, 403, 404, 204]),
     row("DELETE", "/v1/budgets?scope=key&key_prefix={a_key}&period=month", Body::None, Some(Manage), [401, 422, 401, 401, 403, 422, 204]),
     row("GET",    "/v1/admin/ledger/verify",           Body::None, Some(Manage),           [401, 403, 401, 401, 403, 200, 403]),
-    row("POST",   "/v1/billing/checkout",              Body::Json(r#"{"amount_usd_cents":500}"#), Some(Manage), [401, 503, 401, 401, 403, 503, 503]),
-    row("POST",   "/v1/billing/portal",                Body::None, Some(Manage),           [401, 503, 401, 401, 403, 503, 503]),
-    row("GET",    "/v1/billing",                       Body::None, Some(Manage),           [401, 503, 401, 401, 403, 503, 503]),
-    row("PUT",    "/v1/billing/auto-recharge",         Body::Json(r#"{"enabled":false}"#), Some(Manage), [401, 503, 401, 401, 403, 503, 503]),
-    row("POST",   "/v1/billing/payment-method",        Body::None, Some(Manage),           [401, 503, 401, 401, 403, 503, 503]),
-    row("POST",   "/webhooks/stripe",                  Body::Json("{}"), None,             [503, 503, 503, 503, 503, 503, 503]),
+    row("POST",   "/v1/billing/checkout",              Body::Json(r#"{"amount_usd_cents":500}"#), Some(Manage), [401, 404, 401, 401, 403, 404, 404]),
+    row("POST",   "/v1/billing/portal",                Body::None, Some(Manage),           [401, 404, 401, 401, 403, 404, 404]),
+    row("GET",    "/v1/billing",                       Body::None, Some(Manage),           [401, 404, 401, 401, 403, 404, 404]),
+    row("PUT",    "/v1/billing/auto-recharge",         Body::Json(r#"{"enabled":false}"#), Some(Manage), [401, 404, 401, 401, 403, 404, 404]),
+    row("POST",   "/v1/billing/payment-method",        Body::None, Some(Manage),           [401, 404, 401, 401, 403, 404, 404]),
+    row("POST",   "/webhooks/stripe",                  Body::Json("{}"), None,             [404, 404, 404, 404, 404, 404, 404]),
     // Last: A erases her account.
     row("DELETE", "/v1/users/me",                      Body::Json(r#"{"confirm":"{a}"}"#), Some(Manage), [401, 422, 401, 401, 403, 422, 200]),
 ];
