@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 SCHEMATHESIS_VERSION=4.32.5
 # Examples per operation and phase: with ~32 operations, the whole run (build excluded) stays
 # well under 4 minutes on 2 cores.
-MAX_EXAMPLES="${SPELLHOST_SCHEMATHESIS_MAX_EXAMPLES:-25}"
+MAX_EXAMPLES="${SPELLHOST_SCHEMATHESIS_MAX_EXAMPLES:-50}"
 SEED=20261206
 
 venv="/var/tmp/schemathesis-${SCHEMATHESIS_VERSION}"

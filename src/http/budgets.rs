@@ -397,8 +397,8 @@ pub async fn delete(
     path = "/v1/budgets",
     tag = "budgets",
     params(
-        ("scope" = ScopeType, Query, description = "`key` needs `key_prefix`; `spell` needs `spell`."),
-        ("period" = PeriodName, Query),
+        ("scope" = inline(ScopeType), Query, description = "`key` needs `key_prefix`; `spell` needs `spell`."),
+        ("period" = inline(PeriodName), Query),
         ("key_prefix" = Option<String>, Query, description = "For `scope=key`: one of the caller's keys."),
         ("spell" = Option<String>, Query, description = "For `scope=spell`: `owner/name`."),
     ),
@@ -448,7 +448,7 @@ pub async fn delete_by_scope(
     params(
         ("from" = Option<String>, Query, format = DateTime, description = "RFC 3339; the current month's start (UTC) when absent."),
         ("to" = Option<String>, Query, format = DateTime, description = "RFC 3339, not before `from`; the current month's end when absent."),
-        ("group_by" = Option<GroupByName>, Query, description = "`day` when absent."),
+        ("group_by" = inline(Option<GroupByName>), Query, description = "`day` when absent."),
     ),
     responses((status = 200, description = "The caller's spend over the range, in total and per group, by outcome too.", body = UsageView)),
 )]

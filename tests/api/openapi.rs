@@ -39,6 +39,30 @@ fn the_document_is_openapi_3_1_with_every_route_secured_by_its_scope() {
             }
         }
     }
+    // Every reference resolves.
+    fn references(value: &Value, found: &mut Vec<String>) {
+        match value {
+            Value::Object(object) => {
+                if let Some(Value::String(reference)) = object.get("$ref") {
+                    found.push(reference.clone());
+                }
+                object.values().for_each(|v| references(v, found));
+            }
+            Value::Array(items) => items.iter().for_each(|v| references(v, found)),
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    references(&document, &mut found);
+    for reference in found {
+        let name = reference
+            .strip_prefix("#/components/schemas/")
+            .unwrap_or_else(|| panic!("{reference}"));
+        assert!(
+            document["components"]["schemas"].get(name).is_some(),
+            "unresolved {reference}"
+        );
+    }
     let codes = &document["components"]["schemas"]["ErrorDetail"]["properties"]["code"]["enum"];
     for code in [
         "unauthorized",
