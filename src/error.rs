@@ -108,6 +108,85 @@ pub enum Code {
 }
 
 impl Code {
+    /// Every code a client can see, as sent (the OpenAPI document's `ErrorCode` enum): each
+    /// variant's `as_str`, and the supply-chain gate's codes. The test
+    /// `stable_codes_name_every_code` fails to compile when a variant is added and not listed.
+    pub const STABLE: &'static [&'static str] = &[
+        "login_disabled",
+        "invalid_oauth_state",
+        "oauth_code_rejected",
+        "email_unverified",
+        "account_deleted",
+        "github_unavailable",
+        "csrf_rejected",
+        "invalid_input",
+        "bad_request",
+        "unauthorized",
+        "forbidden",
+        "not_found",
+        "method_not_allowed",
+        "payload_too_large",
+        "unsupported_media_type",
+        "spell_not_found",
+        "version_exists",
+        "version_not_newer",
+        "version_yanked",
+        "signer_exists",
+        "invalid_signer",
+        "budget_exhausted",
+        "spend_limit_reached",
+        "insufficient_scope",
+        "spell_not_allowed",
+        "invalid_budget",
+        "conflict",
+        "spell_failed",
+        "spell_trapped",
+        "deadline_exceeded",
+        "memory_limit_exceeded",
+        "output_too_large",
+        "fuel_exhausted",
+        "overloaded",
+        "too_many_concurrent_casts",
+        "billing_disabled",
+        "amount_out_of_range",
+        "no_billing_account",
+        "signature_invalid",
+        "payment_provider_error",
+        "no_payment_method",
+        "invalid_auto_recharge",
+        "event_unparseable",
+        "event_api_version_unsupported",
+        "not_ready",
+        "idempotency_key_invalid",
+        "idempotency_key_reused",
+        "idempotency_key_in_use",
+        "confirmation_required",
+        "rate_limited",
+        "limit_reached",
+        "uri_too_long",
+        "request_timeout",
+        "headers_too_large",
+        "internal",
+        // The supply-chain gate's (`GateError::code`).
+        "unsigned",
+        "bundle_malformed",
+        "bundle_artifact_mismatch",
+        "bundle_evidence_invalid",
+        "signer_identity_mismatch",
+        "signer_issuer_mismatch",
+        "sbom_invalid",
+        "sbom_attestation_invalid",
+        "sbom_unsigned",
+        "sbom_digest_mismatch",
+        "sbom_component_mismatch",
+        "manifest_invalid",
+        "module_invalid",
+        "limit_above_host_max",
+        "module_too_complex",
+        "import_not_allowed",
+        "vulnerable_component",
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Code::BadRequest => "bad_request",
@@ -203,9 +282,9 @@ impl Code {
             | Code::ConfirmationRequired
             | Code::InvalidInput
             | Code::Gate(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Code::Overloaded | Code::BillingDisabled | Code::NotReady => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Code::Overloaded | Code::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            // A feature this server does not offer, not a transient failure to retry.
+            Code::BillingDisabled => StatusCode::NOT_FOUND,
             Code::TooManyConcurrentCasts | Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Code::LimitReached => StatusCode::UNPROCESSABLE_ENTITY,
             Code::UriTooLong => StatusCode::URI_TOO_LONG,
@@ -458,5 +537,148 @@ impl From<crate::billing::Unreadable> for ApiError {
 impl From<anyhow::Error> for ApiError {
     fn from(error: anyhow::Error) -> Self {
         ApiError::internal(error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every variant but `Gate`; the match below does not compile when a variant is added,
+    /// so that it is added here too (and then to `Code::STABLE`).
+    fn every_code() -> Vec<Code> {
+        let codes = vec![
+            Code::BadRequest,
+            Code::Unauthorized,
+            Code::Forbidden,
+            Code::NotFound,
+            Code::MethodNotAllowed,
+            Code::PayloadTooLarge,
+            Code::UnsupportedMediaType,
+            Code::SpellNotFound,
+            Code::VersionExists,
+            Code::VersionNotNewer,
+            Code::VersionYanked,
+            Code::SignerExists,
+            Code::InvalidSigner,
+            Code::BudgetExhausted,
+            Code::SpendLimitReached,
+            Code::InsufficientScope,
+            Code::SpellNotAllowed,
+            Code::InvalidBudget,
+            Code::Conflict,
+            Code::SpellFailed,
+            Code::SpellTrapped,
+            Code::DeadlineExceeded,
+            Code::MemoryLimitExceeded,
+            Code::OutputTooLarge,
+            Code::FuelExhausted,
+            Code::Overloaded,
+            Code::TooManyConcurrentCasts,
+            Code::BillingDisabled,
+            Code::AmountOutOfRange,
+            Code::NoBillingAccount,
+            Code::SignatureInvalid,
+            Code::PaymentProviderError,
+            Code::NoPaymentMethod,
+            Code::InvalidAutoRecharge,
+            Code::EventUnparseable,
+            Code::EventApiVersionUnsupported,
+            Code::NotReady,
+            Code::IdempotencyKeyInvalid,
+            Code::IdempotencyKeyReused,
+            Code::IdempotencyKeyInUse,
+            Code::ConfirmationRequired,
+            Code::RateLimited,
+            Code::LimitReached,
+            Code::UriTooLong,
+            Code::RequestTimeout,
+            Code::HeadersTooLarge,
+            Code::LoginDisabled,
+            Code::InvalidOauthState,
+            Code::OauthCodeRejected,
+            Code::EmailUnverified,
+            Code::AccountDeleted,
+            Code::GithubUnavailable,
+            Code::CsrfRejected,
+            Code::InvalidInput,
+            Code::Internal,
+        ];
+        for code in &codes {
+            match code {
+                Code::BadRequest
+                | Code::Unauthorized
+                | Code::Forbidden
+                | Code::NotFound
+                | Code::MethodNotAllowed
+                | Code::PayloadTooLarge
+                | Code::UnsupportedMediaType
+                | Code::SpellNotFound
+                | Code::VersionExists
+                | Code::VersionNotNewer
+                | Code::VersionYanked
+                | Code::SignerExists
+                | Code::InvalidSigner
+                | Code::BudgetExhausted
+                | Code::SpendLimitReached
+                | Code::InsufficientScope
+                | Code::SpellNotAllowed
+                | Code::InvalidBudget
+                | Code::Conflict
+                | Code::SpellFailed
+                | Code::SpellTrapped
+                | Code::DeadlineExceeded
+                | Code::MemoryLimitExceeded
+                | Code::OutputTooLarge
+                | Code::FuelExhausted
+                | Code::Overloaded
+                | Code::TooManyConcurrentCasts
+                | Code::BillingDisabled
+                | Code::AmountOutOfRange
+                | Code::NoBillingAccount
+                | Code::SignatureInvalid
+                | Code::PaymentProviderError
+                | Code::NoPaymentMethod
+                | Code::InvalidAutoRecharge
+                | Code::EventUnparseable
+                | Code::EventApiVersionUnsupported
+                | Code::NotReady
+                | Code::IdempotencyKeyInvalid
+                | Code::IdempotencyKeyReused
+                | Code::IdempotencyKeyInUse
+                | Code::ConfirmationRequired
+                | Code::RateLimited
+                | Code::LimitReached
+                | Code::UriTooLong
+                | Code::RequestTimeout
+                | Code::HeadersTooLarge
+                | Code::LoginDisabled
+                | Code::InvalidOauthState
+                | Code::OauthCodeRejected
+                | Code::EmailUnverified
+                | Code::AccountDeleted
+                | Code::GithubUnavailable
+                | Code::CsrfRejected
+                | Code::InvalidInput
+                | Code::Internal
+                | Code::Gate(_) => {}
+            }
+        }
+        codes
+    }
+
+    #[test]
+    fn stable_codes_name_every_code() {
+        for code in every_code() {
+            assert!(
+                Code::STABLE.contains(&code.as_str()),
+                "{} is not in Code::STABLE",
+                code.as_str()
+            );
+        }
+        let mut sorted = Code::STABLE.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), Code::STABLE.len(), "a code is listed twice");
     }
 }

@@ -265,7 +265,7 @@ pub async fn page(
 }
 
 /// What an erasure did.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct Erased {
     pub user_id: i64,
     /// The tombstone that replaces the handle.

@@ -128,7 +128,7 @@ pub async fn set_auto_recharge(
     Ok(())
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AutoRechargeView {
     pub enabled: bool,
     pub threshold_microusd: i64,
@@ -143,7 +143,7 @@ pub struct AutoRechargeView {
     pub in_flight: bool,
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, utoipa::ToSchema, sqlx::FromRow)]
 pub struct PaymentMethodView {
     pub brand: Option<String>,
     pub last4: Option<String>,
@@ -151,7 +151,7 @@ pub struct PaymentMethodView {
     pub exp_year: Option<i64>,
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, utoipa::ToSchema, sqlx::FromRow)]
 pub struct TopupView {
     /// `checkout` or `auto_recharge`.
     pub kind: String,
@@ -164,7 +164,7 @@ pub struct TopupView {
     pub failure_reason: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct BillingView {
     pub balance_microusd: i64,
     pub held_microusd: i64,

@@ -84,7 +84,7 @@ fn stripe_error(error: stripe::StripeError) -> BillingError {
     })
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct Checkout {
     pub checkout_url: String,
     pub session_id: String,

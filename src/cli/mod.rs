@@ -77,6 +77,8 @@ enum Command {
     /// Sigstore bundles: verify one offline (the sigstore-conformance client protocol).
     #[command(subcommand)]
     Sigstore(sigstore::SigstoreCommand),
+    /// Print the HTTP API's OpenAPI 3.1 document (`docs/openapi.json`).
+    Openapi,
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -98,6 +100,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Healthcheck(args) => ops::healthcheck(config, args),
         Command::Spell(command) => spell::run(command, config),
         Command::Sigstore(command) => sigstore::run(command),
+        Command::Openapi => {
+            print!("{}", spellhost::http::openapi_json());
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -26,7 +26,7 @@ async fn current_user(app: &App, caller: &Caller) -> Result<User, ApiError> {
         .ok_or_else(ApiError::unauthorized)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct TopUp {
     amount_usd_cents: i64,
     /// Keep the card for automatic recharges.
@@ -34,6 +34,36 @@ pub struct TopUp {
     save_payment_method: bool,
 }
 
+/// `POST /v1/billing/portal`'s answer.
+#[derive(utoipa::ToSchema)]
+#[expect(dead_code, reason = "a schema: the body is built with `json!`")]
+pub struct Portal {
+    /// Stripe's customer portal, for this customer.
+    url: String,
+}
+
+/// `POST /webhooks/stripe`'s answer.
+#[derive(utoipa::ToSchema)]
+#[expect(dead_code, reason = "a schema: the body is built with `json!`")]
+pub struct Received {
+    received: bool,
+    /// What applying the event did (`credited`, `duplicate`, `ignored`, …).
+    result: String,
+}
+
+/// `POST /v1/billing/checkout`
+#[utoipa::path(
+    post,
+    path = "/v1/billing/checkout",
+    tag = "billing",
+    request_body = TopUp,
+    responses(
+        (status = 201, description = "A Stripe Checkout session for the top-up: send the person to `checkout_url`.", body = crate::billing::Checkout),
+        (status = 422, description = "`amount_out_of_range` (with `min_cents` and `max_cents`), or `idempotency_key_reused`.", body = crate::http::openapi::ErrorBody),
+        (status = 502, description = "`payment_provider_error`: Stripe could not be reached; try again.", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "`billing_disabled`: billing is not configured on this server.", body = crate::http::openapi::ErrorBody),
+    ),
+)]
 /// `POST /v1/billing/checkout {"amount_usd_cents":500,"save_payment_method":false}` → 201
 /// `{"checkout_url","session_id"}`.
 pub async fn checkout(
@@ -56,6 +86,16 @@ pub async fn checkout(
 
 /// `POST /v1/billing/payment-method` → 201 `{"checkout_url","session_id"}`: a Checkout in setup
 /// mode that saves a card for automatic recharges.
+#[utoipa::path(
+    post,
+    path = "/v1/billing/payment-method",
+    tag = "billing",
+    responses(
+        (status = 201, description = "A Checkout in setup mode that saves a card.", body = crate::billing::Checkout),
+        (status = 502, description = "`payment_provider_error`: Stripe could not be reached; try again.", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "`billing_disabled`: billing is not configured on this server.", body = crate::http::openapi::ErrorBody),
+    ),
+)]
 pub async fn payment_method(
     State(app): State<App>,
     caller: Caller,
@@ -67,6 +107,17 @@ pub async fn payment_method(
 }
 
 /// `POST /v1/billing/portal` → 201 `{"url"}`.
+#[utoipa::path(
+    post,
+    path = "/v1/billing/portal",
+    tag = "billing",
+    responses(
+        (status = 201, description = "A customer-portal session.", body = Portal),
+        (status = 409, description = "`no_billing_account`: the caller never paid through Stripe.", body = crate::http::openapi::ErrorBody),
+        (status = 502, description = "`payment_provider_error`: Stripe could not be reached; try again.", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "`billing_disabled`: billing is not configured on this server.", body = crate::http::openapi::ErrorBody),
+    ),
+)]
 pub async fn portal(
     State(app): State<App>,
     caller: Caller,
@@ -78,13 +129,22 @@ pub async fn portal(
 }
 
 /// `GET /v1/billing`: balance, auto-recharge settings and state, the saved card, last top-ups.
+#[utoipa::path(
+    get,
+    path = "/v1/billing",
+    tag = "billing",
+    responses(
+        (status = 200, description = "Balance, auto-recharge, the saved card, last top-ups.", body = crate::billing::BillingView),
+        (status = 404, description = "`billing_disabled`: billing is not configured on this server.", body = crate::http::openapi::ErrorBody),
+    ),
+)]
 pub async fn show(State(app): State<App>, caller: Caller) -> Result<axum::Json<Value>, ApiError> {
     enabled(&app)?;
     let view = billing::view(&app.db, caller.user_id).await?;
     Ok(axum::Json(json!(view)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct AutoRechargeBody {
     enabled: bool,
     threshold_microusd: Option<i64>,
@@ -94,6 +154,18 @@ pub struct AutoRechargeBody {
 
 /// `PUT /v1/billing/auto-recharge {"enabled","threshold_microusd","amount_usd_cents",
 /// "max_per_day"}` → 200 with the same view as `GET /v1/billing`.
+#[utoipa::path(
+    put,
+    path = "/v1/billing/auto-recharge",
+    tag = "billing",
+    request_body = AutoRechargeBody,
+    responses(
+        (status = 200, description = "Saved; the same view as `GET /v1/billing`.", body = crate::billing::BillingView),
+        (status = 409, description = "`no_payment_method`: enabling needs a saved card.", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "`invalid_auto_recharge`.", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "`billing_disabled`: billing is not configured on this server.", body = crate::http::openapi::ErrorBody),
+    ),
+)]
 pub async fn auto_recharge(
     State(app): State<App>,
     caller: Caller,
@@ -117,6 +189,19 @@ pub async fn auto_recharge(
 /// `POST /webhooks/stripe`: the signature is checked over the raw body before anything is
 /// parsed; the event id is recorded, then the event is applied exactly once. A money event that
 /// cannot be read is not recorded and answers 5xx, so Stripe retries it.
+#[utoipa::path(
+    post,
+    path = "/webhooks/stripe",
+    tag = "billing",
+    params(("Stripe-Signature" = String, Header, description = "Stripe's signature over the raw body.")),
+    request_body(content = Object, description = "A Stripe event, as Stripe sends it."),
+    responses(
+        (status = 200, description = "Recorded and applied (once).", body = Received),
+        (status = 400, description = "`signature_invalid`: not signed by Stripe with a configured secret.", body = crate::http::openapi::ErrorBody),
+        (status = 500, description = "`event_unparseable` or `event_api_version_unsupported`: a signed money event that cannot be read; not recorded, so Stripe retries it.", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "`billing_disabled`: billing is not configured on this server.", body = crate::http::openapi::ErrorBody),
+    ),
+)]
 pub async fn webhook(
     State(app): State<App>,
     headers: HeaderMap,

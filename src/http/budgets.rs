@@ -16,6 +16,133 @@ use crate::money::{Budget, MoneyError};
 use crate::registry::SpellRef;
 use crate::store::parse_rfc3339;
 
+/// A budget's scope type.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[expect(dead_code, reason = "a schema: read and shown as JSON by hand")]
+pub enum ScopeType {
+    Account,
+    Key,
+    Spell,
+}
+
+/// A calendar period (UTC), or `total`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[expect(dead_code, reason = "a schema: read and shown as JSON by hand")]
+pub enum PeriodName {
+    Day,
+    Week,
+    Month,
+    Total,
+}
+
+/// How usage is grouped.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[expect(dead_code, reason = "a schema: read as a query parameter by hand")]
+pub enum GroupByName {
+    Day,
+    Spell,
+    Key,
+}
+
+/// What a budget applies to. Fields of other scope types are ignored.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(tag = "type", rename_all = "lowercase")]
+#[expect(dead_code, reason = "a schema: read and shown as JSON by hand")]
+pub enum BudgetScope {
+    Account,
+    Key {
+        /// One of the caller's live keys.
+        key_prefix: String,
+    },
+    Spell {
+        /// `owner/name`, an existing spell.
+        #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,38}/[a-z0-9-]{1,64}$")]
+        spell: String,
+    },
+}
+
+/// `POST` and `PUT /v1/budgets`' body: the budget of a scope and period, and its limits.
+#[derive(utoipa::ToSchema)]
+#[expect(dead_code, reason = "a schema: read as JSON by hand")]
+pub struct BudgetBody {
+    scope: BudgetScope,
+    period: PeriodName,
+    /// Casts are refused (402 `spend_limit_reached`) past it.
+    #[schema(minimum = 1)]
+    hard_limit_microusd: i64,
+    /// Casts are answered with a `Spellhost-Budget-Warning` header past it; at most the hard
+    /// limit.
+    #[schema(minimum = 1)]
+    soft_limit_microusd: Option<i64>,
+}
+
+/// `PUT /v1/budgets/{id}`'s body.
+#[derive(utoipa::ToSchema)]
+#[expect(dead_code, reason = "a schema: read as JSON by hand")]
+pub struct LimitsBody {
+    #[schema(minimum = 1)]
+    hard_limit_microusd: i64,
+    /// At most the hard limit.
+    #[schema(minimum = 1)]
+    soft_limit_microusd: Option<i64>,
+}
+
+/// A budget as shown (`Budget::to_json`); `held_microusd` is what casts in flight hold.
+#[derive(utoipa::ToSchema)]
+#[expect(dead_code, reason = "a schema: the body is built by `Budget::to_json`")]
+pub struct BudgetView {
+    id: String,
+    scope: BudgetScope,
+    period: PeriodName,
+    hard_limit_microusd: i64,
+    soft_limit_microusd: Option<i64>,
+    used_microusd: i64,
+    held_microusd: i64,
+    remaining_microusd: i64,
+    #[schema(format = DateTime)]
+    period_start: String,
+    /// `null` for `total`.
+    #[schema(format = DateTime)]
+    period_end: Option<String>,
+    soft_limit_reached: bool,
+    #[schema(format = DateTime)]
+    created_at: String,
+    #[schema(format = DateTime)]
+    updated_at: String,
+}
+
+/// `GET /v1/budgets`' answer.
+#[derive(utoipa::ToSchema)]
+#[expect(dead_code, reason = "a schema: the body is built with `json!`")]
+pub struct BudgetList {
+    budgets: Vec<BudgetView>,
+}
+
+/// One group of `GET /v1/budgets/usage`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct UsageRow {
+    /// The day (`YYYY-MM-DD`), the spell or the key prefix.
+    group: String,
+    #[serde(flatten)]
+    usage: budgets::UsageGroup,
+}
+
+/// `GET /v1/budgets/usage`'s answer.
+#[derive(utoipa::ToSchema)]
+#[expect(dead_code, reason = "a schema: the body is built by `Usage::to_json`")]
+pub struct UsageView {
+    #[schema(format = DateTime)]
+    from: String,
+    #[schema(format = DateTime)]
+    to: String,
+    group_by: GroupByName,
+    total: budgets::UsageGroup,
+    groups: Vec<UsageRow>,
+}
+
 /// A 422 `invalid_budget` naming the field.
 fn invalid(field: &str, message: impl Into<String>) -> ApiError {
     ApiError::new(Code::InvalidBudget, format!("{field}: {}", message.into())).with("field", field)
@@ -117,6 +244,12 @@ fn limits(body: &Value) -> Result<Limits, ApiError> {
 }
 
 /// `GET /v1/budgets`
+#[utoipa::path(
+    get,
+    path = "/v1/budgets",
+    tag = "budgets",
+    responses((status = 200, description = "The caller's budgets.", body = BudgetList)),
+)]
 pub async fn list(State(app): State<App>, caller: Caller) -> Result<axum::Json<Value>, ApiError> {
     let budgets = budgets::list(&app.db, caller.user_id, app.db.now_ms()).await?;
     let in_flight = app.money.in_flight(&app.db, caller.user_id).await?;
@@ -129,6 +262,18 @@ pub async fn list(State(app): State<App>, caller: Caller) -> Result<axum::Json<V
 
 /// `POST /v1/budgets`: creates (201) or, when one exists for the scope and period, updates
 /// its limits (200).
+#[utoipa::path(
+    post,
+    path = "/v1/budgets",
+    tag = "budgets",
+    request_body = BudgetBody,
+    responses(
+        (status = 200, description = "The scope and period had a budget: its limits were replaced.", body = BudgetView),
+        (status = 201, description = "Created.", body = BudgetView),
+        (status = 409, description = "`conflict`: changed by a concurrent request; retry.", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "`invalid_budget`, naming the `field`.", body = crate::http::openapi::ErrorBody),
+    ),
+)]
 pub async fn create(
     State(app): State<App>,
     caller: Caller,
@@ -157,6 +302,19 @@ pub async fn create(
 }
 
 /// `PUT /v1/budgets/{id}`: replaces the limits.
+#[utoipa::path(
+    put,
+    path = "/v1/budgets/{id}",
+    tag = "budgets",
+    params(("id" = String, Path, description = "The budget's id.")),
+    request_body = LimitsBody,
+    responses(
+        (status = 200, description = "Replaced.", body = BudgetView),
+        (status = 404, description = "`not_found`: the caller has no such budget.", body = crate::http::openapi::ErrorBody),
+        (status = 409, description = "`conflict`: changed by a concurrent request; retry.", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "`invalid_budget`, naming the `field`.", body = crate::http::openapi::ErrorBody),
+    ),
+)]
 pub async fn update(
     State(app): State<App>,
     caller: Caller,
@@ -179,6 +337,18 @@ pub async fn update(
 }
 
 /// `PUT /v1/budgets` with `scope` and `period` in the body: replaces that budget's limits.
+#[utoipa::path(
+    put,
+    path = "/v1/budgets",
+    tag = "budgets",
+    request_body = BudgetBody,
+    responses(
+        (status = 200, description = "Replaced.", body = BudgetView),
+        (status = 404, description = "`not_found`: the scope and period have no budget.", body = crate::http::openapi::ErrorBody),
+        (status = 409, description = "`conflict`: changed by a concurrent request; retry.", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "`invalid_budget`, naming the `field`.", body = crate::http::openapi::ErrorBody),
+    ),
+)]
 pub async fn update_by_scope(
     State(app): State<App>,
     caller: Caller,
@@ -197,6 +367,16 @@ pub async fn update_by_scope(
 }
 
 /// `DELETE /v1/budgets/{id}`
+#[utoipa::path(
+    delete,
+    path = "/v1/budgets/{id}",
+    tag = "budgets",
+    params(("id" = String, Path, description = "The budget's id.")),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 404, description = "`not_found`: the caller has no such budget.", body = crate::http::openapi::ErrorBody),
+    ),
+)]
 pub async fn delete(
     State(app): State<App>,
     caller: Caller,
@@ -212,6 +392,22 @@ pub async fn delete(
 
 /// `DELETE /v1/budgets?scope=account&period=month` (also `scope=key&key_prefix=…` and
 /// `scope=spell&spell=owner/name`).
+#[utoipa::path(
+    delete,
+    path = "/v1/budgets",
+    tag = "budgets",
+    params(
+        ("scope" = inline(ScopeType), Query, description = "`key` needs `key_prefix`; `spell` needs `spell`."),
+        ("period" = inline(PeriodName), Query),
+        ("key_prefix" = Option<String>, Query, description = "For `scope=key`: one of the caller's keys."),
+        ("spell" = Option<String>, Query, description = "For `scope=spell`: `owner/name`."),
+    ),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 404, description = "`not_found`: the scope and period have no budget.", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "`invalid_budget`, naming the `field`.", body = crate::http::openapi::ErrorBody),
+    ),
+)]
 pub async fn delete_by_scope(
     State(app): State<App>,
     caller: Caller,
@@ -245,6 +441,17 @@ pub async fn delete_by_scope(
 
 /// `GET /v1/budgets/usage?from=&to=&group_by=day|spell|key`: the caller's spend over a time
 /// range (default: the current month, UTC), in total and per group, by outcome too.
+#[utoipa::path(
+    get,
+    path = "/v1/budgets/usage",
+    tag = "budgets",
+    params(
+        ("from" = Option<String>, Query, format = DateTime, description = "RFC 3339; the current month's start (UTC) when absent."),
+        ("to" = Option<String>, Query, format = DateTime, description = "RFC 3339, not before `from`; the current month's end when absent."),
+        ("group_by" = inline(Option<GroupByName>), Query, description = "`day` when absent."),
+    ),
+    responses((status = 200, description = "The caller's spend over the range, in total and per group, by outcome too.", body = UsageView)),
+)]
 pub async fn usage(
     State(app): State<App>,
     caller: Caller,

@@ -20,13 +20,25 @@ use crate::registry::SpellRef;
 use crate::sandbox::Outcome;
 use crate::store::rfc3339;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CastBody {
+    /// `owner/name`, or `owner/name@version` to pin a version (a requirement such as
+    /// `@^1.2` is accepted too).
+    #[schema(
+        pattern = "^[a-z0-9][a-z0-9-]{0,38}/[a-z0-9-]{1,64}(@(0|[1-9][0-9]{0,15})\\.(0|[1-9][0-9]{0,15})\\.(0|[1-9][0-9]{0,15}))?$"
+    )]
     spell: String,
+    /// The spell's input as JSON (or send `input_base64`).
     input: Option<Value>,
+    /// The spell's input as bytes, base64 (or send `input`).
+    #[schema(pattern = "^[A-Za-z0-9+/]*={0,2}$")]
     input_base64: Option<String>,
+    /// At most this much fuel; the manifest's limit binds as well.
+    #[schema(minimum = 1)]
     max_fuel: Option<u64>,
+    /// Refuse (402) rather than risk more than this (µ$).
+    #[schema(minimum = 1)]
     max_cost_microusd: Option<i64>,
     /// Check and quote without running, holding or charging anything.
     #[serde(default)]
@@ -36,7 +48,103 @@ pub struct CastBody {
 /// Names a budget past its soft limit on every cast response that knows of it.
 const BUDGET_WARNING: &str = "spellhost-budget-warning";
 
-/// `POST /v1/cast`
+/// What a cast cost, by part (µ$).
+#[derive(utoipa::ToSchema, serde::Serialize)]
+pub struct CostBreakdown {
+    base_microusd: i64,
+    fuel_microusd: i64,
+    wall_microusd: i64,
+}
+
+/// A settled cast's answer (200). A spell that failed answers 422 in the error shape, with
+/// these fields (but `output`) beside `code` and `message`, and `stderr`.
+#[derive(utoipa::ToSchema, serde::Serialize)]
+pub struct CastAnswer {
+    cast_id: String,
+    /// `owner/name`.
+    spell: String,
+    version: String,
+    /// The module's SHA-256 digest.
+    digest: String,
+    /// `ok` here.
+    outcome: String,
+    fuel_used: u64,
+    wall_ms: u64,
+    /// The part of `wall_ms` blocked in host calls that was billed (whole ms).
+    blocked_ms: u64,
+    cost_microusd: i64,
+    cost: CostBreakdown,
+    /// The balance after this cast's charge.
+    balance_microusd: i64,
+    duration_us: u64,
+    /// The spell's output, when it is JSON.
+    output: Option<Value>,
+    /// The spell's output as base64, when it is not JSON.
+    output_base64: Option<String>,
+}
+
+/// A dry run's answer (200 with `"dry_run": true`; see `quoted`): nothing ran, nothing was held
+/// or charged.
+#[derive(utoipa::ToSchema, serde::Serialize)]
+pub struct DryRunQuote {
+    /// Always `true`.
+    dry_run: bool,
+    /// `owner/name`.
+    spell: String,
+    /// The version a real cast would run.
+    version: String,
+    digest: String,
+    worst_case: WorstCase,
+    /// The version's usage statistics priced now (`casts` 0 before any).
+    typical: crate::registry::catalog::Usage,
+    available_microusd: i64,
+    /// Null when a real cast would run; else `{status, body}`: the refusal it would get.
+    would_refuse: Option<Value>,
+}
+
+/// What a cast would hold: its worst case.
+#[derive(utoipa::ToSchema, serde::Serialize)]
+pub struct WorstCase {
+    hold_microusd: i64,
+    fuel_cap: u64,
+    /// `caller` (the cast's `max_fuel` or `max_cost_microusd`) or `spell` (its manifest).
+    fuel_bound: String,
+    blocked_ms_max: u64,
+    cost: CostBreakdown,
+}
+
+/// `POST /v1/cast`'s 200: a cast that ran, or a dry run's quote.
+#[derive(utoipa::ToSchema, serde::Serialize)]
+#[serde(untagged)]
+#[expect(
+    dead_code,
+    reason = "a schema: the bodies are built by `charge_fields` and `quoted`"
+)]
+pub enum CastOk {
+    Ran(CastAnswer),
+    Quoted(DryRunQuote),
+}
+
+/// `POST /v1/cast`: runs a spell for the caller and charges it.
+#[utoipa::path(
+    post,
+    path = "/v1/cast",
+    tag = "cast",
+    request_body = CastBody,
+    responses(
+        (status = 200, description = "The spell ran and was charged; or, with `dry_run`, the quote of what a cast would do (nothing ran, nothing held).", body = CastOk,
+            headers(("Spellhost-Budget-Warning" = String, description = "One per budget at or past its soft limit."))),
+        (status = 400, description = "`bad_request`: a malformed spell reference, both or bad inputs, a zero `max_fuel` or `max_cost_microusd`; or `idempotency_key_invalid`.", body = crate::http::openapi::ErrorBody),
+        (status = 402, description = "`budget_exhausted` (the balance) or `spend_limit_reached` (a budget) cannot hold the cast's worst case; nothing ran. With `binding`, `required_microusd`, `available_microusd`, `affordable_max_fuel`, `topup` (and `budget`).", body = crate::http::openapi::ErrorBody),
+        (status = 403, description = "`spell_not_allowed`: the key may not cast this spell (or `insufficient_scope`).", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "`spell_not_found`.", body = crate::http::openapi::ErrorBody),
+        (status = 410, description = "`version_yanked`: the version asked for was yanked.", body = crate::http::openapi::ErrorBody),
+        (status = 413, description = "`payload_too_large`: the input or the body is over the limit.", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "The spell ran, was charged and failed: `spell_failed` (with `exit_code`), `spell_trapped`, `fuel_exhausted`, `deadline_exceeded`, `memory_limit_exceeded` or `output_too_large`, with the charge's fields and `stderr`; or `idempotency_key_reused`.", body = crate::http::openapi::ErrorBody),
+        (status = 429, description = "`too_many_concurrent_casts` (the user's or the key's), or `rate_limited`; retry after `Retry-After` seconds.", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "`overloaded`: every sandbox worker is busy, or the spell is still being compiled; retry after `Retry-After` seconds.", body = crate::http::openapi::ErrorBody),
+    ),
+)]
 pub async fn cast(
     State(app): State<App>,
     caller: Caller,

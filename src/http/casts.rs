@@ -10,7 +10,48 @@ use crate::error::{ApiError, Code};
 use crate::money::records::{self, CastView, OutputState};
 use crate::store::rfc3339;
 
+/// A settled cast as `GET /v1/casts/{cast_id}` shows it (see `render`).
+#[derive(utoipa::ToSchema)]
+#[expect(dead_code, reason = "a schema: the body is built by `render`")]
+pub struct CastRecord {
+    cast_id: String,
+    /// `owner/name`.
+    spell: String,
+    version: String,
+    digest: String,
+    outcome: String,
+    fuel_used: u64,
+    wall_ms: u64,
+    duration_us: u64,
+    blocked_ms: u64,
+    cost_microusd: i64,
+    cost: crate::http::cast::CostBreakdown,
+    /// RFC 3339.
+    created_at: String,
+    output_bytes: Option<u64>,
+    /// `kept`, `expired`, `not_kept` or `none`.
+    output_status: String,
+    /// The output, when kept and JSON.
+    output: Option<Value>,
+    /// The output as base64, when kept and not JSON.
+    output_base64: Option<String>,
+    /// When a kept output goes (RFC 3339).
+    output_expires_at: Option<String>,
+    /// When an expired output went (RFC 3339).
+    output_expired_at: Option<String>,
+}
+
 /// The caster's own cast; any other answers 404, as an unknown id does.
+#[utoipa::path(
+    get,
+    path = "/v1/casts/{cast_id}",
+    tag = "cast",
+    params(("cast_id" = String, Path, description = "The `cast_id` of a cast's answer.")),
+    responses(
+        (status = 200, description = "The record, and the output while it is kept.", body = CastRecord),
+        (status = 404, description = "`not_found`: no cast of the caller's with this id.", body = crate::http::openapi::ErrorBody),
+    ),
+)]
 pub async fn show(
     State(app): State<App>,
     caller: Caller,

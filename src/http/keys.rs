@@ -13,16 +13,39 @@ use crate::auth::{
 use crate::error::{ApiError, Code};
 use crate::store::{parse_rfc3339, rfc3339};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewKey {
     name: String,
+    /// Every scope when absent (never more than the calling key's).
+    #[schema(value_type = Option<Vec<ScopeName>>)]
     scopes: Option<Vec<String>>,
+    /// `owner/name` or `owner/*`; every spell when absent.
+    #[schema(value_type = Option<Vec<SpellPatternText>>)]
     allowed_spells: Option<Vec<String>>,
+    /// RFC 3339, in the future; never expires when absent.
+    #[schema(format = DateTime)]
     expires_at: Option<String>,
     /// Casts in flight through this key at most; the user's limit binds as well.
     concurrent_casts_max: Option<u64>,
 }
+
+/// A key's scope.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[expect(dead_code, reason = "a schema: parsed by `KeyScope::parse`")]
+pub enum ScopeName {
+    Cast,
+    Publish,
+    Read,
+    Manage,
+}
+
+/// `owner/name` or `owner/*`.
+#[derive(utoipa::ToSchema)]
+#[schema(pattern = "^[a-z0-9][a-z0-9-]{0,38}/([a-z0-9-]{1,64}|\\*)$")]
+#[expect(dead_code, reason = "a schema: parsed by `SpellPattern::parse`")]
+pub struct SpellPatternText(String);
 
 fn auth_error(error: AuthError) -> ApiError {
     match error {
@@ -94,6 +117,42 @@ fn parse_each<T>(
         .collect()
 }
 
+/// An API key as listed (never its secret).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct KeyView {
+    /// Names the key in `DELETE /v1/keys/{prefix}` and in budgets.
+    prefix: String,
+    name: String,
+    scopes: Vec<String>,
+    /// `null`: every spell.
+    allowed_spells: Option<Vec<String>>,
+    #[schema(format = DateTime)]
+    created_at: String,
+    created_at_ms: i64,
+    #[schema(format = DateTime)]
+    expires_at: Option<String>,
+    #[schema(format = DateTime)]
+    last_used_at: Option<String>,
+    concurrent_casts_max: Option<u32>,
+}
+
+/// `POST /v1/keys`'s answer: the key as listed, and its secret, shown this once.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct CreatedKey {
+    #[schema(inline)]
+    #[serde(flatten)]
+    listed: KeyView,
+    /// The API key: `Authorization: Bearer <key>`. Shown in this response and never again.
+    key: String,
+}
+
+/// `GET /v1/keys`'s answer.
+#[derive(utoipa::ToSchema)]
+#[expect(dead_code, reason = "a schema: the body is built with `json!`")]
+pub struct KeyList {
+    keys: Vec<KeyView>,
+}
+
 fn key_json(info: &KeyInfo) -> Value {
     json!({
         "prefix": info.prefix,
@@ -110,6 +169,18 @@ fn key_json(info: &KeyInfo) -> Value {
 
 /// `POST /v1/keys` — the key is in this response and nowhere else, ever. A key never makes a
 /// key that may do more than itself.
+#[utoipa::path(
+    post,
+    path = "/v1/keys",
+    tag = "keys",
+    request_body = NewKey,
+    responses(
+        (status = 201, description = "Created; `key` is shown this once.", body = CreatedKey),
+        (status = 400, description = "`bad_request`: an unknown scope, a bad pattern, an `expires_at` in the past, or `idempotency_key_invalid`.", body = crate::http::openapi::ErrorBody),
+        (status = 403, description = "`insufficient_scope`: the new key would do more than the calling key (or the calling key lacks `manage`).", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "`limit_reached` (`keys_per_user`), or `idempotency_key_reused`.", body = crate::http::openapi::ErrorBody),
+    ),
+)]
 pub async fn create(
     State(app): State<App>,
     caller: Caller,
@@ -128,6 +199,12 @@ pub async fn create(
 }
 
 /// `GET /v1/keys` — never secrets.
+#[utoipa::path(
+    get,
+    path = "/v1/keys",
+    tag = "keys",
+    responses((status = 200, description = "The caller's live keys.", body = KeyList)),
+)]
 pub async fn list(State(app): State<App>, caller: Caller) -> Result<axum::Json<Value>, ApiError> {
     let keys = app
         .auth
@@ -139,6 +216,16 @@ pub async fn list(State(app): State<App>, caller: Caller) -> Result<axum::Json<V
 }
 
 /// `DELETE /v1/keys/{prefix}`
+#[utoipa::path(
+    delete,
+    path = "/v1/keys/{prefix}",
+    tag = "keys",
+    params(("prefix" = String, Path, description = "The key's prefix, as listed.")),
+    responses(
+        (status = 204, description = "Revoked: it authenticates nothing from now on."),
+        (status = 404, description = "`not_found`: the caller has no such key.", body = crate::http::openapi::ErrorBody),
+    ),
+)]
 pub async fn delete(
     State(app): State<App>,
     caller: Caller,

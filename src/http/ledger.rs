@@ -19,7 +19,44 @@ pub struct Page {
     limit: Option<i64>,
 }
 
+/// A ledger entry as listed.
+#[derive(utoipa::ToSchema)]
+#[expect(dead_code, reason = "a schema: the body is built with `json!`")]
+pub struct EntryView {
+    seq: i64,
+    /// `grant`, `topup`, `charge`, …
+    kind: String,
+    /// Signed: credits are positive, charges negative.
+    amount_microusd: i64,
+    balance_after_microusd: i64,
+    reference: String,
+    created_at_ms: i64,
+    /// A cast's charge for blocked time (part of `-amount_microusd`).
+    wall_microusd: Option<i64>,
+    /// The entry's link in the ledger's hash chain.
+    hash: String,
+}
+
+/// `GET /v1/ledger`'s answer.
+#[derive(utoipa::ToSchema)]
+#[expect(dead_code, reason = "a schema: the body is built with `json!`")]
+pub struct EntryPage {
+    entries: Vec<EntryView>,
+    /// `after` for the next page; `null` on the last one.
+    next_after: Option<i64>,
+}
+
 /// `GET /v1/ledger?after=<seq>&limit=<n>`: the caller's entries, oldest first.
+#[utoipa::path(
+    get,
+    path = "/v1/ledger",
+    tag = "money",
+    params(
+        ("after" = Option<i64>, Query, description = "Entries with `seq` greater than this (the previous page's `next_after`)."),
+        ("limit" = Option<i64>, Query, description = "Entries per page: 50 when absent, clamped to 1..=500."),
+    ),
+    responses((status = 200, description = "A page of the caller's entries, oldest first.", body = EntryPage)),
+)]
 pub async fn list(
     State(app): State<App>,
     caller: Caller,

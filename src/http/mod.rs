@@ -13,6 +13,7 @@ mod keys;
 mod ledger;
 mod middleware;
 pub mod oauth;
+mod openapi;
 mod ops;
 pub mod rate_limit;
 mod router;
@@ -21,5 +22,6 @@ mod signers;
 mod spells;
 mod users;
 
+pub use openapi::json as openapi_json;
 pub use rate_limit::RateLimits;
 pub use router::{metrics_router, router};

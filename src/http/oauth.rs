@@ -105,6 +105,17 @@ pub struct StartQuery {
 }
 
 /// `GET /auth/github[?redirect=/path]`: to GitHub, with a signed state cookie.
+#[utoipa::path(
+    get,
+    path = "/auth/github",
+    tag = "login",
+    params(("redirect" = Option<String>, Query, description = "A path on this site to return to after login.")),
+    responses(
+        (status = 302, description = "To GitHub's authorize URL, with `state` and a PKCE challenge; sets the signed state cookie."),
+        (status = 400, description = "`bad_request`: a `redirect` that is not a path on this site.", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "`login_disabled`: GitHub login is not configured.", body = crate::http::openapi::ErrorBody),
+    ),
+)]
 pub async fn start(
     State(app): State<App>,
     Query(query): Query<StartQuery>,
@@ -139,8 +150,38 @@ pub struct CallbackQuery {
     error: Option<String>,
 }
 
+/// A new session (shown once), as `GET /auth/callback` answers a client asking for JSON.
+#[derive(utoipa::ToSchema)]
+#[expect(dead_code, reason = "a schema: the body is built by the handler")]
+pub struct NewSession {
+    /// The bearer token (`sps_…`): shown this once.
+    session_token: String,
+    session: serde_json::Value,
+    /// RFC 3339.
+    expires_at: String,
+    user: serde_json::Value,
+}
+
 /// `GET /auth/callback?code=&state=`: checks the state, signs in, opens a session. JSON for
 /// clients that ask for it (`Accept: application/json`), a cookie and a redirect otherwise.
+#[utoipa::path(
+    get,
+    path = "/auth/callback",
+    tag = "login",
+    params(
+        ("code" = Option<String>, Query, description = "GitHub's authorization code."),
+        ("state" = Option<String>, Query, description = "The `state` sent to GitHub."),
+        ("error" = Option<String>, Query, description = "GitHub's refusal (e.g. `access_denied`)."),
+    ),
+    responses(
+        (status = 200, description = "Signed in (`Accept: application/json`).", body = NewSession),
+        (status = 303, description = "Signed in (a browser): the session cookie is set."),
+        (status = 400, description = "`invalid_oauth_state` or `oauth_code_rejected`.", body = crate::http::openapi::ErrorBody),
+        (status = 403, description = "`email_unverified` or `account_deleted`.", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "`login_disabled`.", body = crate::http::openapi::ErrorBody),
+        (status = 502, description = "`github_unavailable`.", body = crate::http::openapi::ErrorBody),
+    ),
+)]
 pub async fn callback(
     State(app): State<App>,
     headers: HeaderMap,
@@ -207,7 +248,25 @@ pub async fn callback(
     Ok(response)
 }
 
+/// `DELETE /v1/sessions/current`'s answer.
+#[derive(utoipa::ToSchema)]
+#[expect(dead_code, reason = "a schema: the body is built by the handler")]
+pub struct RevokedSession {
+    /// The revoked session's prefix (`sps_…`).
+    revoked: String,
+}
+
 /// `DELETE /v1/sessions/current`: ends the session the request is authenticated with.
+#[utoipa::path(
+    delete,
+    path = "/v1/sessions/current",
+    tag = "login",
+    responses(
+        (status = 200, description = "The session is revoked (`revoked`: its prefix) and its cookie cleared.", body = RevokedSession),
+        (status = 400, description = "`bad_request`: the request is authenticated with an API key, not a session.", body = crate::http::openapi::ErrorBody),
+        (status = 403, description = "`csrf_rejected`: a cookie-authenticated request without proof of this origin.", body = crate::http::openapi::ErrorBody),
+    ),
+)]
 pub async fn logout(State(app): State<App>, caller: Caller) -> Result<Response, ApiError> {
     let Some(session_id) = caller.session_id else {
         return Err(ApiError::bad_request(

@@ -11,12 +11,60 @@ use crate::error::{ApiError, Code};
 use crate::money::{self, ChainCheck};
 use crate::telemetry::Metrics;
 
+/// `GET /healthz`'s answer.
+#[derive(utoipa::ToSchema)]
+#[expect(dead_code, reason = "a schema: the body is built with `json!`")]
+pub struct Health {
+    /// Always `ok`.
+    status: String,
+    version: String,
+}
+
+/// `GET /readyz`'s answer when ready.
+#[derive(utoipa::ToSchema)]
+#[expect(dead_code, reason = "a schema: the body is built with `json!`")]
+pub struct Ready {
+    /// Always `ready`.
+    status: String,
+    /// Each check's detail, by name.
+    #[schema(value_type = Object)]
+    checks: serde_json::Value,
+}
+
+/// `GET /v1/admin/ledger/verify`'s answer.
+#[derive(utoipa::ToSchema)]
+#[expect(dead_code, reason = "a schema: the body is built with `json!`")]
+pub struct ChainReport {
+    intact: bool,
+    /// Entries checked, when intact.
+    entries: Option<i64>,
+    /// The first entry whose hash does not chain, when broken.
+    first_bad_seq: Option<i64>,
+    reason: Option<String>,
+}
+
+/// `GET /healthz`: the process is up (no dependency is checked).
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "ops",
+    responses((status = 200, description = "Up.", body = Health)),
+)]
 pub async fn healthz() -> impl IntoResponse {
     axum::Json(json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
 }
 
 /// `GET /readyz`: 200 when this instance should get traffic; 503 in the one error shape,
 /// naming what is not ready (`not_ready`) beside every check's detail (`checks`).
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "ops",
+    responses(
+        (status = 200, description = "Ready for traffic.", body = Ready),
+        (status = 503, description = "`not_ready`: names what is not ready (`not_ready`) beside every check (`checks`).", body = crate::http::openapi::ErrorBody),
+    ),
+)]
 pub async fn readyz(State(app): State<App>) -> Response {
     let report = crate::ops::readiness::check(&app).await;
     if report.is_ready() {
@@ -36,6 +84,16 @@ pub async fn readyz(State(app): State<App>) -> Response {
 
 /// `GET /metrics`. With `SPELLHOST_METRICS_TOKEN` set, only for `Authorization: Bearer
 /// <token>` (compared in constant time).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "ops",
+    security((), ("metrics_token" = [])),
+    responses(
+        (status = 200, description = "The Prometheus text exposition.", content_type = "text/plain", body = String),
+        (status = 401, description = "`unauthorized`: `SPELLHOST_METRICS_TOKEN` is set and was not presented.", body = crate::http::openapi::ErrorBody),
+    ),
+)]
 pub async fn metrics(State(app): State<App>, headers: axum::http::HeaderMap) -> Response {
     if let Some(token) = &app.config.http.metrics_token {
         use secrecy::ExposeSecret as _;
@@ -96,6 +154,15 @@ fn render_metrics(app: &App) -> Response {
 }
 
 /// `GET /v1/admin/ledger/verify`: recomputes the hash chain (admins only).
+#[utoipa::path(
+    get,
+    path = "/v1/admin/ledger/verify",
+    tag = "admin",
+    responses(
+        (status = 200, description = "Whether the ledger's hash chain is intact.", body = ChainReport),
+        (status = 403, description = "`forbidden`: admins only (or `insufficient_scope`).", body = crate::http::openapi::ErrorBody),
+    ),
+)]
 pub async fn verify_ledger(
     State(app): State<App>,
     caller: Caller,

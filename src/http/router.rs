@@ -2,32 +2,55 @@
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{MethodRouter, delete, get, post, put};
+use axum::routing::get;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
+use utoipa_axum::routes;
 
 use super::{
-    billing, budgets, cast, casts, hygiene, idempotency, keys, ledger, middleware, oauth, ops,
-    signers, spells, users,
+    billing, budgets, cast, casts, hygiene, idempotency, keys, ledger, middleware, oauth, openapi,
+    ops, signers, spells, users,
 };
 use crate::App;
 use crate::auth::KeyScope;
 use crate::supply_chain::bundle::BUNDLE_BYTES_MAX;
 use crate::supply_chain::{MODULE_BYTES_MAX, SBOM_BYTES_MAX};
 
+/// A route: its handler with the handler's own OpenAPI description (`#[utoipa::path]`), to
+/// which the helpers below add what they decide (layers on the handler, and in the document
+/// its security requirement and the errors those layers answer). Without an app (when only
+/// the document is wanted) no layer is added.
+type Route = UtoipaMethodRouter<App>;
+
 /// A body limit for one route: requests whose Content-Length is over it are answered 413
 /// before their body is read; streamed bodies are cut off at the limit.
-fn limited(route: MethodRouter<App>, bytes_max: usize) -> MethodRouter<App> {
-    route
+fn limited((schemas, mut paths, route): Route, bytes_max: usize) -> Route {
+    openapi::limited(&mut paths);
+    let route = route
         .layer::<_, std::convert::Infallible>(DefaultBodyLimit::max(bytes_max))
         .layer::<_, std::convert::Infallible>(tower_http::limit::RequestBodyLimitLayer::new(
             bytes_max,
-        ))
+        ));
+    (schemas, paths, route)
+}
+
+/// An anonymous route; `rate_limited` as `rate_limit::limit` decides (health, readiness,
+/// metrics and Stripe's webhook are exempt).
+fn public((schemas, mut paths, route): Route, rate_limited: bool) -> Route {
+    openapi::common(&mut paths, rate_limited);
+    (schemas, paths, route)
 }
 
 /// An authenticated route: the caller's key must have `scope`. Every route that takes a
 /// `Caller` goes through here; the extractor refuses to serve one that does not.
 /// Its responses are never stored by caches (`Cache-Control: no-store`).
-fn scoped(route: MethodRouter<App>, app: &App, scope: KeyScope) -> MethodRouter<App> {
-    route
+fn scoped((schemas, mut paths, route): Route, app: Option<&App>, scope: KeyScope) -> Route {
+    openapi::secured(&mut paths, scope);
+    openapi::common(&mut paths, true);
+    let Some(app) = app else {
+        return (schemas, paths, route);
+    };
+    let route = route
         .route_layer(axum::middleware::from_fn_with_state(
             (app.clone(), scope),
             middleware::authorize,
@@ -35,22 +58,29 @@ fn scoped(route: MethodRouter<App>, app: &App, scope: KeyScope) -> MethodRouter<
         .route_layer(tower_http::set_header::SetResponseHeaderLayer::overriding(
             axum::http::header::CACHE_CONTROL,
             axum::http::HeaderValue::from_static("no-store"),
-        ))
+        ));
+    (schemas, paths, route)
 }
 
 /// A route that honours `Idempotency-Key` (inside the scope layer, which authenticates).
-fn idempotent(route: MethodRouter<App>, app: &App) -> MethodRouter<App> {
-    route.route_layer(axum::middleware::from_fn_with_state(
+fn idempotent((schemas, mut paths, route): Route, app: Option<&App>) -> Route {
+    openapi::idempotent(&mut paths);
+    let Some(app) = app else {
+        return (schemas, paths, route);
+    };
+    let route = route.route_layer(axum::middleware::from_fn_with_state(
         app.clone(),
         idempotency::idempotent,
-    ))
+    ));
+    (schemas, paths, route)
 }
 
 /// Stripe events are a few KiB; 1 MiB bounds what an unauthenticated caller can send.
 const WEBHOOK_BYTES_MAX: usize = 1024 * 1024;
 
 /// Room for JSON framing and base64 (4/3) around the largest input.
-fn cast_body_bytes_max(app: &App) -> usize {
+fn cast_body_bytes_max(app: Option<&App>) -> usize {
+    let Some(app) = app else { return usize::MAX };
     let input = usize::try_from(app.config.sandbox.limits.input_bytes_max).unwrap_or(usize::MAX);
     input.saturating_mul(4) / 3 + 64 * 1024
 }
@@ -63,108 +93,76 @@ pub fn metrics_router(app: App) -> Router {
     hygiene::outer(router, &app).with_state(app)
 }
 
-pub fn router(app: App) -> Router {
+/// Every route of the public listener and its description, in one list: `router` serves it,
+/// `document` describes it. A new route is one `.routes(…)` line here, with its handler's
+/// `#[utoipa::path]`.
+fn api(app: Option<&App>) -> OpenApiRouter<App> {
     let publish_bytes_max = MODULE_BYTES_MAX
         + SBOM_BYTES_MAX
         + BUNDLE_BYTES_MAX
         + crate::supply_chain::bundle::ATTESTATION_BYTES_MAX
         + 256 * 1024;
     use KeyScope::{Cast, Manage, Publish, Read};
-    let a = &app;
-    let router = Router::new()
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
-        .route(
-            "/v1/users/me",
-            scoped(get(users::me), a, Read).merge(scoped(delete(users::delete), a, Manage)),
-        )
-        .route("/v1/users/me/export", scoped(get(users::export), a, Manage))
-        .route(
-            "/v1/keys",
-            scoped(idempotent(post(keys::create), a).get(keys::list), a, Manage),
-        )
-        .route("/v1/keys/{prefix}", scoped(delete(keys::delete), a, Manage))
-        .route(
-            "/v1/signers",
-            scoped(post(signers::create).get(signers::list), a, Manage),
-        )
-        .route(
-            "/v1/signers/{id}",
-            scoped(delete(signers::remove), a, Manage),
-        )
-        .route(
-            "/v1/spells",
-            limited(
-                scoped(idempotent(post(spells::publish), a), a, Publish),
-                publish_bytes_max,
-            )
-            .merge(scoped(get(spells::catalog), a, Read)),
-        )
-        .route(
-            "/v1/spells/{owner}/{name}",
-            scoped(get(spells::versions), a, Read),
-        )
-        .route(
-            "/v1/spells/{owner}/{name}/versions/{version}/yank",
-            scoped(post(spells::yank), a, Publish),
-        )
-        .route(
-            "/v1/cast",
-            limited(
-                scoped(idempotent(post(cast::cast), a), a, Cast),
-                cast_body_bytes_max(a),
-            ),
-        )
-        .route("/v1/casts/{cast_id}", scoped(get(casts::show), a, Read))
-        .route("/v1/ledger", scoped(get(ledger::list), a, Read))
-        .route(
-            "/v1/budgets",
-            scoped(
-                get(budgets::list)
-                    .post(budgets::create)
-                    .put(budgets::update_by_scope)
-                    .delete(budgets::delete_by_scope),
-                a,
-                Manage,
-            ),
-        )
-        .route("/v1/budgets/usage", scoped(get(budgets::usage), a, Read))
-        .route(
-            "/v1/budgets/{id}",
-            scoped(put(budgets::update).delete(budgets::delete), a, Manage),
-        )
-        .route(
-            "/v1/admin/ledger/verify",
-            scoped(get(ops::verify_ledger), a, Manage),
-        )
-        .route(
-            "/v1/billing/checkout",
-            scoped(idempotent(post(billing::checkout), a), a, Manage),
-        )
-        .route(
-            "/v1/billing/portal",
-            scoped(post(billing::portal), a, Manage),
-        )
-        .route("/v1/billing", scoped(get(billing::show), a, Manage))
-        .route(
-            "/v1/billing/auto-recharge",
-            scoped(put(billing::auto_recharge), a, Manage),
-        )
-        .route(
-            "/v1/billing/payment-method",
-            scoped(post(billing::payment_method), a, Manage),
-        )
-        .route("/auth/github", get(oauth::start))
-        .route("/auth/callback", get(oauth::callback))
-        .route(
-            "/v1/sessions/current",
-            scoped(delete(oauth::logout), a, Manage),
-        )
-        .route(
-            "/webhooks/stripe",
-            limited(post(billing::webhook), WEBHOOK_BYTES_MAX),
-        )
+    let a = app;
+    let mut api = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(public(routes!(ops::healthz), false))
+        .routes(public(routes!(ops::readyz), false))
+        .routes(public(routes!(ops::metrics), false))
+        .routes(public(routes!(openapi::serve), true))
+        .routes(scoped(routes!(users::me), a, Read))
+        .routes(scoped(routes!(users::delete), a, Manage))
+        .routes(scoped(routes!(users::export), a, Manage))
+        .routes(scoped(idempotent(routes!(keys::create), a), a, Manage))
+        .routes(scoped(routes!(keys::list), a, Manage))
+        .routes(scoped(routes!(keys::delete), a, Manage))
+        .routes(scoped(routes!(signers::create), a, Manage))
+        .routes(scoped(routes!(signers::list), a, Manage))
+        .routes(scoped(routes!(signers::remove), a, Manage))
+        .routes(limited(
+            scoped(idempotent(routes!(spells::publish), a), a, Publish),
+            publish_bytes_max,
+        ))
+        .routes(scoped(routes!(spells::catalog), a, Read))
+        .routes(scoped(routes!(spells::versions), a, Read))
+        .routes(scoped(routes!(spells::yank), a, Publish))
+        .routes(limited(
+            scoped(idempotent(routes!(cast::cast), a), a, Cast),
+            cast_body_bytes_max(a),
+        ))
+        .routes(scoped(routes!(casts::show), a, Read))
+        .routes(scoped(routes!(ledger::list), a, Read))
+        .routes(scoped(routes!(budgets::list), a, Manage))
+        .routes(scoped(routes!(budgets::create), a, Manage))
+        .routes(scoped(routes!(budgets::update_by_scope), a, Manage))
+        .routes(scoped(routes!(budgets::delete_by_scope), a, Manage))
+        .routes(scoped(routes!(budgets::usage), a, Read))
+        .routes(scoped(routes!(budgets::update), a, Manage))
+        .routes(scoped(routes!(budgets::delete), a, Manage))
+        .routes(scoped(routes!(ops::verify_ledger), a, Manage))
+        .routes(scoped(idempotent(routes!(billing::checkout), a), a, Manage))
+        .routes(scoped(routes!(billing::portal), a, Manage))
+        .routes(scoped(routes!(billing::show), a, Manage))
+        .routes(scoped(routes!(billing::auto_recharge), a, Manage))
+        .routes(scoped(routes!(billing::payment_method), a, Manage))
+        .routes(public(routes!(oauth::start), true))
+        .routes(public(routes!(oauth::callback), true))
+        .routes(scoped(routes!(oauth::logout), a, Manage))
+        .routes(limited(
+            public(routes!(billing::webhook), false),
+            WEBHOOK_BYTES_MAX,
+        ));
+    openapi::name_operations(api.get_openapi_mut());
+    api
+}
+
+/// The OpenAPI document of [`router`] (see `openapi.rs`).
+pub fn document() -> utoipa::openapi::OpenApi {
+    api(None).into_openapi()
+}
+
+pub fn router(app: App) -> Router {
+    let (router, _document) = api(Some(&app)).split_for_parts();
+    let router = router
         .fallback(middleware::not_found)
         // A handler that panics answers the opaque 500 in the one error shape; the connection
         // and the process live on.

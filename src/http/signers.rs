@@ -14,7 +14,7 @@ use crate::supply_chain::signature::registration_message;
 /// A key signer `{"name", "public_key_pem", "proof"}`, or a keyless one `{"name", "issuer",
 /// "identity" | "identity_regex"}`. `proof` is the key's signature over
 /// [`registration_message`] for the caller's handle: whoever registers a key holds it.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewSignerBody {
     name: String,
@@ -29,7 +29,25 @@ pub struct NewSignerBody {
     require_signed_sbom: bool,
 }
 
+/// `GET /v1/signers`'s answer.
+#[derive(utoipa::ToSchema)]
+#[expect(dead_code, reason = "a schema: the body is built with `json!`")]
+pub struct SignerList {
+    signers: Vec<crate::registry::SignerInfo>,
+}
+
 /// `POST /v1/signers`
+#[utoipa::path(
+    post,
+    path = "/v1/signers",
+    tag = "signers",
+    request_body = NewSignerBody,
+    responses(
+        (status = 201, description = "Registered.", body = crate::registry::SignerInfo),
+        (status = 409, description = "`signer_exists`: the caller has a signer of that name or key.", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "`invalid_signer` (a bad key, a missing or wrong `proof`, a bad identity), or `limit_reached` (`signers_per_user`).", body = crate::http::openapi::ErrorBody),
+    ),
+)]
 pub async fn create(
     State(app): State<App>,
     caller: Caller,
@@ -82,6 +100,16 @@ pub async fn create(
 }
 
 /// `DELETE /v1/signers/{id}`: the signer authorizes nothing new; what it signed stays.
+#[utoipa::path(
+    delete,
+    path = "/v1/signers/{id}",
+    tag = "signers",
+    params(("id" = i64, Path, description = "The signer's id, as listed.")),
+    responses(
+        (status = 204, description = "Removed."),
+        (status = 404, description = "`not_found`: the caller has no such signer.", body = crate::http::openapi::ErrorBody),
+    ),
+)]
 pub async fn remove(
     State(app): State<App>,
     caller: Caller,
@@ -98,6 +126,12 @@ pub async fn remove(
 }
 
 /// `GET /v1/signers`
+#[utoipa::path(
+    get,
+    path = "/v1/signers",
+    tag = "signers",
+    responses((status = 200, description = "The caller's signers.", body = SignerList)),
+)]
 pub async fn list(State(app): State<App>, caller: Caller) -> Result<axum::Json<Value>, ApiError> {
     Ok(axum::Json(
         json!({ "signers": app.registry.signers(caller.user_id).await? }),

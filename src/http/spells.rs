@@ -8,8 +8,55 @@ use crate::error::ApiError;
 use crate::registry::CatalogQuery;
 use crate::supply_chain::{Signature, SpellBundle};
 
+/// `POST /v1/spells`'s multipart parts.
+#[derive(utoipa::ToSchema)]
+#[expect(dead_code, reason = "a schema: the parts are read by `read_bundle`")]
+pub struct PublishForm {
+    /// The WebAssembly module (WASI preview 1).
+    #[schema(value_type = String, format = Binary)]
+    module: Vec<u8>,
+    /// `spell.toml`: name, version, limits (UTF-8 TOML).
+    manifest: String,
+    /// A CycloneDX or SPDX JSON SBOM of the module (may be left out when `sbom_attestation`
+    /// is given).
+    #[schema(value_type = Option<String>, format = Binary)]
+    sbom: Option<Vec<u8>>,
+    /// A detached signature of the module by a registered key signer (or send `bundle`).
+    #[schema(value_type = Option<String>, format = Binary)]
+    signature: Option<Vec<u8>>,
+    /// A Sigstore bundle over the module (or send `signature`).
+    #[schema(value_type = Option<String>, format = Binary)]
+    bundle: Option<Vec<u8>>,
+    /// A signed SBOM (an in-toto attestation as a Sigstore bundle), when the signer requires one.
+    #[schema(value_type = Option<String>, format = Binary)]
+    sbom_attestation: Option<Vec<u8>>,
+}
+
+/// `GET /v1/spells/{owner}/{name}`'s answer.
+#[derive(utoipa::ToSchema)]
+#[expect(dead_code, reason = "a schema: the body is built with `json!`")]
+pub struct VersionList {
+    /// `owner/name`.
+    spell: String,
+    /// Newest first.
+    versions: Vec<crate::registry::VersionInfo>,
+}
+
 /// `POST /v1/spells` (multipart: `module`, `manifest`, `sbom`, and `signature` or a Sigstore
 /// `bundle`; `sbom_attestation`, a signed SBOM, when the signer requires one).
+#[utoipa::path(
+    post,
+    path = "/v1/spells",
+    tag = "spells",
+    request_body(content = PublishForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 201, description = "Published under the caller's handle.", body = crate::registry::Published),
+        (status = 400, description = "`bad_request`: a malformed multipart body, a missing, repeated or unexpected part; or `idempotency_key_invalid`.", body = crate::http::openapi::ErrorBody),
+        (status = 403, description = "`forbidden`: the manifest names another owner (or `insufficient_scope`).", body = crate::http::openapi::ErrorBody),
+        (status = 409, description = "`version_exists` or `version_not_newer` (versions are immutable and increasing), or `idempotency_key_in_use`.", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "The supply-chain gate's refusal (`unsigned`, `signature_invalid`, `bundle_malformed`, `bundle_artifact_mismatch`, `bundle_evidence_invalid`, `signer_identity_mismatch`, `signer_issuer_mismatch`, `sbom_invalid`, `sbom_attestation_invalid`, `sbom_unsigned`, `sbom_digest_mismatch`, `sbom_component_mismatch`, `manifest_invalid`, `module_invalid`, `module_too_complex`, `import_not_allowed`, `vulnerable_component` with `component`, `advisory` and `severity`), `limit_reached`, or `idempotency_key_reused`.", body = crate::http::openapi::ErrorBody),
+    ),
+)]
 pub async fn publish(
     State(app): State<App>,
     caller: Caller,
@@ -85,6 +132,19 @@ async fn read_bundle(mut multipart: Multipart) -> Result<SpellBundle, ApiError> 
 
 /// `GET /v1/spells/{owner}/{name}`: versions, newest first, with digests, limits, schemas and
 /// usage statistics priced at the current prices.
+#[utoipa::path(
+    get,
+    path = "/v1/spells/{owner}/{name}",
+    tag = "spells",
+    params(
+        ("owner" = String, Path, description = "The publisher's handle."),
+        ("name" = String, Path, description = "The spell's name."),
+    ),
+    responses(
+        (status = 200, description = "Every version, newest first (yanked ones too, with `yanked_at_ms`).", body = VersionList),
+        (status = 404, description = "`spell_not_found`.", body = crate::http::openapi::ErrorBody),
+    ),
+)]
 pub async fn versions(
     State(app): State<App>,
     _caller: Caller,
@@ -110,6 +170,21 @@ pub struct CatalogParams {
 
 /// `GET /v1/spells?owner=&q=&cursor=&limit=`: published spells by owner and name, a page at a
 /// time.
+#[utoipa::path(
+    get,
+    path = "/v1/spells",
+    tag = "spells",
+    params(
+        ("owner" = Option<String>, Query, description = "Only this publisher's spells."),
+        ("q" = Option<String>, Query, description = "A case-insensitive substring of the name or description (at most 100 bytes)."),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page."),
+        ("limit" = Option<u32>, Query, description = "Spells per page (1–100, default 50).", minimum = 1, maximum = 100),
+    ),
+    responses(
+        (status = 200, description = "A page of published spells, by owner then name.", body = crate::registry::catalog::CatalogPage),
+        (status = 400, description = "`bad_request`: a malformed cursor, a `q` too long, a bad limit or an unknown parameter.", body = crate::http::openapi::ErrorBody),
+    ),
+)]
 pub async fn catalog(
     State(app): State<App>,
     _caller: Caller,
@@ -121,6 +196,21 @@ pub async fn catalog(
 }
 
 /// `POST /v1/spells/{owner}/{name}/versions/{version}/yank` (the owner only).
+#[utoipa::path(
+    post,
+    path = "/v1/spells/{owner}/{name}/versions/{version}/yank",
+    tag = "spells",
+    params(
+        ("owner" = String, Path, description = "The publisher's handle: the caller's."),
+        ("name" = String, Path, description = "The spell's name."),
+        ("version" = String, Path, description = "A published version (semver).", pattern = "^(0|[1-9][0-9]{0,15})\\.(0|[1-9][0-9]{0,15})\\.(0|[1-9][0-9]{0,15})(-((0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*)(\\.(0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*))*))?(\\+[0-9a-zA-Z-]+(\\.[0-9a-zA-Z-]+)*)?$"),
+    ),
+    responses(
+        (status = 200, description = "Yanked: not cast unless pinned (see `version_yanked`).", body = crate::registry::YankedVersion),
+        (status = 403, description = "`forbidden`: only the owner yanks (or `insufficient_scope`).", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "`spell_not_found`: no such spell or version.", body = crate::http::openapi::ErrorBody),
+    ),
+)]
 pub async fn yank(
     State(app): State<App>,
     caller: Caller,

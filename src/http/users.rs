@@ -9,7 +9,42 @@ use crate::auth::{self, Caller};
 use crate::error::{ApiError, Code};
 use crate::privacy::{self, Paged, PrivacyError};
 
+/// `GET /v1/users/me`'s answer.
+#[derive(utoipa::ToSchema)]
+#[expect(dead_code, reason = "a schema: the body is built with `json!`")]
+pub struct Me {
+    handle: String,
+    email: String,
+    is_admin: bool,
+    balance_microusd: i64,
+    /// What casts in flight hold.
+    held_microusd: i64,
+    available_microusd: i64,
+}
+
+/// `DELETE /v1/users/me`'s body.
+#[derive(utoipa::ToSchema)]
+#[expect(dead_code, reason = "a schema: the body is read as JSON by hand")]
+pub struct Confirmation {
+    /// The caller's handle.
+    confirm: String,
+}
+
+/// `DELETE /v1/users/me`'s answer: what the erasure did, and a message for a person.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Deleted {
+    #[serde(flatten)]
+    erased: privacy::Erased,
+    message: String,
+}
+
 /// `GET /v1/users/me`
+#[utoipa::path(
+    get,
+    path = "/v1/users/me",
+    tag = "users",
+    responses((status = 200, description = "The caller's profile and balance (µ$).", body = Me)),
+)]
 pub async fn me(State(app): State<App>, caller: Caller) -> Result<axum::Json<Value>, ApiError> {
     let user = auth::user_by_id(&app.db, caller.user_id)
         .await
@@ -46,6 +81,12 @@ impl From<PrivacyError> for ApiError {
 
 /// `GET /v1/users/me/export`: everything spellhost holds about the caller, one JSON document,
 /// streamed (see `crate::privacy`).
+#[utoipa::path(
+    get,
+    path = "/v1/users/me/export",
+    tag = "users",
+    responses((status = 200, description = "Everything spellhost holds about the caller (profile, keys without secrets, signers, spells, budgets, usage, ledger, checkout sessions), ending with `\"complete\":true`.", content_type = "application/json", body = Object)),
+)]
 pub async fn export(State(app): State<App>, caller: Caller) -> Result<Response, ApiError> {
     let head = privacy::export_head(&app.db, caller.user_id).await?;
     let stream = export_stream(app, caller.user_id, head);
@@ -122,11 +163,21 @@ fn export_stream(
 
 /// `DELETE /v1/users/me` with `{"confirm":"<handle>"}`: erases the account (see
 /// `crate::privacy`) and reports the balance left over.
+#[utoipa::path(
+    delete,
+    path = "/v1/users/me",
+    tag = "users",
+    request_body(content = Confirmation, description = "Any body without the caller's handle as `confirm` is refused."),
+    responses(
+        (status = 200, description = "Erased; the balance left over is reported.", body = Deleted),
+        (status = 422, description = "`confirmation_required`: `confirm` does not name the caller.", body = crate::http::openapi::ErrorBody),
+    ),
+)]
 pub async fn delete(
     State(app): State<App>,
     caller: Caller,
     body: Bytes,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::Json<Deleted>, ApiError> {
     // Any body without the caller's handle as `confirm` is an unconfirmed request.
     let confirm = serde_json::from_slice::<Value>(&body)
         .ok()
@@ -136,11 +187,9 @@ pub async fn delete(
                 .map(str::to_owned)
         });
     let erased = privacy::erase(&app, caller.user_id, confirm.as_deref()).await?;
-    let mut body = serde_json::to_value(&erased).map_err(ApiError::internal)?;
-    body["message"] = format!(
+    let message = format!(
         "account deleted; {} µ$ is left on it: contact the operator for a refund",
         erased.balance_microusd
-    )
-    .into();
-    Ok(axum::Json(body))
+    );
+    Ok(axum::Json(Deleted { erased, message }))
 }

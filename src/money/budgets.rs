@@ -511,7 +511,7 @@ pub async fn delete(db: &Db, user_id: i64, condition: Condition<'_>) -> Result<b
 }
 
 /// One row of spend, by group or in total.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Spend {
     pub cast_count: i64,
     pub fuel_used: i64,
@@ -534,7 +534,7 @@ impl Spend {
 }
 
 /// Spend of one group (a day, a spell or a key), in total and by outcome.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct UsageGroup {
     #[serde(flatten)]
     pub spend: Spend,

@@ -86,7 +86,8 @@ fn decode_cursor(cursor: &str) -> Option<(String, String)> {
 }
 
 /// A limit as a run gets it: the manifest's, capped by the host's maximum.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = CatalogLimits)]
 pub struct Limits {
     pub fuel_max: u64,
     pub wall_ms_max: u64,
@@ -106,7 +107,7 @@ impl From<RunLimits> for Limits {
 }
 
 /// One spell of the catalog.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct CatalogEntry {
     /// `owner/name`.
     pub spell: String,
@@ -120,7 +121,7 @@ pub struct CatalogEntry {
     pub limits: Option<Limits>,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct CatalogPage {
     pub spells: Vec<CatalogEntry>,
     /// Give it back as `cursor` for the next page; `None` on the last one.
@@ -131,7 +132,7 @@ pub struct CatalogPage {
 /// (each the upper bound of its histogram bucket, at most 12.5 % above the true figure), with
 /// what that fuel costs at the current prices (base fee and fuel; blocked time, usually none,
 /// is not counted).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Usage {
     pub casts: u64,
     pub fuel_p50: Option<u64>,

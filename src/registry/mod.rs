@@ -159,14 +159,14 @@ pub(crate) fn choose<T>(
     best.ok_or(any_yanked)
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct Published {
     pub spell: String,
     pub version: String,
     pub digest: String,
 }
 
-#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema, sqlx::FromRow)]
 pub struct VersionInfo {
     pub version: String,
     pub digest: String,
@@ -185,6 +185,7 @@ pub struct VersionInfo {
     /// `no_database_configured`, or `not_checked` for versions published before the check),
     /// the database snapshot, the threshold and the findings with their VEX states.
     #[sqlx(skip)]
+    #[schema(value_type = Object)]
     pub advisory_check: serde_json::Value,
 }
 
@@ -207,7 +208,7 @@ fn advisory_view(stored: Option<&str>) -> serde_json::Value {
 }
 
 /// A version's SBOM as checked at publish (`None` for versions published before it was kept).
-#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema, sqlx::FromRow)]
 pub struct VersionSbom {
     #[sqlx(rename = "sbom_format")]
     pub format: Option<String>,
@@ -215,6 +216,7 @@ pub struct VersionSbom {
     pub components: Option<i64>,
     /// Whether a signed SBOM (an in-toto attestation under the module's signer) came with it.
     #[serde(serialize_with = "as_bool")]
+    #[schema(value_type = bool)]
     #[sqlx(rename = "sbom_signed")]
     pub signed: i64,
 }
@@ -224,7 +226,7 @@ fn as_bool<S: serde::Serializer>(value: &i64, serializer: S) -> Result<S::Ok, S:
 }
 
 /// `POST …/versions/{version}/yank`'s answer.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct YankedVersion {
     pub spell: String,
     pub version: String,
@@ -233,7 +235,7 @@ pub struct YankedVersion {
 
 /// Who signed a version, as verified at publish: the registered signer's name and kind, the
 /// certificate's identity and issuer for a keyless bundle, and the transparency-log entry.
-#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema, sqlx::FromRow)]
 pub struct VersionSigner {
     #[sqlx(rename = "signer_name")]
     pub signer: String,
@@ -255,10 +257,11 @@ pub struct VersionSigner {
 
 /// A registered signer, as `GET /v1/signers` shows it: `kind` is `key` (with
 /// `public_key_pem`) or `identity` (with `issuer` and `identity` or `identity_regex`).
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct SignerInfo {
     pub id: i64,
     pub name: String,
+    /// `key` or `identity`.
     pub kind: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub public_key_pem: Option<String>,

@@ -224,12 +224,12 @@ on_both_databases! {
         let user = app.user("ada", 0).await;
         for path in ["/v1/billing/checkout", "/v1/billing/portal", "/v1/billing/payment-method"] {
             let (status, body) = app.post(path, Some(&user.key), json!({"amount_usd_cents": 500})).await;
-            assert_eq!((status, error_code(&body)), (StatusCode::SERVICE_UNAVAILABLE, "billing_disabled"), "{path}");
+            assert_eq!((status, error_code(&body)), (StatusCode::NOT_FOUND, "billing_disabled"), "{path}");
         }
         let (status, body) = app.get("/v1/billing", Some(&user.key)).await;
-        assert_eq!((status, error_code(&body)), (StatusCode::SERVICE_UNAVAILABLE, "billing_disabled"));
+        assert_eq!((status, error_code(&body)), (StatusCode::NOT_FOUND, "billing_disabled"));
         let (status, _) = deliver(&app, "{}", Some("t=1,v1=00".into())).await;
-        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(status, StatusCode::NOT_FOUND);
         app.shutdown().await;
     }
 

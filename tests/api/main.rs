@@ -3,6 +3,7 @@
 mod advisories;
 mod app;
 mod author_loop;
+mod authz;
 mod billing;
 mod billing_recharge;
 mod billing_recovery;
@@ -16,6 +17,7 @@ mod idempotency;
 mod leases;
 mod money;
 mod oauth;
+mod openapi;
 mod ops;
 mod privacy;
 mod process;
