@@ -263,13 +263,16 @@ pub struct RevokedSession {
     tag = "login",
     responses(
         (status = 200, description = "The session is revoked (`revoked`: its prefix) and its cookie cleared.", body = RevokedSession),
-        (status = 400, description = "`bad_request`: the request is authenticated with an API key, not a session.", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "`not_found`: the request is authenticated with an API key, not a session.", body = crate::http::openapi::ErrorBody),
         (status = 403, description = "`csrf_rejected`: a cookie-authenticated request without proof of this origin.", body = crate::http::openapi::ErrorBody),
     ),
 )]
 pub async fn logout(State(app): State<App>, caller: Caller) -> Result<Response, ApiError> {
+    // A request authenticated by an API key has no current session: the resource it names
+    // does not exist (404), as for any other thing the caller does not have.
     let Some(session_id) = caller.session_id else {
-        return Err(ApiError::bad_request(
+        return Err(ApiError::new(
+            Code::NotFound,
             "this request is authenticated by an API key, not a session; \
              delete keys with DELETE /v1/keys/{prefix}",
         ));

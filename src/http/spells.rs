@@ -175,10 +175,10 @@ pub struct CatalogParams {
     path = "/v1/spells",
     tag = "spells",
     params(
-        ("owner" = Option<String>, Query, description = "Only this publisher's spells."),
-        ("q" = Option<String>, Query, description = "A case-insensitive substring of the name or description (at most 100 bytes)."),
+        ("owner" = Option<String>, Query, description = "Only this publisher's spells (a handle).", pattern = "^([a-z0-9][a-z0-9-]{0,38})?$"),
+        ("q" = Option<String>, Query, description = "A case-insensitive substring of the name or description.", max_length = 100),
         ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page."),
-        ("limit" = Option<u32>, Query, description = "Spells per page (1–100, default 50).", minimum = 1, maximum = 100),
+        ("limit" = Option<u32>, Query, description = "Spells per page (1–100, default 20).", minimum = 1, maximum = 100),
     ),
     responses(
         (status = 200, description = "A page of published spells, by owner then name.", body = crate::registry::catalog::CatalogPage),

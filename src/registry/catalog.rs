@@ -15,8 +15,10 @@ use crate::sandbox::RunLimits;
 pub const CATALOG_LIMIT_DEFAULT: u32 = 20;
 /// Spells per catalog page at most: a page reads each spell's versions.
 pub const CATALOG_LIMIT_MAX: u32 = 100;
-/// The longest `q` accepted, in bytes: a name is at most 64, a phrase of a description fits.
-pub const QUERY_BYTES_MAX: usize = 100;
+/// The longest `q` accepted, in characters as sent (as JSON Schema's `maxLength` counts them,
+/// so the OpenAPI document can state it): a name is at most 64, a phrase of a description
+/// fits, and 100 characters are at most 400 bytes of pattern.
+pub const QUERY_CHARS_MAX: usize = 100;
 
 /// A catalog request, parsed at the edge.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,10 +49,12 @@ impl CatalogQuery {
         {
             return Err(invalid("owner", "not a user handle"));
         }
-        let q = q.map(|q| q.trim().to_lowercase()).filter(|q| !q.is_empty());
-        if q.as_ref().is_some_and(|q| q.len() > QUERY_BYTES_MAX) {
-            return Err(invalid("q", "longer than 100 bytes"));
+        if q.as_ref()
+            .is_some_and(|q| q.chars().count() > QUERY_CHARS_MAX)
+        {
+            return Err(invalid("q", "longer than 100 characters"));
         }
+        let q = q.map(|q| q.trim().to_lowercase()).filter(|q| !q.is_empty());
         let after = cursor
             .filter(|c| !c.is_empty())
             .map(|c| {

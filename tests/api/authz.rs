@@ -125,9 +125,9 @@ const ROUTES: &[Row] = &[
     // GitHub login is not configured here.
     row("GET",    "/auth/github",                      Body::None, None,                   [404, 404, 404, 404, 404, 404, 404, 404]),
     row("GET",    "/auth/callback",                    Body::None, None,                   [404, 404, 404, 404, 404, 404, 404, 404]),
-    // Ends the session it is called with (keys are not sessions: 400); B's session is
+    // Ends the session it is called with (a key has no session: 404); B's session is
     // revoked from here on.
-    row("DELETE", "/v1/sessions/current",              Body::None, Some(Manage),           [401, 400, 401, 401, 403, 400, 200, 400]),
+    row("DELETE", "/v1/sessions/current",              Body::None, Some(Manage),           [401, 404, 401, 401, 403, 404, 200, 404]),
     // Last: A erases her account.
     row("DELETE", "/v1/users/me",                      Body::Json(r#"{"confirm":"{a}"}"#), Some(Manage), [401, 422, 401, 401, 403, 422, 401, 200]),
 ];

@@ -506,7 +506,8 @@ on_both_databases! {
         // An API key is not a session.
         let user = app.user("keyholder", 0).await;
         let (status, body) = app.delete("/v1/sessions/current", &user.key).await;
-        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+        assert_eq!(body["error"]["code"], "not_found", "{body}");
         // A session expires after SPELLHOST_SESSION_TTL_SECS (30 days by default).
         app.app.db.clock().advance(30 * 24 * 3600 * 1000);
         let (status, _) = app.get("/v1/users/me", Some(&token_of(&other))).await;
