@@ -51,19 +51,13 @@ mod tests {
             .find(|(path, _)| *path == "spell.toml")
             .expect("the template has a manifest");
         assert_valid(&validator, "the template", template);
-        // Its commented-out input and output schemas too, once enabled.
-        let start = template
-            .find("# [input_schema]")
-            .expect("the commented schemas");
-        let enabled: String = template[start..]
-            .lines()
-            .map(|line| line.strip_prefix('#').unwrap_or(line).trim_start())
-            .fold(template[..start].to_owned(), |text, line| {
-                text + line + "\n"
-            });
-        let json = as_json(&enabled);
-        assert_eq!(json["input_schema"]["required"][0], "name", "{enabled}");
-        assert_valid(&validator, "the template with its schemas", &enabled);
+        // It declares its input and output schemas (the server checks casts against the first).
+        let json = as_json(template);
+        assert_eq!(json["input_schema"]["required"][0], "name", "{template}");
+        assert_eq!(
+            json["output_schema"]["required"][0], "greeting",
+            "{template}"
+        );
     }
 
     #[test]
