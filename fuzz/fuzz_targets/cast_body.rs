@@ -38,8 +38,9 @@ static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
             "fuzz-secret-fuzz-secret-fuzz-secret-0123",
         ),
         ("SPELLHOST_WORKERS", "1"),
-        ("SPELLHOST_WALL_MS_MAX", "200"),
-        ("SPELLHOST_FUEL_MAX", "10000000"),
+        // hello's own limits: a limit above the host maximum is refused at publish.
+        ("SPELLHOST_WALL_MS_MAX", "2000"),
+        ("SPELLHOST_FUEL_MAX", "50000000"),
         ("SPELLHOST_INPUT_BYTES_MAX", "65536"),
     ])
     .expect("config");
