@@ -678,9 +678,7 @@ impl Authenticator {
         .await?
         .rows_affected();
         // Every instance drops its copy of the key's row within a poll of the epochs.
-        sqlx::query("UPDATE cache_epochs SET epoch = epoch + 1 WHERE name = 'keys'")
-            .execute(&mut *tx)
-            .await?;
+        crate::store::bump_cache_epoch(&mut tx, crate::store::CacheEpoch::Keys).await?;
         tx.commit().await?;
         self.forget(id);
         Ok(deleted == 1)

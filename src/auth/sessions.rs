@@ -190,9 +190,7 @@ impl Authenticator {
         .await?
         .rows_affected();
         // Every instance drops its copy of the session's row within a poll of the epochs.
-        sqlx::query("UPDATE cache_epochs SET epoch = epoch + 1 WHERE name = 'keys'")
-            .execute(&mut *tx)
-            .await?;
+        crate::store::bump_cache_epoch(&mut tx, crate::store::CacheEpoch::Keys).await?;
         tx.commit().await?;
         self.session_rows().remove(session_id);
         Ok(revoked == 1)

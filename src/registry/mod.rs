@@ -770,9 +770,7 @@ impl Registry {
             }
             other => other?,
         };
-        sqlx::query("UPDATE cache_epochs SET epoch = epoch + 1 WHERE name = 'spells'")
-            .execute(&mut *tx)
-            .await?;
+        crate::store::bump_cache_epoch(&mut tx, crate::store::CacheEpoch::Spells).await?;
         tx.commit().await?;
         self.versions_cache
             .lock()
@@ -852,9 +850,7 @@ impl Registry {
                 .bind(version_id)
                 .execute(&mut *tx)
                 .await?;
-                sqlx::query("UPDATE cache_epochs SET epoch = epoch + 1 WHERE name = 'spells'")
-                    .execute(&mut *tx)
-                    .await?;
+                crate::store::bump_cache_epoch(&mut tx, crate::store::CacheEpoch::Spells).await?;
                 let (at,): (i64,) =
                     sqlx::query_as("SELECT yanked_at_ms FROM spell_versions WHERE id = $1")
                         .bind(version_id)

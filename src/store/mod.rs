@@ -62,6 +62,29 @@ impl Clock {
 
 pub type Tx = Transaction<'static, Any>;
 
+/// The caches that other instances drop when their epoch moves (`cache_epochs`, polled by
+/// `poll_epochs`).
+#[derive(Debug, Clone, Copy)]
+pub enum CacheEpoch {
+    /// API keys and sessions.
+    Keys,
+    /// Spell versions and their resolution.
+    Spells,
+}
+
+/// Moves a cache's epoch in `tx`: once it commits, every instance drops its copy within a poll.
+pub async fn bump_cache_epoch(tx: &mut Tx, cache: CacheEpoch) -> sqlx::Result<()> {
+    let name = match cache {
+        CacheEpoch::Keys => "keys",
+        CacheEpoch::Spells => "spells",
+    };
+    sqlx::query("UPDATE cache_epochs SET epoch = epoch + 1 WHERE name = $1")
+        .bind(name)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 impl Db {
     pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Db> {
         sqlx::any::install_default_drivers();

@@ -292,6 +292,7 @@ on_both_databases! {
         let cost = &quote["worst_case"]["cost"];
         assert_eq!(cost["base_microusd"].as_i64().unwrap_or(0) + cost["fuel_microusd"].as_i64().unwrap_or(0) + cost["wall_microusd"].as_i64().unwrap_or(0), worst, "{quote}");
         assert_eq!(quote["would_refuse"], Value::Null, "{quote}");
+        // `typical` is the version's fuel statistics: instructions burned, a count, not a time.
         assert_eq!(quote["typical"]["casts"], 0);
         assert_eq!(quote["typical"]["fuel_p50"], Value::Null);
         assert_eq!(quote["available_microusd"], 1_000_000);
