@@ -140,9 +140,7 @@ pub async fn cast(
             },
             resolved.compiled.clone(),
             request.input,
-            limits
-                .with_fuel_at_most(hold.fuel_cap)
-                .with_blocked_ms_at_most(hold.blocked_ms_max),
+            blocked_budget(limits.with_fuel_at_most(hold.fuel_cap), &resolved, &hold),
         )
         .await;
     let report = match run {
@@ -221,6 +219,18 @@ pub async fn cast(
         balance_after: settlement.balance_after,
         budgets: settlement.budgets,
     })
+}
+
+/// The run's blocked-time budget: what the hold pays for. A module that cannot block has none
+/// held and is billed none (settlement charges at most the hold's `blocked_ms_max`); its meter
+/// keeps only the wall limit, so that a host call that is momentarily pending (not a sleep: the
+/// module has no way to ask for one) cannot end its run.
+fn blocked_budget(limits: RunLimits, resolved: &Resolved, hold: &money::LeaseHold) -> RunLimits {
+    if resolved.compiled.may_block() {
+        limits.with_blocked_ms_at_most(hold.blocked_ms_max)
+    } else {
+        limits
+    }
 }
 
 /// What of a cast's output is kept with its record for the caster (`GET /v1/casts/{id}`):
@@ -318,7 +328,12 @@ async fn prepare(
             spell_fuel_max: limits.fuel,
             caller_fuel_max: request.max_fuel,
             caller_cost_max: request.max_cost,
-            wall_ms: limits.wall_ms,
+            // A module that cannot block is never billed blocked time: none is held.
+            blocked_ms_max: if resolved.compiled.may_block() {
+                limits.wall_ms
+            } else {
+                0
+            },
         },
         &app.config.pricing,
     )?;

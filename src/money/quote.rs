@@ -2,7 +2,7 @@
 //! whether the balance and every budget that applies can hold that worst case. A cast is held
 //! at its worst case or refused before anything runs, so neither the balance nor a budget ever
 //! binds in the middle of a run. The worst case is the cost of the fuel cap plus the blocked
-//! time a run could be billed: all of its wall limit.
+//! time a run could be billed: all of its wall limit, if the module can block at all.
 
 use super::budgets::Budget;
 use super::{MicroUsd, Pricing};
@@ -16,8 +16,9 @@ pub struct Caps {
     pub caller_fuel_max: Option<u64>,
     /// The caller's `max_cost_microusd`.
     pub caller_cost_max: Option<MicroUsd>,
-    /// The run's wall limit: the most it can be blocked in host calls.
-    pub wall_ms: u64,
+    /// The most time the run can be blocked in host calls: its wall limit, or 0 for a module
+    /// that cannot block (it does not import `poll_oneoff`).
+    pub blocked_ms_max: u64,
 }
 
 /// What decided a run's fuel cap. A run that exhausts its cap ends `fuel_exhausted` (422)
@@ -36,8 +37,8 @@ pub enum FuelBound {
 pub struct Plan {
     pub fuel_cap: u64,
     pub bound: FuelBound,
-    /// The most blocked time the run may be billed (and may spend): its wall limit, unless
-    /// the caller's `max_cost_microusd` lowered it.
+    /// The most blocked time the run may be billed (and may spend): the caps' `blocked_ms_max`,
+    /// unless the caller's `max_cost_microusd` lowered it.
     pub blocked_ms_max: u64,
     pub worst_case: MicroUsd,
 }
@@ -61,7 +62,7 @@ pub fn plan(caps: Caps, pricing: &Pricing) -> Result<Plan, PlanError> {
     {
         (fuel_cap, bound) = (caller, FuelBound::Caller);
     }
-    let mut blocked_ms_max = caps.wall_ms;
+    let mut blocked_ms_max = caps.blocked_ms_max;
     if let Some(cost_max) = caps.caller_cost_max {
         let full = pricing.charge(fuel_cap, blocked_ms_max);
         if full.total() > cost_max {
@@ -79,7 +80,7 @@ pub fn plan(caps: Caps, pricing: &Pricing) -> Result<Plan, PlanError> {
     }
     let worst_case = pricing.charge(fuel_cap, blocked_ms_max).total();
     debug_assert!(caps.caller_cost_max.is_none_or(|max| worst_case <= max));
-    debug_assert!(blocked_ms_max <= caps.wall_ms);
+    debug_assert!(blocked_ms_max <= caps.blocked_ms_max);
     Ok(Plan {
         fuel_cap,
         bound,
@@ -176,7 +177,7 @@ mod tests {
             spell_fuel_max: spell,
             caller_fuel_max: fuel,
             caller_cost_max: cost.map(MicroUsd::new),
-            wall_ms: 0,
+            blocked_ms_max: 0,
         }
     }
 
@@ -269,7 +270,7 @@ mod tests {
         let pricing = walled();
         let plan = plan(
             Caps {
-                wall_ms: 2_000,
+                blocked_ms_max: 2_000,
                 ..caps(1_000_000, None, None)
             },
             &pricing,
@@ -294,7 +295,7 @@ mod tests {
         let capped = |cost: i64| {
             plan(
                 Caps {
-                    wall_ms: 2_000,
+                    blocked_ms_max: 2_000,
                     ..caps(1_000_000, None, Some(cost))
                 },
                 &pricing,
@@ -323,7 +324,7 @@ mod tests {
         // Free blocked time is never shrunk.
         let free = plan(
             Caps {
-                wall_ms: 2_000,
+                blocked_ms_max: 2_000,
                 ..caps(1_000_000, None, Some(11))
             },
             &Pricing {

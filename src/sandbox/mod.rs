@@ -135,11 +135,26 @@ pub struct CompiledSpell {
     /// `None` when the module's declared memory or tables exceed the host's maxima: every run
     /// of it ends in `memory_limit_exceeded` without instantiating.
     pre: Option<InstancePre<SpellState>>,
+    /// Whether a run can be blocked in a host call at all: see [`CompiledSpell::may_block`].
+    may_block: bool,
 }
+
+/// The one WASI call that can leave a run blocked with nothing to do: a sleep, or a wait on a
+/// clock or a descriptor. Every other call the gate allows returns at once under the host's
+/// context (stdio is in memory, nothing is preopened, there are no sockets).
+const BLOCKING_IMPORT: (&str, &str) = ("wasi_snapshot_preview1", "poll_oneoff");
 
 impl CompiledSpell {
     pub fn digest(&self) -> &ModuleDigest {
         &self.digest
+    }
+
+    /// Whether a run of this module can spend time blocked in a host call: only if it imports
+    /// `poll_oneoff`. A module that cannot block is never billed blocked time, so nothing is
+    /// held for it: its worst case is its fuel (`hello` holds a few µ$, not its wall limit at
+    /// the price of a blocked millisecond).
+    pub fn may_block(&self) -> bool {
+        self.may_block
     }
 }
 
@@ -264,20 +279,25 @@ impl Sandbox {
         let declared = declared_sizes(module.bytes());
         let fits = declared.memory_bytes <= self.limits.memory_bytes_max
             && declared.table_elements <= self.limits.table_elements_max;
-        let (pre, source) = if fits {
+        let (pre, may_block, source) = if fits {
             let (compiled, source) = self.compile(&digest, module.bytes())?;
+            let may_block = compiled
+                .imports()
+                .any(|import| (import.module(), import.name()) == BLOCKING_IMPORT);
             let pre = self
                 .linker
                 .instantiate_pre(&compiled)
                 .map_err(|e| SandboxError::Compile(e.to_string()))?;
-            (Some(pre), source)
+            (Some(pre), may_block, source)
         } else {
-            (None, ModuleSource::Compiled)
+            // Never instantiated: every run ends before it could block.
+            (None, false, ModuleSource::Compiled)
         };
         let spell = Arc::new(CompiledSpell {
             digest,
             declared_memory_bytes: declared.memory_bytes,
             pre,
+            may_block,
         });
         self.modules.insert(digest, spell.clone());
         Ok((spell, source))

@@ -315,7 +315,7 @@ on_both_databases! {
         let ada = app.user("ada", 10_000_000).await;
         let created = budget(&app, &ada, json!({"scope": {"type": "account"}, "period": "day", "hard_limit_microusd": 1_000_000})).await;
         let db = &app.app.db;
-        let caps = Caps { spell_fuel_max: 1_000_000, caller_fuel_max: None, caller_cost_max: None, wall_ms: 0 };
+        let caps = Caps { spell_fuel_max: 1_000_000, caller_fuel_max: None, caller_cost_max: None, blocked_ms_max: 0 };
         let request = HoldFor {
             user_id: ada.id, key_id: ada.key[4..16].to_owned(), spell: "ada/slow".into(),
             cast_id: "cast_midnight".into(),

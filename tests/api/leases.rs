@@ -23,7 +23,7 @@ fn plan(fuel_cap: u64) -> money::Plan {
         spell_fuel_max: fuel_cap,
         caller_fuel_max: None,
         caller_cost_max: None,
-        wall_ms: 0,
+        blocked_ms_max: 0,
     };
     quote::plan(caps, &Pricing::default()).expect("plan")
 }

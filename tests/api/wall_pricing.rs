@@ -1,7 +1,8 @@
 //! Wall time is not free: the time a cast is blocked in host calls is charged at
 //! `SPELLHOST_PRICE_MICROUSD_PER_WALL_MS`, shown in the response and the ledger, held at its
 //! worst case (the whole wall limit) against the balance and every budget, and bounded by the
-//! wall limit; computing is billed by fuel only.
+//! wall limit; computing is billed by fuel only, and a module that cannot block (it does not
+//! import `poll_oneoff`) holds no blocked time at all.
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -115,6 +116,38 @@ on_both_databases! {
         let entry = ledger_entry(&app, &ada, fields["cast_id"].as_str().expect("cast id")).await;
         assert_eq!(entry["wall_microusd"].as_i64(), Some(wall), "{entry}");
         app.assert_money_invariants(&ada).await;
+        app.shutdown().await;
+    }
+
+    async fn a_spell_that_cannot_block_holds_no_wall_time_and_one_that_can_holds_its_wall_limit(backend) {
+        let app = priced_app(&backend).await;
+        let ada = app.user("ada", 10_000_000).await;
+        app.publish_wat(&ada, "napper", &napper_wat(30), "wall_ms_max = 1000\nfuel_max = 1000000").await;
+        app.publish_examples(&ada, &["hello"]).await;
+        // The napper imports poll_oneoff: its whole wall limit is held, 1 000 ms × 5 µ$.
+        let (status, quote) = app.cast(&ada, json!({"spell": "ada/napper", "dry_run": true})).await;
+        assert_eq!(status, StatusCode::OK, "{quote}");
+        assert_eq!(quote["worst_case"]["blocked_ms_max"], 1_000, "{quote}");
+        assert_eq!(quote["worst_case"]["cost"]["wall_microusd"], 5_000, "{quote}");
+        // hello imports no way to wait: its worst case is its fuel cap alone, 1 µ$ base fee +
+        // 5 000 µ$ for 5·10⁷ fuel (its 2 s wall limit would add 10 000 µ$).
+        let hello = json!({"spell": "ada/hello", "input": {"name": "Ada"}});
+        let mut dry = hello.clone();
+        dry["dry_run"] = json!(true);
+        let (status, quote) = app.cast(&ada, dry).await;
+        assert_eq!(status, StatusCode::OK, "{quote}");
+        assert_eq!(quote["worst_case"]["blocked_ms_max"], 0, "{quote}");
+        assert_eq!(quote["worst_case"]["cost"]["wall_microusd"], 0, "{quote}");
+        assert_eq!(quote["worst_case"]["hold_microusd"], 5_001, "{quote}");
+        // A balance of exactly that casts it, and is charged no wall time.
+        let bob = app.user("bob", 5_001).await;
+        let (status, body) = app.cast(&bob, hello).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(assert_breakdown(&body), (0, 0), "{body}");
+        let cost = body["cost_microusd"].as_i64().expect("cost");
+        assert_eq!(app.me(&bob).await["balance_microusd"].as_i64(), Some(5_001 - cost));
+        app.assert_money_invariants(&ada).await;
+        app.assert_money_invariants(&bob).await;
         app.shutdown().await;
     }
 

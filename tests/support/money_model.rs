@@ -38,7 +38,7 @@ pub fn plan(spell_fuel_max: u64, caller_fuel_max: Option<u64>, wall_ms: u64) -> 
         spell_fuel_max,
         caller_fuel_max,
         caller_cost_max: None,
-        wall_ms,
+        blocked_ms_max: wall_ms,
     };
     quote::plan(caps, &pricing()).expect("plan")
 }
