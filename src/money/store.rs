@@ -16,6 +16,7 @@
 //! PostgreSQL (one clock for every instance), the host's on SQLite (one host), plus the test
 //! offset of [`crate::store::Clock`].
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -349,6 +350,7 @@ fn spawn_sqlite_writer(
                 clock,
                 counters,
                 failpoints,
+                numbering_checked: Default::default(),
             };
             writer.run(&mut conn, &receiver);
         })
@@ -356,10 +358,18 @@ fn spawn_sqlite_writer(
     Ok(sender)
 }
 
+/// Statement texts remembered as checked; see [`SqliteWriter::numbering_checked`].
+const NUMBERING_CHECKED_MAX: usize = 1024;
+
 struct SqliteWriter {
     clock: Clock,
     counters: Arc<DbCounters>,
     failpoints: Arc<FailPoints>,
+    /// Statements whose `$N` numbering was checked (see [`SqliteConn::prepare`]): the check
+    /// looks up each parameter's name, a linear scan in SQLite, so a batch's multi-row insert
+    /// of a few hundred parameters cost more than running it; once per statement text is
+    /// enough, as the text decides the numbering.
+    numbering_checked: std::sync::Mutex<HashSet<String>>,
 }
 
 impl SqliteWriter {
@@ -416,6 +426,7 @@ impl SqliteWriter {
             conn,
             clock: &self.clock,
             counters: &self.counters,
+            numbering_checked: &self.numbering_checked,
         })
     }
 
@@ -507,6 +518,7 @@ struct SqliteConn<'c> {
     conn: &'c mut rusqlite::Connection,
     clock: &'c Clock,
     counters: &'c DbCounters,
+    numbering_checked: &'c std::sync::Mutex<HashSet<String>>,
 }
 
 impl SqliteConn<'_> {
@@ -518,15 +530,33 @@ impl SqliteConn<'_> {
         self.counters.statements.fetch_add(1, Ordering::Relaxed);
         let statement = self.conn.prepare_cached(sql)?;
         // `$N` are named parameters to SQLite, numbered by first appearance: make sure that
-        // numbering is the one the arguments are in.
+        // numbering is the one the arguments are in (the count every time, the names once per
+        // statement text).
         let count = statement.parameter_count();
+        // Only this writer's thread takes the lock.
+        let mut checked = self
+            .numbering_checked
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let known = checked.contains(sql);
         let in_order = count == args.len()
-            && (1..=count).all(|i| statement.parameter_name(i) == Some(format!("${i}").as_str()));
+            && (known
+                || (1..=count)
+                    .all(|i| statement.parameter_name(i) == Some(format!("${i}").as_str())));
         if !in_order {
             return Err(MoneyError::Corrupt(format!(
                 "statement parameters out of order or miscounted: {sql}"
             )));
         }
+        if !known {
+            // The texts are the program's own (a batch's vary only with its size): a bound
+            // in case that ever changes.
+            if checked.len() >= NUMBERING_CHECKED_MAX {
+                checked.clear();
+            }
+            checked.insert(sql.to_owned());
+        }
+        drop(checked);
         Ok(statement)
     }
 
