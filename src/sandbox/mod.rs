@@ -182,7 +182,8 @@ impl Sandbox {
         let runs_max = config.runs_max.max(1);
         let slots = runs_max + config.workers + 2 + parallelism * engine::DECOMMIT_BATCH;
         let instance_slots = u32::try_from(slots).unwrap_or(u32::MAX);
-        let engine = engine::build(&config.limits, instance_slots)?;
+        let (engine, reset) = engine::build(&config.limits, instance_slots)?;
+        tracing::debug!(?reset, "how finished instances are reset for the next cast");
         engine::spawn_epoch_ticker(&engine)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut linker, SpellState::wasi)?;
