@@ -10,7 +10,9 @@
 #
 #   benches/noisy_neighbour.sh [seconds per phase, default 20] [A's casts per second, default 50]
 #
-# SPELLHOST_BENCH_BIN runs another spellhost binary instead of building this checkout.
+# SPELLHOST_BENCH_BIN runs another spellhost binary instead of building this checkout. The
+# server inherits SPELLHOST_* from the environment: SPELLHOST_WASM_THREAD_POLICY=idle measures
+# what fly.toml deploys.
 # Needs wrk (apt-get install wrk) and python3. Builds and runs the release binary on loopback,
 # on the embedded SQLite.
 set -euo pipefail

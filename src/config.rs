@@ -659,6 +659,7 @@ fn sandbox_config(source: &Source) -> Result<SandboxConfig, ConfigError> {
         compile_time_max,
         queue_depth: source.parse("SPELLHOST_QUEUE_DEPTH", workers * 64)?,
         queue_wait_max,
+        thread_policy: source.parse("SPELLHOST_WASM_THREAD_POLICY", defaults.thread_policy)?,
         ..defaults
     })
 }
@@ -839,6 +840,7 @@ mod tests {
             ("SPELLHOST_METRICS_TOKEN", "short"),
             ("SPELLHOST_METRICS_LISTEN", "9091"),
             ("SPELLHOST_KEYS_PER_USER_MAX", "0"),
+            ("SPELLHOST_WASM_THREAD_POLICY", "realtime"),
         ] {
             let error = Config::from_vars(&[(name, value)]).expect_err(name);
             assert_eq!(error.variable, name, "{error}");

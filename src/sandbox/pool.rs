@@ -20,7 +20,12 @@ pub struct QueueFull;
 
 impl WorkerPool {
     /// `name` prefixes the threads' names (`spellhost-wasm-0`, `spellhost-compile-0`, …).
-    pub fn new(name: &str, workers: usize, queue_depth: usize) -> std::io::Result<Self> {
+    pub fn new(
+        name: &str,
+        workers: usize,
+        queue_depth: usize,
+        policy: super::ThreadPolicy,
+    ) -> std::io::Result<Self> {
         let (sender, receiver) = crossbeam_channel::bounded::<Job>(queue_depth);
         for index in 0..workers.max(1) {
             let receiver = receiver.clone();
@@ -29,7 +34,10 @@ impl WorkerPool {
                 .build()?;
             std::thread::Builder::new()
                 .name(format!("spellhost-{name}-{index}"))
-                .spawn(move || work(&runtime, &receiver))?;
+                .spawn(move || {
+                    policy.apply_to_this_thread();
+                    work(&runtime, &receiver);
+                })?;
         }
         Ok(WorkerPool { sender })
     }
