@@ -89,8 +89,8 @@ pub enum ThreadPolicy {
     /// runtime and the money writer never wait behind a computing spell for a core. For hosts
     /// that run nothing else: beside another busy process an idle-class thread gets almost no
     /// CPU, and casts run into their wall limits. Measured with `benches/noisy_neighbour.sh`:
-    /// a light tenant's p99 beside a CPU-bound one 1.25–1.46× its idle p99, against 3.07× with
-    /// `Normal` (benches/README.md).
+    /// a light tenant's p99 beside a CPU-bound one, median 1.46× its idle p99 over seven runs
+    /// (1.12–2.99×) against 2.41× (1.97–3.07×) with `Normal` (benches/README.md).
     Idle,
 }
 
