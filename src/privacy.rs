@@ -406,16 +406,10 @@ pub async fn erase(
     ] {
         delete(&mut tx, sql, user_id).await?;
     }
-    let (keys_epoch,): (i64,) = sqlx::query_as(
-        "UPDATE cache_epochs SET epoch = epoch + 1 WHERE name = 'keys' RETURNING epoch",
-    )
-    .fetch_one(&mut *tx)
-    .await?;
-    let (spells_epoch,): (i64,) = sqlx::query_as(
-        "UPDATE cache_epochs SET epoch = epoch + 1 WHERE name = 'spells' RETURNING epoch",
-    )
-    .fetch_one(&mut *tx)
-    .await?;
+    let keys_epoch =
+        crate::store::bump_cache_epoch(&mut tx, crate::store::CacheEpoch::Keys).await?;
+    let spells_epoch =
+        crate::store::bump_cache_epoch(&mut tx, crate::store::CacheEpoch::Spells).await?;
     tx.commit().await?;
     // This instance forgets the keys and spells at once; others at their next epoch poll.
     app.auth.on_epoch(keys_epoch);

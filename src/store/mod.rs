@@ -72,17 +72,19 @@ pub enum CacheEpoch {
     Spells,
 }
 
-/// Moves a cache's epoch in `tx`: once it commits, every instance drops its copy within a poll.
-pub async fn bump_cache_epoch(tx: &mut Tx, cache: CacheEpoch) -> sqlx::Result<()> {
+/// Moves a cache's epoch in `tx` and returns the new one: once it commits, every instance
+/// drops its copy within a poll (this one at once, given the epoch: `on_epoch`).
+pub async fn bump_cache_epoch(tx: &mut Tx, cache: CacheEpoch) -> sqlx::Result<i64> {
     let name = match cache {
         CacheEpoch::Keys => "keys",
         CacheEpoch::Spells => "spells",
     };
-    sqlx::query("UPDATE cache_epochs SET epoch = epoch + 1 WHERE name = $1")
-        .bind(name)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
+    let (epoch,): (i64,) =
+        sqlx::query_as("UPDATE cache_epochs SET epoch = epoch + 1 WHERE name = $1 RETURNING epoch")
+            .bind(name)
+            .fetch_one(&mut **tx)
+            .await?;
+    Ok(epoch)
 }
 
 impl Db {

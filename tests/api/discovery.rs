@@ -305,10 +305,12 @@ on_both_databases! {
         let (status, quote) = app.cast(&bob, dry.clone()).await;
         assert_eq!(status, StatusCode::OK, "{quote}");
         assert_eq!(quote["typical"]["casts"], 1, "{quote}");
+        // One cast: every percentile of its fuel (an instruction count) is the upper bound of
+        // the histogram bucket its fuel fell in, and each priced at today's fuel price.
         let fuel = cast["fuel_used"].as_u64().expect("fuel");
-        let p50 = quote["typical"]["fuel_p50"].as_u64().expect("p50");
-        assert!(bounds_of(bucket_of(fuel)) == (bounds_of(bucket_of(p50)).0, p50), "{fuel} in {p50}'s bucket");
-        assert_eq!(quote["typical"]["cost_p99_microusd"], pricing.cost(p50).get());
+        let median_fuel = quote["typical"]["fuel_p50"].as_u64().expect("median fuel");
+        assert!(bounds_of(bucket_of(fuel)) == (bounds_of(bucket_of(median_fuel)).0, median_fuel), "{fuel} in {median_fuel}'s bucket");
+        assert_eq!(quote["typical"]["cost_p99_microusd"], pricing.cost(median_fuel).get());
         // Refusals that are not about money answer as the real cast would.
         let (status, body) = app.cast(&bob, json!({"spell": "ada/hello", "input": {"nom": "x"}, "dry_run": true})).await;
         assert_eq!((status, error_code(&body)), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_input"));
