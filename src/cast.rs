@@ -2,9 +2,9 @@
 
 use std::sync::Arc;
 
-use crate::AppState;
 use crate::auth::Caller;
 use crate::idempotency::Reservation;
+use crate::{App, AppState};
 use base64::Engine as _;
 
 use crate::config::CastOutputConfig;
@@ -97,7 +97,7 @@ pub struct Answer {
 }
 
 pub async fn cast(
-    app: &AppState,
+    app: &App,
     caller: &Caller,
     request: CastRequest,
     answer: Option<Answer>,
@@ -125,29 +125,73 @@ pub async fn cast(
         }
     })?;
     app.metrics.active_holds.inc();
+    let limits = blocked_budget(limits.with_fuel_at_most(hold.fuel_cap), &resolved, &hold);
     // A key with a limit of its own is a lane of its user's queue; it came with the cached
     // key row, so this costs no database work.
     let lane = caller.concurrent_casts_max.map(|max| Lane {
         id: caller.key_id.as_str().into(),
         limit: usize::try_from(max.get()).unwrap_or(usize::MAX),
     });
+    // Right after the run, on the wasm thread that ran it, the settlement is priced and
+    // queued for the money writer, before this task is even woken: it joins the next batch
+    // without a detour through the HTTP runtime. Only an idempotent cast copies its report
+    // (its output) into the answer it stores.
+    let trace_id = crate::error::trace_id();
+    let settle = {
+        let (app, cast_id) = (Arc::clone(app), cast_id.clone());
+        let (spell, version, digest) = (
+            resolved.spell.clone(),
+            resolved.version.clone(),
+            resolved.digest,
+        );
+        move |report: &RunReport| {
+            let record = CastRecord {
+                spell: &spell,
+                version: &version,
+                digest: &digest.hex(),
+                outcome: report.outcome.as_str(),
+                fuel_used: report.fuel_used,
+                duration_us: u64::try_from(report.duration.as_micros()).unwrap_or(u64::MAX),
+                blocked_ms: Pricing::billed_ms(report.blocked),
+                output_bytes: report.output.len() as u64,
+                output: kept_output(&app.config.cast_outputs, report),
+            };
+            let receipt = answer.map(|answer| {
+                let unsettled = CastResult {
+                    cast_id,
+                    spell: spell.clone(),
+                    version: version.clone(),
+                    digest,
+                    report: report.clone(),
+                    cost: MicroUsd::ZERO,
+                    breakdown: Cost::default(),
+                    blocked_ms: record.blocked_ms.min(hold.blocked_ms_max),
+                    balance_after: MicroUsd::ZERO,
+                    budgets: Vec::new(),
+                };
+                receipt(&app, answer, unsettled, trace_id)
+            });
+            app.money.begin_settle(hold, &record, receipt)
+        }
+    };
     let run = app
         .sandbox
-        .run(
+        .run_then(
             RunFor {
                 tenant: Tenant(caller.user_id),
                 lane,
             },
             resolved.compiled.clone(),
             request.input,
-            blocked_budget(limits.with_fuel_at_most(hold.fuel_cap), &resolved, &hold),
+            limits,
+            settle,
         )
         .await;
-    let report = match run {
-        Ok(report) => report,
+    let (report, pending) = match run {
+        Ok(ran) => ran,
         Err(error) => {
-            // The run never happened: the hold goes back to the lease, in memory.
-            drop(hold);
+            // The run never happened: the hold, dropped with `settle`, went back to the lease
+            // (in memory).
             app.metrics.active_holds.dec();
             let refused = match error {
                 SandboxError::Busy => CastError::Overloaded,
@@ -165,35 +209,7 @@ pub async fn cast(
             return Err(refused);
         }
     };
-    let record = CastRecord {
-        spell: &resolved.spell,
-        version: &resolved.version,
-        digest: &resolved.digest.hex(),
-        outcome: report.outcome.as_str(),
-        fuel_used: report.fuel_used,
-        duration_us: u64::try_from(report.duration.as_micros()).unwrap_or(u64::MAX),
-        blocked_ms: Pricing::billed_ms(report.blocked),
-        output_bytes: report.output.len() as u64,
-        output: kept_output(&app.config.cast_outputs, &report),
-    };
-    // Only an idempotent cast copies its report (its output) into the answer it stores.
-    let blocked_ms = record.blocked_ms.min(hold.blocked_ms_max);
-    let receipt = answer.map(|answer| {
-        let unsettled = CastResult {
-            cast_id: cast_id.clone(),
-            spell: resolved.spell.clone(),
-            version: resolved.version.clone(),
-            digest: resolved.digest,
-            report: report.clone(),
-            cost: MicroUsd::ZERO,
-            breakdown: Cost::default(),
-            blocked_ms,
-            balance_after: MicroUsd::ZERO,
-            budgets: Vec::new(),
-        };
-        receipt(app, answer, unsettled)
-    });
-    let settled = app.money.settle_with(hold, &record, receipt).await;
+    let settled = pending.finish().await;
     app.metrics.active_holds.dec();
     // A settle that fails after the spell ran (every retry of its batch failed) is an internal
     // error, never a "402, nothing ran": nothing was charged, and the money held for it stays
@@ -416,9 +432,9 @@ pub async fn dry_run(
 }
 
 /// The answer of an idempotent cast, rendered in the settlement's transaction once the charge
-/// is known, with the trace id of the request that ran it.
-fn receipt(app: &AppState, answer: Answer, unsettled: CastResult) -> Receipt {
-    let trace_id = crate::error::trace_id();
+/// is known, with the trace id of the request that ran it (read on the cast's task: the
+/// receipt is made on the wasm thread).
+fn receipt(app: &AppState, answer: Answer, unsettled: CastResult, trace_id: String) -> Receipt {
     let render = answer.render;
     app.idempotency
         .receipt(&answer.reservation, move |settled: &Settled| {

@@ -260,6 +260,78 @@ impl Drop for LeaseHold {
     }
 }
 
+/// A settlement queued for the writer ([`Money::begin_settle`]), not yet known to be durable.
+///
+/// Its hold stays counted in the slots until [`finish`](Self::finish) releases it, so a lease
+/// is never given back or shrunk under a settlement on its way. Releasing after the settlement
+/// was queued (even after it committed) is safe: until then the slot counts the whole hold as
+/// held and the charge as still leased, which makes less of the lease usable, never more; the
+/// release then takes both off together.
+pub struct PendingSettlement {
+    hold: Option<LeaseHold>,
+    /// What the settlement charges (µ$).
+    cost: i64,
+    blocked_ms: u64,
+    reply: Option<Result<super::store::SettleReply, MoneyError>>,
+}
+
+impl std::fmt::Debug for PendingSettlement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingSettlement")
+            .field("hold", &self.hold)
+            .field("cost", &self.cost)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PendingSettlement {
+    /// Gives the hold back to its slots, less what the settlement charges (which comes out of
+    /// the leases), and waits until the settlement is committed.
+    pub async fn finish(mut self) -> Result<Settlement, MoneyError> {
+        let (Some(mut hold), Some(reply)) = (self.hold.take(), self.reply.take()) else {
+            return Err(MoneyError::Corrupt(
+                "a settlement was finished twice".into(),
+            ));
+        };
+        let inner = Arc::clone(&hold.inner);
+        // Queued or not, the hold is released as charged (as before the settlement was queued
+        // from the wasm thread): one that fails for good leaves its charge in the lease in
+        // memory, which only makes less of it usable until the lease is given back.
+        inner.release(&mut hold, self.cost, true);
+        let settled = match reply {
+            Ok(answer) => answer.await.unwrap_or(Err(MoneyError::WriterGone)),
+            Err(error) => Err(error),
+        };
+        let late = settled.as_ref().is_ok_and(|s: &Settled| s.late);
+        inner.settled(hold.request.user_id, &hold.leases, late);
+        let settled = settled?;
+        if settled.late {
+            tracing::warn!(cast.id = %hold.request.cast_id, cast.cost_microusd = self.cost,
+                cast.charged_microusd = settled.cost.get(), "settled a cast whose lease had expired");
+        }
+        Ok(Settlement {
+            cost: settled.cost,
+            breakdown: settled.breakdown,
+            blocked_ms: self.blocked_ms,
+            balance_after: settled.balance_after,
+            ledger_seq: settled.ledger_seq,
+            budgets: settled.budgets,
+            soft_limits_crossed: settled.soft_limits_crossed,
+        })
+    }
+}
+
+impl Drop for PendingSettlement {
+    /// Dropped unfinished (its task was cancelled): the settlement was queued all the same, so
+    /// the hold leaves the slots as charged, as if it had been waited for.
+    fn drop(&mut self) {
+        if let Some(mut hold) = self.hold.take() {
+            let inner = Arc::clone(&hold.inner);
+            inner.release(&mut hold, self.cost, false);
+        }
+    }
+}
+
 /// What settling a cast did.
 #[derive(Debug, Clone)]
 pub struct Settlement {
@@ -1093,10 +1165,24 @@ impl Money {
     /// [`Money::settle`], storing an idempotent request's answer in the same transaction.
     pub async fn settle_with(
         &self,
-        mut hold: LeaseHold,
+        hold: LeaseHold,
         record: &CastRecord<'_>,
         receipt: Option<Receipt>,
     ) -> Result<Settlement, MoneyError> {
+        self.begin_settle(hold, record, receipt).finish().await
+    }
+
+    /// Prices a run and queues its settlement for the writer's next batch, without waiting and
+    /// without taking a lock: the wasm thread that ran the cast calls it before it wakes the
+    /// cast's task (`Sandbox::run_then`), so the settlement joins a batch while that task is
+    /// still being scheduled. [`PendingSettlement::finish`] then gives the hold back to its
+    /// slots and waits until the settlement is durable.
+    pub fn begin_settle(
+        &self,
+        hold: LeaseHold,
+        record: &CastRecord<'_>,
+        receipt: Option<Receipt>,
+    ) -> PendingSettlement {
         let blocked_ms = record.blocked_ms.min(hold.blocked_ms_max);
         let charge = self
             .inner
@@ -1104,8 +1190,6 @@ impl Money {
             .charge(record.fuel_used.min(hold.fuel_cap), blocked_ms);
         debug_assert!(charge.total() <= hold.amount, "{charge:?} > {hold:?}");
         let charge = charge.at_most(hold.amount);
-        let cost = charge.total();
-        self.inner.release(&mut hold, cost.get(), true);
         let request = SettleRequest {
             cast_id: hold.request.cast_id.clone(),
             user_id: hold.request.user_id,
@@ -1131,23 +1215,13 @@ impl Money {
             output_bytes: record.output_bytes,
             output: record.output.clone(),
         };
-        let settled = self.inner.store.settle(request).await;
-        let late = settled.as_ref().is_ok_and(|s: &Settled| s.late);
-        self.inner.settled(hold.request.user_id, &hold.leases, late);
-        let settled = settled?;
-        if settled.late {
-            tracing::warn!(cast.id = %hold.request.cast_id, cast.cost_microusd = cost.get(),
-                cast.charged_microusd = settled.cost.get(), "settled a cast whose lease had expired");
-        }
-        Ok(Settlement {
-            cost: settled.cost,
-            breakdown: settled.breakdown,
+        let reply = self.inner.store.enqueue(request);
+        PendingSettlement {
+            hold: Some(hold),
+            cost: charge.total().get(),
             blocked_ms,
-            balance_after: settled.balance_after,
-            ledger_seq: settled.ledger_seq,
-            budgets: settled.budgets,
-            soft_limits_crossed: settled.soft_limits_crossed,
-        })
+            reply: Some(reply),
+        }
     }
 
     /// What casts in flight hold of a user's money, as a client should see it: this instance's

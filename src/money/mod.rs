@@ -20,7 +20,7 @@ pub mod store;
 mod units;
 
 pub use budgets::{Budget, Period, Scope};
-pub use leases::{CastRecord, HoldFor, InFlight, LeaseHold, Money, Settlement};
+pub use leases::{CastRecord, HoldFor, InFlight, LeaseHold, Money, PendingSettlement, Settlement};
 pub use ledger::{ChainCheck, EntryKind, LedgerEntry, append_entry, verify_chain};
 pub use pricing::{Cost, DEFAULT_PRICE_MICROUSD_PER_WALL_MS, Pricing};
 pub use quote::{Binding, Caps, FuelBound, Plan, Refusal};

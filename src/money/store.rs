@@ -201,6 +201,9 @@ impl FailPoints {
 
 type TxJob = Box<dyn for<'c> FnOnce(Box<dyn Conn + 'c>) -> BoxFuture<'c, ()> + Send>;
 
+/// Where a queued settlement's outcome arrives.
+pub type SettleReply = tokio::sync::oneshot::Receiver<Result<Settled, MoneyError>>;
+
 struct SettleJob {
     request: SettleRequest,
     reply: tokio::sync::oneshot::Sender<Result<Settled, MoneyError>>,
@@ -302,16 +305,26 @@ impl Store {
 
     /// Queues a settlement for the next batch and waits until it is committed.
     pub async fn settle(&self, request: SettleRequest) -> Result<Settled, MoneyError> {
+        self.enqueue(request)?
+            .await
+            .map_err(|_| MoneyError::WriterGone)?
+    }
+
+    /// Queues a settlement for the next batch without waiting: its outcome arrives on the
+    /// returned channel once the batch has committed (or failed for good). It neither blocks
+    /// nor takes a lock, so any thread may call it.
+    pub fn enqueue(&self, request: SettleRequest) -> Result<SettleReply, MoneyError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let job = SettleJob { request, reply };
         let sent = match &self.kind {
             Kind::Sqlite(writer) => writer.send(Job::Settle(Box::new(job))).is_ok(),
             Kind::Postgres { settlements, .. } => settlements.send(job).is_ok(),
         };
-        if !sent {
-            return Err(MoneyError::WriterGone);
+        if sent {
+            Ok(answer)
+        } else {
+            Err(MoneyError::WriterGone)
         }
-        answer.await.map_err(|_| MoneyError::WriterGone)?
     }
 }
 

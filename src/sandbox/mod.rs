@@ -394,6 +394,25 @@ impl Sandbox {
         input: Vec<u8>,
         limits: RunLimits,
     ) -> Result<RunReport, SandboxError> {
+        self.run_then(who, spell, input, limits, |_| ())
+            .await
+            .map(|(report, ())| report)
+    }
+
+    /// [`run`](Self::run), then `then` with the report, on the wasm thread that ran it, before
+    /// the caller is woken: what must follow every run (a cast queues its settlement for the
+    /// money writer) starts from there, without a detour through the caller's runtime. `then`
+    /// must be short, and must neither block nor take a lock that another runtime holds for
+    /// long. If the run never starts (refused, or its wait for a slot ran out), `then` is
+    /// dropped uncalled.
+    pub async fn run_then<T: Send + 'static>(
+        &self,
+        who: impl Into<RunFor>,
+        spell: Arc<CompiledSpell>,
+        input: Vec<u8>,
+        limits: RunLimits,
+        then: impl FnOnce(&RunReport) -> T + Send + 'static,
+    ) -> Result<(RunReport, T), SandboxError> {
         if input.len() as u64 > self.limits.input_bytes_max {
             return Err(SandboxError::InputTooLarge {
                 actual: input.len(),
@@ -429,7 +448,8 @@ impl Sandbox {
                     let mut report = run::execute(&engine, &spell, &input, limits, &host).await;
                     report.queue_wait = slot.waited;
                     drop(slot);
-                    let _ = sender.send(Ok(report));
+                    let after = then(&report);
+                    let _ = sender.send(Ok((report, after)));
                 });
             }
             Err(refusal) => {

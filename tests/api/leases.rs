@@ -8,7 +8,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 use spellhost::money::leases::DEFAULT_LEASE_TTL_MS;
-use spellhost::money::{self, Caps, CastRecord, HoldFor, Money, Pricing, quote};
+use spellhost::money::{self, Caps, CastRecord, HoldFor, Money, MoneyError, Pricing, quote};
 
 use crate::app::{TestApp, TestUser, error_code, spawn_app};
 use crate::helpers::Seeded;
@@ -105,6 +105,40 @@ on_both_databases! {
         assert_eq!(body["balance_microusd"], 10_000_000 - cost);
         assert_eq!(cast_entries(&app, &ada).await, 1);
         assert_eq!(app.me(&ada).await["balance_microusd"], 10_000_000 - cost);
+        app.assert_money_invariants(&ada).await;
+        app.shutdown().await;
+    }
+
+    async fn a_settlement_queued_from_the_run_and_never_waited_for_still_charges_once_and_leaves_the_lease_with_it(backend) {
+        let app = spawn_app(&backend).await;
+        let pricing = Pricing::default();
+        let worst = pricing.charge(5_000_000, 0).total().get();
+        // Room for two worst cases: the first hold leases all of it.
+        let ada = app.user("ada", 2 * worst).await;
+        let money = second_instance(&app);
+        // Queued from the run's thread, then its task is gone before it waits (a cancelled
+        // cast): the settlement commits all the same, and its charge leaves the lease in
+        // memory as it does in the database.
+        let dropped = money.hold(hold_for(&ada, "cast_dropped"), plan(5_000_000)).await.expect("hold");
+        drop(money.begin_settle(dropped, &record(1_000_000), None));
+        let first = pricing.charge(1_000_000, 0).total().get();
+        // What is left (2 worst cases less the charge) holds one more worst case, not two.
+        let second = money.hold(hold_for(&ada, "cast_second"), plan(5_000_000)).await.expect("hold");
+        let third = money.hold(hold_for(&ada, "cast_third"), plan(5_000_000)).await;
+        assert!(matches!(third, Err(MoneyError::Refused { .. })), "{third:?}");
+        let settled = money
+            .begin_settle(second, &record(2_000_000), None)
+            .finish()
+            .await
+            .expect("settle");
+        assert_eq!(settled.cost.get(), pricing.charge(2_000_000, 0).total().get());
+        // Settlements commit in the order they were queued: the dropped one came first.
+        assert_eq!(settled.balance_after.get(), 2 * worst - first - settled.cost.get());
+        assert_eq!(cast_entries(&app, &ada).await, 2, "each cast in the ledger once");
+        money.return_all().await.expect("return");
+        let me = app.me(&ada).await;
+        assert_eq!(me["held_microusd"], 0, "{me}");
+        assert_eq!(me["balance_microusd"], 2 * worst - first - settled.cost.get());
         app.assert_money_invariants(&ada).await;
         app.shutdown().await;
     }

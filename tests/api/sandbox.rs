@@ -272,23 +272,33 @@ fn deadlines_stop_spells_never_before_the_wall_limit() {
     }
 }
 
-#[test]
-fn the_queue_refuses_work_beyond_its_depth_instead_of_growing() {
-    let sandbox = spellhost::sandbox::Sandbox::new(spellhost::sandbox::SandboxConfig {
+/// One worker, one run at a time, a queue of one.
+fn one_slot_sandbox() -> Sandbox {
+    Sandbox::new(spellhost::sandbox::SandboxConfig {
         workers: 1,
         runs_max: 1,
         tenant_runs_max: 1,
         queue_depth: 1,
         ..Default::default()
     })
-    .expect("sandbox");
+    .expect("sandbox")
+}
+
+/// A spell that loops until its 300 ms wall limit, and those limits.
+fn endless(sandbox: &Sandbox) -> (std::sync::Arc<spellhost::sandbox::CompiledSpell>, RunLimits) {
     let module = fixture("infinite_loop");
-    let spell = compile(&sandbox, &module);
     let limits = RunLimits {
         fuel: u64::MAX / 4,
         wall_ms: 300,
         ..sandbox.limits_for(&module.manifest().limits)
     };
+    (compile(sandbox, &module), limits)
+}
+
+#[test]
+fn the_queue_refuses_work_beyond_its_depth_instead_of_growing() {
+    let sandbox = one_slot_sandbox();
+    let (spell, limits) = endless(&sandbox);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let results = runtime.block_on(async {
         // Three users: one runs, one waits in the queue of one, one is refused.
@@ -302,6 +312,73 @@ fn the_queue_refuses_work_beyond_its_depth_instead_of_growing() {
         .filter(|r| matches!(r, Err(spellhost::sandbox::SandboxError::Busy)))
         .count();
     assert!(busy >= 1, "{results:?}");
+}
+
+#[test]
+fn what_follows_a_run_runs_on_the_wasm_thread_with_its_report_and_never_for_a_refused_run() {
+    let sandbox = one_slot_sandbox();
+    let hello = example("hello");
+    let spell = compile(&sandbox, &hello);
+    let limits = sandbox.limits_for(&hello.manifest().limits);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let (report, (thread, fuel_seen)) = runtime
+        .block_on(sandbox.run_then(
+            Tenant(1),
+            spell,
+            br#"{"name":"Ada"}"#.to_vec(),
+            limits,
+            |report: &RunReport| {
+                let thread = std::thread::current().name().map(str::to_owned);
+                (thread, report.fuel_used)
+            },
+        ))
+        .expect("runs");
+    assert_eq!(report.outcome, Outcome::Ok);
+    assert_eq!(
+        fuel_seen, report.fuel_used,
+        "`then` saw the run's own report"
+    );
+    let thread = thread.expect("a named thread");
+    assert!(thread.starts_with("spellhost-wasm"), "{thread}");
+
+    // Refused runs never call it: a run fills the only slot, one waits in the queue of one,
+    // and the third is refused; what would follow it is dropped uncalled.
+    let (looping, limits) = endless(&sandbox);
+    let called = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let dropped = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    struct Counted(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    let results = runtime.block_on(async {
+        let runs = (1..=3).map(|tenant| {
+            let (called, guard) = (called.clone(), Counted(dropped.clone()));
+            sandbox.run_then(Tenant(tenant), looping.clone(), vec![], limits, move |_| {
+                let _guard = guard;
+                called.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            })
+        });
+        futures::future::join_all(runs).await
+    });
+    let ran = results.iter().filter(|r| r.is_ok()).count();
+    let busy = results
+        .iter()
+        .filter(|r| matches!(r, Err(spellhost::sandbox::SandboxError::Busy)))
+        .count();
+    assert!(busy >= 1, "{results:?}");
+    assert_eq!(ran + busy, 3, "{results:?}");
+    assert_eq!(
+        called.load(std::sync::atomic::Ordering::SeqCst),
+        ran,
+        "once per run that ran"
+    );
+    assert_eq!(
+        dropped.load(std::sync::atomic::Ordering::SeqCst),
+        3,
+        "every one dropped once"
+    );
 }
 
 #[test]
