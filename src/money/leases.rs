@@ -1159,24 +1159,15 @@ impl Money {
         hold: LeaseHold,
         record: &CastRecord<'_>,
     ) -> Result<Settlement, MoneyError> {
-        self.settle_with(hold, record, None).await
-    }
-
-    /// [`Money::settle`], storing an idempotent request's answer in the same transaction.
-    pub async fn settle_with(
-        &self,
-        hold: LeaseHold,
-        record: &CastRecord<'_>,
-        receipt: Option<Receipt>,
-    ) -> Result<Settlement, MoneyError> {
-        self.begin_settle(hold, record, receipt).finish().await
+        self.begin_settle(hold, record, None).finish().await
     }
 
     /// Prices a run and queues its settlement for the writer's next batch, without waiting and
     /// without taking a lock: the wasm thread that ran the cast calls it before it wakes the
     /// cast's task (`Sandbox::run_then`), so the settlement joins a batch while that task is
     /// still being scheduled. [`PendingSettlement::finish`] then gives the hold back to its
-    /// slots and waits until the settlement is durable.
+    /// slots and waits until the settlement is durable. With a `receipt`, an idempotent
+    /// request's answer is stored in the settlement's transaction.
     pub fn begin_settle(
         &self,
         hold: LeaseHold,

@@ -303,13 +303,6 @@ impl Store {
         }
     }
 
-    /// Queues a settlement for the next batch and waits until it is committed.
-    pub async fn settle(&self, request: SettleRequest) -> Result<Settled, MoneyError> {
-        self.enqueue(request)?
-            .await
-            .map_err(|_| MoneyError::WriterGone)?
-    }
-
     /// Queues a settlement for the next batch without waiting: its outcome arrives on the
     /// returned channel once the batch has committed (or failed for good). It neither blocks
     /// nor takes a lock, so any thread may call it.
