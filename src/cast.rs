@@ -135,15 +135,11 @@ pub async fn cast(
     // Right after the run, on the wasm thread that ran it, the settlement is priced and
     // queued for the money writer, before this task is even woken: it joins the next batch
     // without a detour through the HTTP runtime. Only an idempotent cast copies its report
-    // (its output) into the answer it stores.
-    let trace_id = crate::error::trace_id();
+    // (its output) into the answer it stores, made there with this request's trace id.
+    let answer = answer.map(|answer| (answer, crate::error::trace_id()));
     let settle = {
-        let (app, cast_id) = (Arc::clone(app), cast_id.clone());
-        let (spell, version, digest) = (
-            resolved.spell.clone(),
-            resolved.version.clone(),
-            resolved.digest,
-        );
+        let app = Arc::clone(app);
+        let (spell, version, digest) = (resolved.spell, resolved.version, resolved.digest);
         move |report: &RunReport| {
             let record = CastRecord {
                 spell: &spell,
@@ -156,9 +152,9 @@ pub async fn cast(
                 output_bytes: report.output.len() as u64,
                 output: kept_output(&app.config.cast_outputs, report),
             };
-            let receipt = answer.map(|answer| {
+            let receipt = answer.map(|(answer, trace_id)| {
                 let unsettled = CastResult {
-                    cast_id,
+                    cast_id: hold.request.cast_id.clone(),
                     spell: spell.clone(),
                     version: version.clone(),
                     digest,
@@ -171,7 +167,12 @@ pub async fn cast(
                 };
                 receipt(&app, answer, unsettled, trace_id)
             });
-            app.money.begin_settle(hold, &record, receipt)
+            // The names come back with the settlement: the answer needs them.
+            (
+                app.money.begin_settle(hold, &record, receipt),
+                spell,
+                version,
+            )
         }
     };
     let run = app
@@ -187,7 +188,7 @@ pub async fn cast(
             settle,
         )
         .await;
-    let (report, pending) = match run {
+    let (report, (pending, spell, version)) = match run {
         Ok(ran) => ran,
         Err(error) => {
             // The run never happened: the hold, dropped with `settle`, went back to the lease
@@ -225,8 +226,8 @@ pub async fn cast(
         cast.cost_microusd = settlement.cost.get(), "cast settled");
     Ok(CastResult {
         cast_id,
-        spell: resolved.spell,
-        version: resolved.version,
+        spell,
+        version,
         digest: resolved.digest,
         report,
         cost: settlement.cost,

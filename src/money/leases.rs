@@ -267,21 +267,13 @@ impl Drop for LeaseHold {
 /// was queued (even after it committed) is safe: until then the slot counts the whole hold as
 /// held and the charge as still leased, which makes less of the lease usable, never more; the
 /// release then takes both off together.
+#[derive(Debug)]
 pub struct PendingSettlement {
     hold: Option<LeaseHold>,
     /// What the settlement charges (µ$).
     cost: i64,
     blocked_ms: u64,
     reply: Option<Result<super::store::SettleReply, MoneyError>>,
-}
-
-impl std::fmt::Debug for PendingSettlement {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PendingSettlement")
-            .field("hold", &self.hold)
-            .field("cost", &self.cost)
-            .finish_non_exhaustive()
-    }
 }
 
 impl PendingSettlement {

@@ -316,6 +316,8 @@ fn the_queue_refuses_work_beyond_its_depth_instead_of_growing() {
 
 #[test]
 fn what_follows_a_run_runs_on_the_wasm_thread_with_its_report_and_never_for_a_refused_run() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
     let sandbox = one_slot_sandbox();
     let hello = example("hello");
     let spell = compile(&sandbox, &hello);
@@ -344,12 +346,12 @@ fn what_follows_a_run_runs_on_the_wasm_thread_with_its_report_and_never_for_a_re
     // Refused runs never call it: a run fills the only slot, one waits in the queue of one,
     // and the third is refused; what would follow it is dropped uncalled.
     let (looping, limits) = endless(&sandbox);
-    let called = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let dropped = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    struct Counted(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+    let called = Arc::new(AtomicUsize::new(0));
+    let dropped = Arc::new(AtomicUsize::new(0));
+    struct Counted(Arc<AtomicUsize>);
     impl Drop for Counted {
         fn drop(&mut self) {
-            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.0.fetch_add(1, SeqCst);
         }
     }
     let results = runtime.block_on(async {
@@ -357,7 +359,7 @@ fn what_follows_a_run_runs_on_the_wasm_thread_with_its_report_and_never_for_a_re
             let (called, guard) = (called.clone(), Counted(dropped.clone()));
             sandbox.run_then(Tenant(tenant), looping.clone(), vec![], limits, move |_| {
                 let _guard = guard;
-                called.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                called.fetch_add(1, SeqCst);
             })
         });
         futures::future::join_all(runs).await
@@ -369,16 +371,8 @@ fn what_follows_a_run_runs_on_the_wasm_thread_with_its_report_and_never_for_a_re
         .count();
     assert!(busy >= 1, "{results:?}");
     assert_eq!(ran + busy, 3, "{results:?}");
-    assert_eq!(
-        called.load(std::sync::atomic::Ordering::SeqCst),
-        ran,
-        "once per run that ran"
-    );
-    assert_eq!(
-        dropped.load(std::sync::atomic::Ordering::SeqCst),
-        3,
-        "every one dropped once"
-    );
+    assert_eq!(called.load(SeqCst), ran, "once per run that ran");
+    assert_eq!(dropped.load(SeqCst), 3, "every one dropped once");
 }
 
 #[test]
