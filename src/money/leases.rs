@@ -315,11 +315,29 @@ impl PendingSettlement {
 
 impl Drop for PendingSettlement {
     /// Dropped unfinished (its task was cancelled): the settlement was queued all the same, so
-    /// the hold leaves the slots as charged, as if it had been waited for.
+    /// the hold leaves the slots as charged, as if it had been waited for, and the slots count
+    /// the settlement as pending until it is committed, as [`finish`](Self::finish) does. A
+    /// lease with a settlement on its way is not idle: given back meanwhile (PostgreSQL commits
+    /// the upkeep beside a batch that waits or retries), the settlement would find it gone and
+    /// be charged only out of what is free then.
     fn drop(&mut self) {
-        if let Some(mut hold) = self.hold.take() {
-            let inner = Arc::clone(&hold.inner);
-            inner.release(&mut hold, self.cost, false);
+        let Some(mut hold) = self.hold.take() else {
+            return;
+        };
+        let inner = Arc::clone(&hold.inner);
+        let reply = self.reply.take().and_then(Result::ok);
+        match (reply, tokio::runtime::Handle::try_current()) {
+            (Some(answer), Ok(runtime)) => {
+                inner.release(&mut hold, self.cost, true);
+                let user_id = hold.request.user_id;
+                let leases = std::mem::take(&mut hold.leases);
+                runtime.spawn(async move {
+                    let late = matches!(answer.await, Ok(Ok(ref settled)) if settled.late);
+                    inner.settled(user_id, &leases, late);
+                });
+            }
+            // Nothing was queued, or no runtime is left to wait on (the process is ending).
+            _ => inner.release(&mut hold, self.cost, false),
         }
     }
 }

@@ -143,6 +143,121 @@ on_both_databases! {
         app.shutdown().await;
     }
 
+    async fn a_lease_is_not_given_back_as_idle_while_a_dropped_settlement_is_on_its_way(backend) {
+        let app = spawn_app(&backend).await;
+        let ada = app.user("ada", 10_000_000).await;
+        let money = second_instance(&app);
+        let hold = money.hold(hold_for(&ada, "cast_dropped"), plan(5_000_000)).await.expect("hold");
+        // Another connection keeps the settlement from committing: SQLite's write lock, or on
+        // PostgreSQL the user's row, which a batch locks first.
+        let mut blocker = app.app.db.begin().await.expect("begin");
+        if matches!(backend, crate::app::Backend::Postgres(_)) {
+            sqlx::query("SELECT id FROM users WHERE id = $1 FOR UPDATE")
+                .bind(ada.id)
+                .fetch_all(&mut *blocker)
+                .await
+                .expect("lock the user");
+        }
+        // Its task is gone (a cancelled cast); the settlement is queued all the same.
+        drop(money.begin_settle(hold, &record(1_000_000), None));
+        // Past the idle time (2 s): nothing is held on the lease, only that settlement is on
+        // its way. The upkeep decides what to give back when first polled, while it still waits.
+        tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
+        let mut tick = std::pin::pin!(money.tick());
+        let first = futures::poll!(&mut tick);
+        blocker.rollback().await.expect("unlock");
+        let ticked = match first {
+            std::task::Poll::Ready(ticked) => ticked,
+            std::task::Poll::Pending => tick.await,
+        };
+        ticked.expect("tick");
+        crate::helpers::eventually("the settlement", || async { cast_entries(&app, &ada).await == 1 }).await;
+        let (leases,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM leases WHERE user_id = $1")
+            .bind(ada.id)
+            .fetch_one(app.app.db.reader())
+            .await
+            .expect("leases");
+        assert_eq!(leases, 1, "the lease stays while its settlement is on its way");
+        // Charged in full, out of its lease (a settlement that finds its lease gone is charged
+        // only out of what is free then).
+        let cost = Pricing::default().charge(1_000_000, 0).total().get();
+        let (charged,): (i64,) = sqlx::query_as("SELECT cost_microusd FROM casts WHERE id = 'cast_dropped'")
+            .fetch_one(app.app.db.reader())
+            .await
+            .expect("cast");
+        assert_eq!(charged, cost);
+        money.return_all().await.expect("return");
+        let me = app.me(&ada).await;
+        assert_eq!((me["balance_microusd"].as_i64(), me["held_microusd"].as_i64()), (Some(10_000_000 - cost), Some(0)), "{me}");
+        app.assert_money_invariants(&ada).await;
+        app.shutdown().await;
+    }
+
+    async fn a_settlement_whose_retry_loses_its_acknowledgement_is_answered_from_the_record_and_charges_once(backend) {
+        let app = spawn_app(&backend).await;
+        let ada = app.user("ada", 10_000_000).await;
+        let money = second_instance(&app);
+        // The first attempt fails before its commit; the retry commits and then loses its
+        // acknowledgement; the last attempt finds the cast recorded and answers from the
+        // record. Three attempts in all, all that a batch gets.
+        let failpoints = money.store().failpoints();
+        failpoints.before_commit.store(1, Ordering::Relaxed);
+        failpoints.after_commit.store(1, Ordering::Relaxed);
+        let hold = money.hold(hold_for(&ada, "cast_retried"), plan(5_000_000)).await.expect("hold");
+        let settled = money.begin_settle(hold, &record(1_000_000), None).finish().await.expect("settle");
+        assert_eq!(settled.cost, Pricing::default().charge(1_000_000, 0).total());
+        let failpoints = money.store().failpoints();
+        let left = (failpoints.before_commit.load(Ordering::Relaxed), failpoints.after_commit.load(Ordering::Relaxed));
+        assert_eq!(left, (0, 0), "the failures happened");
+        assert_eq!(money.store().counters().settlements.load(Ordering::Relaxed), 1);
+        assert_eq!(cast_entries(&app, &ada).await, 1, "in the ledger once");
+        money.return_all().await.expect("return");
+        assert_eq!(app.me(&ada).await["balance_microusd"], 10_000_000 - settled.cost.get());
+        app.assert_money_invariants(&ada).await;
+        app.shutdown().await;
+    }
+
+    async fn settlements_begun_on_many_threads_at_once_beside_lease_transactions_are_each_committed_once(backend) {
+        let app = spawn_app(&backend).await;
+        let start = 1_000_000_000;
+        let ada = app.user("ada", start).await;
+        let money = std::sync::Arc::new(second_instance(&app));
+        // Eight tasks, each holding, then queueing its settlement from a blocking thread as a
+        // wasm thread does: settlements queued at once from many threads, beside the lease
+        // transactions that holds start when a lease runs dry.
+        let tasks: Vec<_> = (0..8)
+            .map(|task| {
+                let money = money.clone();
+                let holds: Vec<_> = (0..25).map(|i| hold_for(&ada, &format!("cast_{task}_{i}"))).collect();
+                tokio::spawn(async move {
+                    let mut charged = 0;
+                    for (i, hold_for) in holds.into_iter().enumerate() {
+                        let hold = money.hold(hold_for, plan(5_000_000)).await.expect("hold");
+                        let settling = money.clone();
+                        let fuel = 1_000 * (i as u64 + 1);
+                        let pending = tokio::task::spawn_blocking(move || settling.begin_settle(hold, &record(fuel), None))
+                            .await
+                            .expect("begin");
+                        charged += pending.finish().await.expect("settle").cost.get();
+                    }
+                    charged
+                })
+            })
+            .collect();
+        let mut charged = 0;
+        for task in tasks {
+            charged += task.await.expect("task");
+        }
+        let counters = money.store().counters();
+        assert_eq!(counters.settlements.load(Ordering::Relaxed), 200);
+        assert_eq!(cast_entries(&app, &ada).await, 200, "each cast in the ledger once");
+        money.return_all().await.expect("return");
+        let me = app.me(&ada).await;
+        assert_eq!((me["balance_microusd"].as_i64(), me["held_microusd"].as_i64()), (Some(start - charged), Some(0)), "{me}");
+        app.assert_money_invariants(&ada).await;
+        app.shutdown().await;
+    }
+
     async fn a_settlement_that_keeps_failing_charges_nothing_and_blocks_nothing(backend) {
         let app = spawn_app(&backend).await;
         let ada = app.user("ada", 10_000_000).await;
