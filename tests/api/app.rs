@@ -135,7 +135,14 @@ macro_rules! on_both_databases {
                 async fn postgres() {
                     match $crate::app::Backend::postgres() {
                         Some(backend) => case(backend).await,
-                        None => eprintln!("skipped: set SPELLHOST_TEST_DATABASE_URL to run on PostgreSQL"),
+                        None => {
+                            // CI sets it: there a PostgreSQL case must run, never pass unrun.
+                            assert!(
+                                std::env::var_os("SPELLHOST_TEST_REQUIRE_POSTGRES").is_none(),
+                                "SPELLHOST_TEST_REQUIRE_POSTGRES is set but SPELLHOST_TEST_DATABASE_URL is not"
+                            );
+                            eprintln!("skipped: set SPELLHOST_TEST_DATABASE_URL to run on PostgreSQL")
+                        }
                     }
                 }
             }
