@@ -217,6 +217,10 @@ struct Inner {
     pricing: Pricing,
     ttl_ms: i64,
     book: Mutex<Book>,
+    /// The runtime `Money` was made on (the HTTP runtime in the server), where a dropped
+    /// settlement's outcome is awaited: not the wasm runtime it is usually dropped on, whose
+    /// threads are busy with runs and may run at idle priority.
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 /// The money path of one instance: its leases, holds and settlements.
@@ -326,8 +330,12 @@ impl Drop for PendingSettlement {
         };
         let inner = Arc::clone(&hold.inner);
         let reply = self.reply.take().and_then(Result::ok);
-        match (reply, tokio::runtime::Handle::try_current()) {
-            (Some(answer), Ok(runtime)) => {
+        let runtime = inner
+            .runtime
+            .clone()
+            .or_else(|| tokio::runtime::Handle::try_current().ok());
+        match (reply, runtime) {
+            (Some(answer), Some(runtime)) => {
                 inner.release(&mut hold, self.cost, true);
                 let user_id = hold.request.user_id;
                 let leases = std::mem::take(&mut hold.leases);
@@ -336,7 +344,7 @@ impl Drop for PendingSettlement {
                     inner.settled(user_id, &leases, late);
                 });
             }
-            // Nothing was queued, or no runtime is left to wait on (the process is ending).
+            // Nothing was queued, or there is no runtime to wait on.
             _ => inner.release(&mut hold, self.cost, false),
         }
     }
@@ -993,6 +1001,7 @@ impl Money {
                 pricing,
                 ttl_ms,
                 book: Mutex::new(Book::default()),
+                runtime: tokio::runtime::Handle::try_current().ok(),
             }),
         })
     }
