@@ -218,9 +218,8 @@ struct Inner {
     ttl_ms: i64,
     book: Mutex<Book>,
     /// The runtime `Money` was made on (the HTTP runtime in the server), where a dropped
-    /// settlement's outcome is awaited: not the wasm runtime it is usually dropped on, whose
-    /// threads are busy with runs and may run at idle priority.
-    runtime: Option<tokio::runtime::Handle>,
+    /// settlement's outcome is awaited.
+    runtime: tokio::runtime::Handle,
 }
 
 /// The money path of one instance: its leases, holds and settlements.
@@ -284,27 +283,12 @@ impl PendingSettlement {
     /// Gives the hold back to its slots, less what the settlement charges (which comes out of
     /// the leases), and waits until the settlement is committed.
     pub async fn finish(mut self) -> Result<Settlement, MoneyError> {
-        let (Some(mut hold), Some(reply)) = (self.hold.take(), self.reply.take()) else {
+        let Some(outcome) = self.release() else {
             return Err(MoneyError::Corrupt(
                 "a settlement was finished twice".into(),
             ));
         };
-        let inner = Arc::clone(&hold.inner);
-        // Queued or not, the hold is released as charged (as before the settlement was queued
-        // from the wasm thread): one that fails for good leaves its charge in the lease in
-        // memory, which only makes less of it usable until the lease is given back.
-        inner.release(&mut hold, self.cost, true);
-        let settled = match reply {
-            Ok(answer) => answer.await.unwrap_or(Err(MoneyError::WriterGone)),
-            Err(error) => Err(error),
-        };
-        let late = settled.as_ref().is_ok_and(|s: &Settled| s.late);
-        inner.settled(hold.request.user_id, &hold.leases, late);
-        let settled = settled?;
-        if settled.late {
-            tracing::warn!(cast.id = %hold.request.cast_id, cast.cost_microusd = self.cost,
-                cast.charged_microusd = settled.cost.get(), "settled a cast whose lease had expired");
-        }
+        let settled = outcome.await?;
         Ok(Settlement {
             cost: settled.cost,
             breakdown: settled.breakdown,
@@ -315,37 +299,55 @@ impl PendingSettlement {
             soft_limits_crossed: settled.soft_limits_crossed,
         })
     }
+
+    /// Gives the hold back to its slots as charged, and counts the settlement as pending
+    /// there until the returned future has its outcome: a lease with a settlement on its way
+    /// is never idle, so the upkeep never gives it back from under it (the settlement would
+    /// be late, charged only out of what is free then). `None` once released.
+    ///
+    /// Queued or not, the hold is released as charged (as before the settlement was queued
+    /// from the wasm thread): one that fails for good leaves its charge in the lease in
+    /// memory, which only makes less of it usable until the lease is given back.
+    fn release(
+        &mut self,
+    ) -> Option<impl Future<Output = Result<Settled, MoneyError>> + Send + 'static> {
+        let (mut hold, reply) = (self.hold.take()?, self.reply.take()?);
+        let inner = Arc::clone(&hold.inner);
+        inner.release(&mut hold, self.cost, true);
+        let leases = std::mem::take(&mut hold.leases);
+        // The hold is spent: its cast id moves into the wait rather than being copied.
+        let (user_id, cast_id) = (
+            hold.request.user_id,
+            std::mem::take(&mut hold.request.cast_id),
+        );
+        let cost = self.cost;
+        Some(async move {
+            let settled = match reply {
+                Ok(answer) => answer.await.unwrap_or(Err(MoneyError::WriterGone)),
+                Err(error) => Err(error),
+            };
+            let late = settled.as_ref().is_ok_and(|s: &Settled| s.late);
+            inner.settled(user_id, &leases, late);
+            if let Ok(settled) = &settled
+                && late
+            {
+                tracing::warn!(cast.id = %cast_id, cast.cost_microusd = cost,
+                    cast.charged_microusd = settled.cost.get(), "settled a cast whose lease had expired");
+            }
+            settled
+        })
+    }
 }
 
 impl Drop for PendingSettlement {
-    /// Dropped unfinished (its task was cancelled): the settlement was queued all the same, so
-    /// the hold leaves the slots as charged, as if it had been waited for, and the slots count
-    /// the settlement as pending until it is committed, as [`finish`](Self::finish) does. A
-    /// lease with a settlement on its way is not idle: given back meanwhile (PostgreSQL commits
-    /// the upkeep beside a batch that waits or retries), the settlement would find it gone and
-    /// be charged only out of what is free then.
+    /// Dropped unfinished (its task was cancelled): the settlement was queued all the same,
+    /// so it is released as [`finish`](Self::finish) does, and its outcome is awaited on the
+    /// runtime `Money` was made on (not the wasm runtime it is usually dropped on, whose
+    /// threads are busy with runs and may run at idle priority).
     fn drop(&mut self) {
-        let Some(mut hold) = self.hold.take() else {
-            return;
-        };
-        let inner = Arc::clone(&hold.inner);
-        let reply = self.reply.take().and_then(Result::ok);
-        let runtime = inner
-            .runtime
-            .clone()
-            .or_else(|| tokio::runtime::Handle::try_current().ok());
-        match (reply, runtime) {
-            (Some(answer), Some(runtime)) => {
-                inner.release(&mut hold, self.cost, true);
-                let user_id = hold.request.user_id;
-                let leases = std::mem::take(&mut hold.leases);
-                runtime.spawn(async move {
-                    let late = matches!(answer.await, Ok(Ok(ref settled)) if settled.late);
-                    inner.settled(user_id, &leases, late);
-                });
-            }
-            // Nothing was queued, or there is no runtime to wait on.
-            _ => inner.release(&mut hold, self.cost, false),
+        let runtime = self.hold.as_ref().map(|hold| hold.inner.runtime.clone());
+        if let (Some(runtime), Some(outcome)) = (runtime, self.release()) {
+            runtime.spawn(outcome);
         }
     }
 }
@@ -1001,7 +1003,7 @@ impl Money {
                 pricing,
                 ttl_ms,
                 book: Mutex::new(Book::default()),
-                runtime: tokio::runtime::Handle::try_current().ok(),
+                runtime: tokio::runtime::Handle::current(),
             }),
         })
     }
