@@ -61,6 +61,20 @@ pub async fn cast_entries(app: &TestApp, user: &TestUser) -> i64 {
     count
 }
 
+/// Gives back every lease `money` holds, checks that `user` has `balance` with nothing held and
+/// that the money invariants hold, and shuts the app down: how a test of the money path ends.
+async fn return_all_and_check(app: TestApp, money: &Money, user: &TestUser, balance: i64) {
+    money.return_all().await.expect("return");
+    let me = app.me(user).await;
+    let seen = (
+        me["balance_microusd"].as_i64(),
+        me["held_microusd"].as_i64(),
+    );
+    assert_eq!(seen, (Some(balance), Some(0)), "{me}");
+    app.assert_money_invariants(user).await;
+    app.shutdown().await;
+}
+
 /// A second instance of the money path on the app's database, as another process would run.
 fn second_instance(app: &TestApp) -> Money {
     Money::new(
@@ -135,12 +149,7 @@ on_both_databases! {
         // Settlements commit in the order they were queued: the dropped one came first.
         assert_eq!(settled.balance_after.get(), 2 * worst - first - settled.cost.get());
         assert_eq!(cast_entries(&app, &ada).await, 2, "each cast in the ledger once");
-        money.return_all().await.expect("return");
-        let me = app.me(&ada).await;
-        assert_eq!(me["held_microusd"], 0, "{me}");
-        assert_eq!(me["balance_microusd"], 2 * worst - first - settled.cost.get());
-        app.assert_money_invariants(&ada).await;
-        app.shutdown().await;
+        return_all_and_check(app, &money, &ada, 2 * worst - first - settled.cost.get()).await;
     }
 
     async fn a_lease_is_not_given_back_as_idle_while_a_dropped_settlement_is_on_its_way(backend) {
@@ -186,11 +195,7 @@ on_both_databases! {
             .await
             .expect("cast");
         assert_eq!(charged, cost);
-        money.return_all().await.expect("return");
-        let me = app.me(&ada).await;
-        assert_eq!((me["balance_microusd"].as_i64(), me["held_microusd"].as_i64()), (Some(10_000_000 - cost), Some(0)), "{me}");
-        app.assert_money_invariants(&ada).await;
-        app.shutdown().await;
+        return_all_and_check(app, &money, &ada, 10_000_000 - cost).await;
     }
 
     async fn a_settlement_whose_retry_loses_its_acknowledgement_is_answered_from_the_record_and_charges_once(backend) {
@@ -211,10 +216,7 @@ on_both_databases! {
         assert_eq!(left, (0, 0), "the failures happened");
         assert_eq!(money.store().counters().settlements.load(Ordering::Relaxed), 1);
         assert_eq!(cast_entries(&app, &ada).await, 1, "in the ledger once");
-        money.return_all().await.expect("return");
-        assert_eq!(app.me(&ada).await["balance_microusd"], 10_000_000 - settled.cost.get());
-        app.assert_money_invariants(&ada).await;
-        app.shutdown().await;
+        return_all_and_check(app, &money, &ada, 10_000_000 - settled.cost.get()).await;
     }
 
     async fn settlements_begun_on_many_threads_at_once_beside_lease_transactions_are_each_committed_once(backend) {
@@ -251,11 +253,7 @@ on_both_databases! {
         let counters = money.store().counters();
         assert_eq!(counters.settlements.load(Ordering::Relaxed), 200);
         assert_eq!(cast_entries(&app, &ada).await, 200, "each cast in the ledger once");
-        money.return_all().await.expect("return");
-        let me = app.me(&ada).await;
-        assert_eq!((me["balance_microusd"].as_i64(), me["held_microusd"].as_i64()), (Some(start - charged), Some(0)), "{me}");
-        app.assert_money_invariants(&ada).await;
-        app.shutdown().await;
+        return_all_and_check(app, &money, &ada, start - charged).await;
     }
 
     async fn a_settlement_that_keeps_failing_charges_nothing_and_blocks_nothing(backend) {
