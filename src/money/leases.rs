@@ -272,11 +272,11 @@ impl Drop for LeaseHold {
 /// release then takes both off together.
 #[derive(Debug)]
 pub struct PendingSettlement {
-    hold: Option<LeaseHold>,
+    /// The hold and where the settlement's outcome arrives; taken when released.
+    queued: Option<(LeaseHold, Result<super::store::SettleReply, MoneyError>)>,
     /// What the settlement charges (µ$).
     cost: i64,
     blocked_ms: u64,
-    reply: Option<Result<super::store::SettleReply, MoneyError>>,
 }
 
 impl PendingSettlement {
@@ -311,7 +311,7 @@ impl PendingSettlement {
     fn release(
         &mut self,
     ) -> Option<impl Future<Output = Result<Settled, MoneyError>> + Send + 'static> {
-        let (mut hold, reply) = (self.hold.take()?, self.reply.take()?);
+        let (mut hold, reply) = self.queued.take()?;
         let inner = Arc::clone(&hold.inner);
         inner.release(&mut hold, self.cost, true);
         let leases = std::mem::take(&mut hold.leases);
@@ -345,7 +345,10 @@ impl Drop for PendingSettlement {
     /// runtime `Money` was made on (not the wasm runtime it is usually dropped on, whose
     /// threads are busy with runs and may run at idle priority).
     fn drop(&mut self) {
-        let runtime = self.hold.as_ref().map(|hold| hold.inner.runtime.clone());
+        let runtime = self
+            .queued
+            .as_ref()
+            .map(|(hold, _)| hold.inner.runtime.clone());
         if let (Some(runtime), Some(outcome)) = (runtime, self.release()) {
             runtime.spawn(outcome);
         }
@@ -1229,10 +1232,9 @@ impl Money {
         };
         let reply = self.inner.store.enqueue(request);
         PendingSettlement {
-            hold: Some(hold),
+            queued: Some((hold, reply)),
             cost: charge.total().get(),
             blocked_ms,
-            reply: Some(reply),
         }
     }
 
