@@ -37,6 +37,10 @@ pub const DEFAULT_LEASE_TTL_MS: i64 = 15_000;
 /// A user with no cast for this long gets their leases returned: money is not kept away from
 /// other instances by one that no longer needs it.
 const IDLE_RETURN: Duration = Duration::from_secs(2);
+/// How long [`Money::return_all`] waits at shutdown for settlements of cancelled casts: far
+/// more than a settlement batch takes, well inside the lease TTL and a deployment's kill
+/// timeout.
+const SETTLING_WAIT_MAX: Duration = Duration::from_secs(5);
 /// A lease is sized so that its free part can take as many worst cases as this user's casts
 /// held at once lately (their peak), plus what they were charged over this long (and at least
 /// [`WORST_CASES_MIN`] worst cases): a steady stream of casts borrows about once per horizon
@@ -220,6 +224,9 @@ struct Inner {
     /// The runtime `Money` was made on (the HTTP runtime in the server), where a dropped
     /// settlement's outcome is awaited.
     runtime: tokio::runtime::Handle,
+    /// The waits of dropped settlements (see [`PendingSettlement`]'s `Drop`): no cast task
+    /// is left to wait for them, so [`Money::return_all`] does before it gives leases back.
+    settling: tokio_util::task::TaskTracker,
 }
 
 /// The money path of one instance: its leases, holds and settlements.
@@ -345,12 +352,12 @@ impl Drop for PendingSettlement {
     /// runtime `Money` was made on (not the wasm runtime it is usually dropped on, whose
     /// threads are busy with runs and may run at idle priority).
     fn drop(&mut self) {
-        let runtime = self
+        let inner = self
             .queued
             .as_ref()
-            .map(|(hold, _)| hold.inner.runtime.clone());
-        if let (Some(runtime), Some(outcome)) = (runtime, self.release()) {
-            runtime.spawn(outcome);
+            .map(|(hold, _)| Arc::clone(&hold.inner));
+        if let (Some(inner), Some(outcome)) = (inner, self.release()) {
+            inner.settling.spawn_on(outcome, &inner.runtime);
         }
     }
 }
@@ -1007,6 +1014,7 @@ impl Money {
                 ttl_ms,
                 book: Mutex::new(Book::default()),
                 runtime: tokio::runtime::Handle::current(),
+                settling: tokio_util::task::TaskTracker::new(),
             }),
         })
     }
@@ -1281,7 +1289,25 @@ impl Money {
     }
 
     /// Gives back every lease of this instance (at shutdown, after casts in flight settled).
+    ///
+    /// Settlements of cancelled casts are waited for first (at most [`SETTLING_WAIT_MAX`]): a
+    /// lease given back under one would leave it to be settled late, out of what is free then.
+    /// A lease that still carries a hold or a settlement is not given back: a run whose client
+    /// left may still be computing. It expires with the process, and what it does not settle
+    /// goes back to the user then.
     pub async fn return_all(&self) -> Result<(), MoneyError> {
+        let settling = &self.inner.settling;
+        settling.close();
+        if tokio::time::timeout(SETTLING_WAIT_MAX, settling.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                settlements = settling.len(),
+                "settlements of cancelled casts still on their way at shutdown; their leases expire"
+            );
+        }
+        settling.reopen();
         self.upkeep(true).await
     }
 
@@ -1291,14 +1317,13 @@ impl Money {
             let book = self.inner.book.lock().unwrap_or_else(|p| p.into_inner());
             let mut work = Vec::new();
             for (&user_id, user) in &book.users {
-                let idle = everything
-                    || (user.idle() && now.duration_since(user.last_activity) >= IDLE_RETURN);
+                let idle = user.idle() && now.duration_since(user.last_activity) >= IDLE_RETURN;
                 for slot in user.slots.values() {
                     work.push(Upkeep {
                         user_id,
                         lease_id: slot.lease_id.clone(),
                         unheld: (slot.amount - slot.held).max(0),
-                        delete: idle,
+                        delete: idle || (everything && slot.held == 0 && slot.pending == 0),
                         renew: now >= slot.renew_at,
                     });
                 }

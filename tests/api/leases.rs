@@ -198,6 +198,74 @@ on_both_databases! {
         return_all_and_check(app, &money, &ada, 10_000_000 - cost).await;
     }
 
+    async fn at_shutdown_leases_are_given_back_only_after_dropped_settlements_commit(backend) {
+        let app = spawn_app(&backend).await;
+        let ada = app.user("ada", 10_000_000).await;
+        let money = second_instance(&app);
+        let hold = money.hold(hold_for(&ada, "cast_dropped"), plan(5_000_000)).await.expect("hold");
+        // As in the test above, another connection keeps the settlement from committing.
+        let mut blocker = app.app.db.begin().await.expect("begin");
+        if matches!(backend, crate::app::Backend::Postgres(_)) {
+            sqlx::query("SELECT id FROM users WHERE id = $1 FOR UPDATE")
+                .bind(ada.id)
+                .fetch_all(&mut *blocker)
+                .await
+                .expect("lock the user");
+        }
+        // The cast's task is gone, and the server shuts down: no cast is in flight any more.
+        drop(money.begin_settle(hold, &record(1_000_000), None));
+        let mut returning = std::pin::pin!(money.return_all());
+        let first = futures::poll!(&mut returning);
+        blocker.rollback().await.expect("unlock");
+        let returned = match first {
+            std::task::Poll::Ready(returned) => returned,
+            std::task::Poll::Pending => returning.await,
+        };
+        returned.expect("return");
+        // Once the leases are given back, the settlement is committed (no waiting here), and
+        // charged in full out of its lease.
+        assert_eq!(cast_entries(&app, &ada).await, 1, "settled before the leases went back");
+        let cost = Pricing::default().charge(1_000_000, 0).total().get();
+        let (charged,): (i64,) = sqlx::query_as("SELECT cost_microusd FROM casts WHERE id = 'cast_dropped'")
+            .fetch_one(app.app.db.reader())
+            .await
+            .expect("cast");
+        assert_eq!(charged, cost);
+        let (leases,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM leases WHERE user_id = $1")
+            .bind(ada.id)
+            .fetch_one(app.app.db.reader())
+            .await
+            .expect("leases");
+        assert_eq!(leases, 0, "given back");
+        return_all_and_check(app, &money, &ada, 10_000_000 - cost).await;
+    }
+
+    async fn at_shutdown_a_lease_that_a_run_still_holds_is_kept_for_its_settlement(backend) {
+        let app = spawn_app(&backend).await;
+        let ada = app.user("ada", 10_000_000).await;
+        let money = second_instance(&app);
+        let idle = money.hold(hold_for(&ada, "cast_idle"), plan(5_000_000)).await.expect("hold");
+        drop(idle);
+        // A run whose client went away computes on while the server shuts down.
+        let hold = money.hold(hold_for(&ada, "cast_running"), plan(5_000_000)).await.expect("hold");
+        money.return_all().await.expect("return");
+        let lease_rows = || async {
+            let (leases,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM leases WHERE user_id = $1")
+                .bind(ada.id)
+                .fetch_one(app.app.db.reader())
+                .await
+                .expect("leases");
+            leases
+        };
+        assert_eq!(lease_rows().await, 1, "the lease under the run stays");
+        // The run ends and settles: out of its lease, in full (not late).
+        let settled = money.begin_settle(hold, &record(1_000_000), None).finish().await.expect("settle");
+        assert_eq!(settled.cost, Pricing::default().charge(1_000_000, 0).total());
+        money.return_all().await.expect("return");
+        assert_eq!(lease_rows().await, 0, "given back once nothing holds it");
+        return_all_and_check(app, &money, &ada, 10_000_000 - settled.cost.get()).await;
+    }
+
     async fn a_settlement_whose_retry_loses_its_acknowledgement_is_answered_from_the_record_and_charges_once(backend) {
         let app = spawn_app(&backend).await;
         let ada = app.user("ada", 10_000_000).await;
