@@ -68,6 +68,10 @@ pub struct Config {
     pub session_ttl_ms: i64,
     /// Settled casts' outputs kept for `GET /v1/casts/{id}` (`SPELLHOST_CAST_OUTPUT_*`).
     pub cast_outputs: CastOutputConfig,
+    /// The time slice `spellhost serve` asks the kernel for on its own threads, all but the
+    /// wasm and compile threads (`SPELLHOST_SERVICE_THREAD_SLICE_US`; `None`: the kernel's
+    /// default). See [`crate::threads`].
+    pub service_thread_slice: Option<std::time::Duration>,
 }
 
 /// How long and how much of a cast's output is kept for its caster to fetch again.
@@ -382,6 +386,7 @@ impl Config {
             github: github_config(&source)?,
             session_ttl_ms: session_ttl_ms(&source)?,
             cast_outputs: cast_output_config(&source)?,
+            service_thread_slice: service_thread_slice(&source)?,
         })
     }
 
@@ -841,6 +846,8 @@ mod tests {
             ("SPELLHOST_METRICS_LISTEN", "9091"),
             ("SPELLHOST_KEYS_PER_USER_MAX", "0"),
             ("SPELLHOST_WASM_THREAD_POLICY", "realtime"),
+            ("SPELLHOST_SERVICE_THREAD_SLICE_US", "99"),
+            ("SPELLHOST_SERVICE_THREAD_SLICE_US", "100001"),
         ] {
             let error = Config::from_vars(&[(name, value)]).expect_err(name);
             assert_eq!(error.variable, name, "{error}");
@@ -864,6 +871,22 @@ mod tests {
             let error = Config::from_vars(&vars).expect_err(name);
             assert_eq!(error.variable, name, "{error}");
         }
+    }
+
+    #[test]
+    fn the_service_threads_ask_for_the_shortest_slice_unless_told_otherwise() {
+        use std::time::Duration;
+        let slice = |vars: &[(&str, &str)]| {
+            Config::from_vars(vars)
+                .expect("config")
+                .service_thread_slice
+        };
+        assert_eq!(slice(&[]), Some(Duration::from_micros(100)));
+        assert_eq!(slice(&[("SPELLHOST_SERVICE_THREAD_SLICE_US", "0")]), None);
+        assert_eq!(
+            slice(&[("SPELLHOST_SERVICE_THREAD_SLICE_US", "3000")]),
+            Some(Duration::from_millis(3))
+        );
     }
 
     #[test]
@@ -1047,6 +1070,26 @@ fn session_ttl_ms(source: &Source) -> Result<i64, ConfigError> {
         return Err(error(NAME, "must be between 60 and 31536000 (a year)"));
     }
     Ok(seconds * 1000)
+}
+
+fn service_thread_slice(source: &Source) -> Result<Option<std::time::Duration>, ConfigError> {
+    use crate::threads::{SLICE_MAX, SLICE_MIN};
+    const NAME: &str = "SPELLHOST_SERVICE_THREAD_SLICE_US";
+    // The shortest slice the kernel grants: the HTTP runtime's and the money writer's turns
+    // are short, and what matters is that they preempt a computing spell when they wake
+    // (benches/README.md, "Noisy neighbour"). 0 leaves the kernel's default.
+    let micros: u64 = source.parse(NAME, 100)?;
+    if micros == 0 {
+        return Ok(None);
+    }
+    let slice = std::time::Duration::from_micros(micros);
+    if !(SLICE_MIN..=SLICE_MAX).contains(&slice) {
+        return Err(error(
+            NAME,
+            "must be 0 (the kernel's default) or between 100 and 100000",
+        ));
+    }
+    Ok(Some(slice))
 }
 
 #[cfg(test)]

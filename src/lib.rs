@@ -18,6 +18,7 @@ pub mod sandbox;
 pub mod store;
 pub mod supply_chain;
 pub mod telemetry;
+pub mod threads;
 
 use std::sync::Arc;
 

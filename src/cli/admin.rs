@@ -160,6 +160,11 @@ pub fn serve(config_path: Option<&Path>, demo: bool) -> anyhow::Result<ExitCode>
     let config = load_config(config_path)?;
     telemetry::init_logging(config.log_json);
     tracing::info!(?config, "starting");
+    // Before any thread is started: they all inherit it, and the wasm and compile threads
+    // give it back as they start (src/threads.rs).
+    if let Err(error) = spellhost::threads::set_slice_of_this_thread(config.service_thread_slice) {
+        tracing::warn!(%error, "could not set the service threads' time slice");
+    }
     runtime()?.block_on(async move {
         let listen = config.listen;
         let app = AppState::build(config).await?;

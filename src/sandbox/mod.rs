@@ -107,9 +107,17 @@ impl std::str::FromStr for ThreadPolicy {
 }
 
 impl ThreadPolicy {
-    /// Puts the calling thread in this class (a no-op for `Normal`); a failure is logged, and
-    /// the thread runs on as a normal one.
+    /// Puts the calling thread in this class; a failure is logged, and the thread runs on as a
+    /// normal one. `Normal` also gives the thread the kernel's default time slice back: the
+    /// server's other threads ask for a short one ([`crate::threads`]), which a thread started
+    /// from them inherits, and a spell computing on a short slice would preempt others as
+    /// eagerly as they preempt it.
     pub fn apply_to_this_thread(self) {
+        if self == ThreadPolicy::Normal
+            && let Err(error) = crate::threads::set_slice_of_this_thread(None)
+        {
+            tracing::warn!(%error, "could not give a sandbox thread the default time slice");
+        }
         if self == ThreadPolicy::Idle {
             #[cfg(target_os = "linux")]
             {
@@ -673,6 +681,45 @@ mod tests {
             // The test's own thread is untouched.
             assert_eq!(this_threads_policy(), 0);
         }
+    }
+
+    #[test]
+    fn the_wasm_and_compile_threads_go_back_to_the_kernels_slice() {
+        use crate::threads::{SLICE_MIN, set_slice_of_this_thread, slice_of_this_thread};
+        // On a thread of its own, as `spellhost serve`'s main thread: it asks for a short slice
+        // before it starts the runtimes, whose threads inherit it.
+        std::thread::spawn(|| {
+            set_slice_of_this_thread(None).expect("default");
+            let default = slice_of_this_thread().expect("read");
+            if default.is_zero() {
+                // Before Linux 6.12 there are no per-thread slices.
+                return;
+            }
+            set_slice_of_this_thread(Some(SLICE_MIN)).expect("short");
+            let wasm = WasmRuntime::new(1, ThreadPolicy::Normal).expect("runtime");
+            let handle = wasm.handle().clone();
+            let seen = handle
+                .block_on(handle.spawn(async { slice_of_this_thread().expect("read") }))
+                .expect("task");
+            assert_eq!(seen, default, "wasm thread");
+            let compiler =
+                pool::WorkerPool::new("slice-test", 1, 1, ThreadPolicy::Normal).expect("pool");
+            let (sender, receiver) = std::sync::mpsc::channel();
+            compiler
+                .try_submit(Box::new(move |_| {
+                    let _ = sender.send(slice_of_this_thread().expect("read"));
+                }))
+                .map_err(|_| "queue full")
+                .expect("submitted");
+            assert_eq!(receiver.recv().expect("answer"), default, "compile thread");
+            assert_eq!(
+                slice_of_this_thread().expect("read"),
+                SLICE_MIN,
+                "the server's own"
+            );
+        })
+        .join()
+        .expect("thread");
     }
 
     #[test]
