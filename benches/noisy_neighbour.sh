@@ -2,11 +2,12 @@
 # Noisy neighbour: what one tenant's load does to another's latency (issue 11).
 #
 # Tenant A (the demo user) casts `demo/hello` at a steady low rate with an open-model client
-# (benches/open_load.py: latency from each request's scheduled time). Tenant B (another user)
-# saturates the host with 64 connections, first of CPU-bound `demo/primes` casts, then of
-# `demo/sleeper` casts that sleep in `poll_oneoff` until their wall limit. Reported, in one
-# run: A's p50/p99 idle and under each load, the ratio of A's p99 to its idle p99 (goal ≤ 2),
-# and B's primes throughput with A beside it against B alone (goal ≥ 0.9).
+# (benches/open_load.py: latency from each request's scheduled time; it takes the shortest
+# time slice, as a client on another machine would not wait for the server's cores). Tenant B
+# (another user) saturates the host with 64 connections, first of CPU-bound `demo/primes`
+# casts, then of `demo/sleeper` casts that sleep in `poll_oneoff` until their wall limit.
+# Reported, in one run: A's p50/p99 idle and under each load, the ratio of A's p99 to its idle
+# p99 (goal ≤ 2), and B's primes throughput with A beside it against B alone (goal ≥ 0.9).
 #
 #   benches/noisy_neighbour.sh [seconds per phase, default 20] [A's casts per second, default 50]
 #

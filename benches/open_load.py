@@ -9,7 +9,10 @@ latency rather than as fewer requests (no coordinated omission, as wrk2 and oha 
 Prints one line: "sent ok non2xx p50_ms p99_ms max_ms". Standard library only.
 """
 
+import ctypes
 import http.client
+import platform
+import struct
 import sys
 import threading
 import time
@@ -17,7 +20,23 @@ import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 
 
+def ask_for_a_short_slice() -> None:
+    """Stands in for a client on another machine: on Linux 6.12+, this thread and those it
+    starts take the shortest time slice (sched_setattr's sched_runtime, 100 µs), so they run
+    as soon as they wake rather than waiting for the server's computing threads to finish
+    theirs, and the latency measured is the server's. A no-op where the call is missing."""
+    number = {"x86_64": 314, "aarch64": 274}.get(platform.machine())  # sched_setattr
+    if not sys.platform.startswith("linux") or number is None:
+        return
+    try:
+        attr = struct.pack("IIQiIQQQ", 48, 0, 0, 0, 0, 100_000, 0, 0)  # SCHED_OTHER, nice 0
+        ctypes.CDLL(None, use_errno=True).syscall(number, 0, attr, 0)
+    except OSError:
+        pass
+
+
 def main() -> None:
+    ask_for_a_short_slice()
     url, key, body, rate, seconds = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5])
     target = urllib.parse.urlsplit(url)
     local = threading.local()
