@@ -9,8 +9,9 @@ use serde_json::json;
 
 use spellhost::money::leases::DEFAULT_LEASE_TTL_MS;
 use spellhost::money::{self, Caps, CastRecord, HoldFor, Money, MoneyError, Pricing, quote};
+use spellhost::store::Tx;
 
-use crate::app::{TestApp, TestUser, error_code, spawn_app};
+use crate::app::{Backend, TestApp, TestUser, error_code, spawn_app};
 use crate::helpers::Seeded;
 use crate::on_both_databases;
 
@@ -86,6 +87,51 @@ fn second_instance(app: &TestApp) -> Money {
     .expect("second instance")
 }
 
+/// Keeps `user`'s settlements from committing until the returned transaction ends: it holds
+/// SQLite's write lock, or on PostgreSQL the user's row, which a batch locks first.
+async fn block_settlements(app: &TestApp, backend: &Backend, user: &TestUser) -> Tx {
+    let mut blocker = app.app.db.begin().await.expect("begin");
+    if matches!(backend, Backend::Postgres(_)) {
+        sqlx::query("SELECT id FROM users WHERE id = $1 FOR UPDATE")
+            .bind(user.id)
+            .fetch_all(&mut *blocker)
+            .await
+            .expect("lock the user");
+    }
+    blocker
+}
+
+/// Polls `future` once, so that it decides what to do while `blocker` keeps settlements
+/// waiting, then ends `blocker` and runs `future` to its end.
+async fn first_polled_while_blocked<T>(future: impl Future<Output = T>, blocker: Tx) -> T {
+    let mut future = std::pin::pin!(future);
+    let first = futures::poll!(&mut future);
+    blocker.rollback().await.expect("unlock");
+    match first {
+        std::task::Poll::Ready(output) => output,
+        std::task::Poll::Pending => future.await,
+    }
+}
+
+async fn lease_rows(app: &TestApp, user: &TestUser) -> i64 {
+    let (leases,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM leases WHERE user_id = $1")
+        .bind(user.id)
+        .fetch_one(app.app.db.reader())
+        .await
+        .expect("leases");
+    leases
+}
+
+/// What the cast `cast_id` was charged, from its record.
+async fn charged(app: &TestApp, cast_id: &str) -> i64 {
+    let (charged,): (i64,) = sqlx::query_as("SELECT cost_microusd FROM casts WHERE id = $1")
+        .bind(cast_id)
+        .fetch_one(app.app.db.reader())
+        .await
+        .expect("cast");
+    charged
+}
+
 on_both_databases! {
     async fn a_batch_that_fails_before_its_commit_is_retried_and_charges_once(backend) {
         let app = spawn_app(&backend).await;
@@ -157,44 +203,19 @@ on_both_databases! {
         let ada = app.user("ada", 10_000_000).await;
         let money = second_instance(&app);
         let hold = money.hold(hold_for(&ada, "cast_dropped"), plan(5_000_000)).await.expect("hold");
-        // Another connection keeps the settlement from committing: SQLite's write lock, or on
-        // PostgreSQL the user's row, which a batch locks first.
-        let mut blocker = app.app.db.begin().await.expect("begin");
-        if matches!(backend, crate::app::Backend::Postgres(_)) {
-            sqlx::query("SELECT id FROM users WHERE id = $1 FOR UPDATE")
-                .bind(ada.id)
-                .fetch_all(&mut *blocker)
-                .await
-                .expect("lock the user");
-        }
+        let blocker = block_settlements(&app, &backend, &ada).await;
         // Its task is gone (a cancelled cast); the settlement is queued all the same.
         drop(money.begin_settle(hold, &record(1_000_000), None));
         // Past the idle time (2 s): nothing is held on the lease, only that settlement is on
         // its way. The upkeep decides what to give back when first polled, while it still waits.
         tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
-        let mut tick = std::pin::pin!(money.tick());
-        let first = futures::poll!(&mut tick);
-        blocker.rollback().await.expect("unlock");
-        let ticked = match first {
-            std::task::Poll::Ready(ticked) => ticked,
-            std::task::Poll::Pending => tick.await,
-        };
-        ticked.expect("tick");
+        first_polled_while_blocked(money.tick(), blocker).await.expect("tick");
         crate::helpers::eventually("the settlement", || async { cast_entries(&app, &ada).await == 1 }).await;
-        let (leases,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM leases WHERE user_id = $1")
-            .bind(ada.id)
-            .fetch_one(app.app.db.reader())
-            .await
-            .expect("leases");
-        assert_eq!(leases, 1, "the lease stays while its settlement is on its way");
+        assert_eq!(lease_rows(&app, &ada).await, 1, "the lease stays while its settlement is on its way");
         // Charged in full, out of its lease (a settlement that finds its lease gone is charged
         // only out of what is free then).
         let cost = Pricing::default().charge(1_000_000, 0).total().get();
-        let (charged,): (i64,) = sqlx::query_as("SELECT cost_microusd FROM casts WHERE id = 'cast_dropped'")
-            .fetch_one(app.app.db.reader())
-            .await
-            .expect("cast");
-        assert_eq!(charged, cost);
+        assert_eq!(charged(&app, "cast_dropped").await, cost);
         return_all_and_check(app, &money, &ada, 10_000_000 - cost).await;
     }
 
@@ -203,40 +224,16 @@ on_both_databases! {
         let ada = app.user("ada", 10_000_000).await;
         let money = second_instance(&app);
         let hold = money.hold(hold_for(&ada, "cast_dropped"), plan(5_000_000)).await.expect("hold");
-        // As in the test above, another connection keeps the settlement from committing.
-        let mut blocker = app.app.db.begin().await.expect("begin");
-        if matches!(backend, crate::app::Backend::Postgres(_)) {
-            sqlx::query("SELECT id FROM users WHERE id = $1 FOR UPDATE")
-                .bind(ada.id)
-                .fetch_all(&mut *blocker)
-                .await
-                .expect("lock the user");
-        }
+        let blocker = block_settlements(&app, &backend, &ada).await;
         // The cast's task is gone, and the server shuts down: no cast is in flight any more.
         drop(money.begin_settle(hold, &record(1_000_000), None));
-        let mut returning = std::pin::pin!(money.return_all());
-        let first = futures::poll!(&mut returning);
-        blocker.rollback().await.expect("unlock");
-        let returned = match first {
-            std::task::Poll::Ready(returned) => returned,
-            std::task::Poll::Pending => returning.await,
-        };
-        returned.expect("return");
+        first_polled_while_blocked(money.return_all(), blocker).await.expect("return");
         // Once the leases are given back, the settlement is committed (no waiting here), and
         // charged in full out of its lease.
         assert_eq!(cast_entries(&app, &ada).await, 1, "settled before the leases went back");
         let cost = Pricing::default().charge(1_000_000, 0).total().get();
-        let (charged,): (i64,) = sqlx::query_as("SELECT cost_microusd FROM casts WHERE id = 'cast_dropped'")
-            .fetch_one(app.app.db.reader())
-            .await
-            .expect("cast");
-        assert_eq!(charged, cost);
-        let (leases,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM leases WHERE user_id = $1")
-            .bind(ada.id)
-            .fetch_one(app.app.db.reader())
-            .await
-            .expect("leases");
-        assert_eq!(leases, 0, "given back");
+        assert_eq!(charged(&app, "cast_dropped").await, cost);
+        assert_eq!(lease_rows(&app, &ada).await, 0, "given back");
         return_all_and_check(app, &money, &ada, 10_000_000 - cost).await;
     }
 
@@ -249,20 +246,12 @@ on_both_databases! {
         // A run whose client went away computes on while the server shuts down.
         let hold = money.hold(hold_for(&ada, "cast_running"), plan(5_000_000)).await.expect("hold");
         money.return_all().await.expect("return");
-        let lease_rows = || async {
-            let (leases,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM leases WHERE user_id = $1")
-                .bind(ada.id)
-                .fetch_one(app.app.db.reader())
-                .await
-                .expect("leases");
-            leases
-        };
-        assert_eq!(lease_rows().await, 1, "the lease under the run stays");
+        assert_eq!(lease_rows(&app, &ada).await, 1, "the lease under the run stays");
         // The run ends and settles: out of its lease, in full (not late).
         let settled = money.begin_settle(hold, &record(1_000_000), None).finish().await.expect("settle");
         assert_eq!(settled.cost, Pricing::default().charge(1_000_000, 0).total());
         money.return_all().await.expect("return");
-        assert_eq!(lease_rows().await, 0, "given back once nothing holds it");
+        assert_eq!(lease_rows(&app, &ada).await, 0, "given back once nothing holds it");
         return_all_and_check(app, &money, &ada, 10_000_000 - settled.cost.get()).await;
     }
 
