@@ -23,8 +23,9 @@ pub const SLICE_MAX: Duration = Duration::from_millis(100);
 
 /// Sets the calling thread's time slice: `Some` asks for that slice (the kernel keeps it
 /// between [`SLICE_MIN`] and [`SLICE_MAX`]), `None` goes back to the kernel's default. Only a
-/// thread of the normal class (`SCHED_OTHER`, `SCHED_BATCH`) is changed, and its nice value
-/// is kept. Threads it starts afterwards inherit the slice.
+/// thread of the normal class (`SCHED_OTHER`, `SCHED_BATCH`) is changed. Its class, nice value
+/// and utilisation clamps are kept; its reset-on-fork flag is cleared, so that the threads it
+/// starts afterwards inherit the slice (the server sets no such flag).
 pub fn set_slice_of_this_thread(slice: Option<Duration>) -> std::io::Result<()> {
     #[cfg(target_os = "linux")]
     {
@@ -50,7 +51,7 @@ pub fn set_slice_of_this_thread(slice: Option<Duration>) -> std::io::Result<()> 
 }
 
 /// The calling thread's time slice as the kernel reports it; zero where the kernel has no
-/// per-thread slices (before Linux 6.12) or the thread is not in the normal class.
+/// per-thread slices (before Linux 6.12).
 pub fn slice_of_this_thread() -> std::io::Result<Duration> {
     #[cfg(target_os = "linux")]
     {
@@ -103,15 +104,16 @@ mod linux {
 
     /// Sets the calling thread's scheduling attributes (`sched_setattr`).
     pub fn set_attributes(attr: &libc::sched_attr) -> std::io::Result<()> {
-        let attr = libc::sched_attr {
+        let mut attr = libc::sched_attr {
             size: SIZE,
             ..*attr
         };
         #[expect(unsafe_code, reason = "sched_setattr has no safe wrapper")]
-        // SAFETY: `attr` is a live, initialised `sched_attr` whose `size` is its own size, all
-        // the kernel reads; the kernel keeps no pointer to it. Thread id 0 is the calling
-        // thread.
-        let result = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &raw const attr, 0) };
+        // SAFETY: `attr` is a live, initialised, writable `sched_attr` whose `size` is its own
+        // size: the kernel reads that many bytes and writes back at most its `size` field
+        // (when it finds the size wrong); it keeps no pointer to it. Thread id 0 is the
+        // calling thread.
+        let result = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &raw mut attr, 0) };
         if result == 0 {
             Ok(())
         } else {

@@ -162,7 +162,9 @@ pub fn serve(config_path: Option<&Path>, demo: bool) -> anyhow::Result<ExitCode>
     tracing::info!(?config, "starting");
     // Before any thread is started: they all inherit it, and the wasm and compile threads
     // give it back as they start (src/threads.rs).
-    if let Err(error) = spellhost::threads::set_slice_of_this_thread(config.service_thread_slice) {
+    if let Some(slice) = config.service_thread_slice
+        && let Err(error) = spellhost::threads::set_slice_of_this_thread(Some(slice))
+    {
         tracing::warn!(%error, "could not set the service threads' time slice");
     }
     runtime()?.block_on(async move {

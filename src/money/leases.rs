@@ -1292,9 +1292,9 @@ impl Money {
     ///
     /// Settlements of cancelled casts are waited for first (at most [`SETTLING_WAIT_MAX`]): a
     /// lease given back under one would leave it to be settled late, out of what is free then.
-    /// A lease that still carries a hold or a settlement is not given back: a run whose client
-    /// left may still be computing. It expires with the process, and what it does not settle
-    /// goes back to the user then.
+    /// A lease that still carries a hold or a settlement is neither given back nor renewed (a
+    /// cast whose task was dropped has its run go on on the wasm runtime): it expires with
+    /// the process, and what it does not settle goes back to the user then.
     pub async fn return_all(&self) -> Result<(), MoneyError> {
         let settling = &self.inner.settling;
         settling.close();
@@ -1324,7 +1324,7 @@ impl Money {
                         lease_id: slot.lease_id.clone(),
                         unheld: (slot.amount - slot.held).max(0),
                         delete: idle || (everything && slot.held == 0 && slot.pending == 0),
-                        renew: now >= slot.renew_at,
+                        renew: !everything && now >= slot.renew_at,
                     });
                 }
             }

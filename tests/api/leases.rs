@@ -241,11 +241,13 @@ on_both_databases! {
         let app = spawn_app(&backend).await;
         let ada = app.user("ada", 10_000_000).await;
         let money = second_instance(&app);
-        let idle = money.hold(hold_for(&ada, "cast_idle"), plan(5_000_000)).await.expect("hold");
-        drop(idle);
-        // A run whose client went away computes on while the server shuts down.
+        // Bob's lease carries nothing any more; Ada's carries a run that goes on while the
+        // leases are given back (its cast's task was dropped).
+        let bob = app.user("bob", 10_000_000).await;
+        drop(money.hold(hold_for(&bob, "cast_bob"), plan(5_000_000)).await.expect("hold"));
         let hold = money.hold(hold_for(&ada, "cast_running"), plan(5_000_000)).await.expect("hold");
         money.return_all().await.expect("return");
+        assert_eq!(lease_rows(&app, &bob).await, 0, "the lease nothing holds is given back");
         assert_eq!(lease_rows(&app, &ada).await, 1, "the lease under the run stays");
         // The run ends and settles: out of its lease, in full (not late).
         let settled = money.begin_settle(hold, &record(1_000_000), None).finish().await.expect("settle");
