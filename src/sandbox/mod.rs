@@ -654,28 +654,32 @@ mod tests {
         policy.parse().expect("a number")
     }
 
+    /// What `probe` finds on a wasm thread and on a compile thread started under `policy`.
+    fn on_sandbox_threads<T: Send + 'static>(policy: ThreadPolicy, probe: fn() -> T) -> (T, T) {
+        let wasm = WasmRuntime::new(1, policy).expect("runtime");
+        let handle = wasm.handle().clone();
+        let on_wasm = handle
+            .block_on(handle.spawn(async move { probe() }))
+            .expect("task");
+        let compiler = pool::WorkerPool::new("probe", 1, 1, policy).expect("pool");
+        let (sender, receiver) = std::sync::mpsc::channel();
+        compiler
+            .try_submit(Box::new(move |_| {
+                let _ = sender.send(probe());
+            }))
+            .map_err(|_| "queue full")
+            .expect("submitted");
+        (on_wasm, receiver.recv().expect("answer"))
+    }
+
     #[test]
     fn the_idle_policy_puts_the_wasm_and_compile_threads_in_sched_idle() {
         for (policy, expected) in [(ThreadPolicy::Idle, 5), (ThreadPolicy::Normal, 0)] {
-            let wasm = WasmRuntime::new(1, policy).expect("runtime");
-            let handle = wasm.handle().clone();
-            let seen = handle
-                .block_on(handle.spawn(async { this_threads_policy() }))
-                .expect("task");
-            assert_eq!(seen, expected, "wasm thread, {policy:?}");
-
-            let compiler = pool::WorkerPool::new("policy-test", 1, 1, policy).expect("pool");
-            let (sender, receiver) = std::sync::mpsc::channel();
-            compiler
-                .try_submit(Box::new(move |_| {
-                    let _ = sender.send(this_threads_policy());
-                }))
-                .map_err(|_| "queue full")
-                .expect("submitted");
+            let seen = on_sandbox_threads(policy, this_threads_policy);
             assert_eq!(
-                receiver.recv().expect("answer"),
-                expected,
-                "compile thread, {policy:?}"
+                seen,
+                (expected, expected),
+                "wasm, compile thread: {policy:?}"
             );
             // The test's own thread is untouched.
             assert_eq!(this_threads_policy(), 0);
@@ -698,22 +702,8 @@ mod tests {
             // An idle-class thread keeps a custom slice through its change of class unless
             // it is given the default back first.
             for policy in [ThreadPolicy::Normal, ThreadPolicy::Idle] {
-                let wasm = WasmRuntime::new(1, policy).expect("runtime");
-                let handle = wasm.handle().clone();
-                let seen = handle
-                    .block_on(handle.spawn(async { slice_of_this_thread().expect("read") }))
-                    .expect("task");
-                assert_eq!(seen, default, "wasm thread, {policy:?}");
-                let compiler = pool::WorkerPool::new("slice-test", 1, 1, policy).expect("pool");
-                let (sender, receiver) = std::sync::mpsc::channel();
-                compiler
-                    .try_submit(Box::new(move |_| {
-                        let _ = sender.send(slice_of_this_thread().expect("read"));
-                    }))
-                    .map_err(|_| "queue full")
-                    .expect("submitted");
-                let seen = receiver.recv().expect("answer");
-                assert_eq!(seen, default, "compile thread, {policy:?}");
+                let seen = on_sandbox_threads(policy, || slice_of_this_thread().expect("read"));
+                assert_eq!(seen, (default, default), "wasm, compile thread: {policy:?}");
             }
             assert_eq!(
                 slice_of_this_thread().expect("read"),
