@@ -101,6 +101,24 @@ async fn block_settlements(app: &TestApp, backend: &Backend, user: &TestUser) ->
     blocker
 }
 
+/// Settles a cast `cast_dropped` of `user` (1 000 000 fuel) on `money` and drops the
+/// settlement unfinished, as when a cast's task is cancelled after its run: it is queued all the
+/// same, but cannot commit until the returned blocker ends.
+async fn settlement_dropped_and_held_back(
+    app: &TestApp,
+    backend: &Backend,
+    money: &Money,
+    user: &TestUser,
+) -> Tx {
+    let hold = money
+        .hold(hold_for(user, "cast_dropped"), plan(5_000_000))
+        .await
+        .expect("hold");
+    let blocker = block_settlements(app, backend, user).await;
+    drop(money.begin_settle(hold, &record(1_000_000), None));
+    blocker
+}
+
 /// Polls `future` once, so that it decides what to do while `blocker` keeps settlements
 /// waiting, then ends `blocker` and runs `future` to its end.
 async fn first_polled_while_blocked<T>(future: impl Future<Output = T>, blocker: Tx) -> T {
@@ -202,10 +220,7 @@ on_both_databases! {
         let app = spawn_app(&backend).await;
         let ada = app.user("ada", 10_000_000).await;
         let money = second_instance(&app);
-        let hold = money.hold(hold_for(&ada, "cast_dropped"), plan(5_000_000)).await.expect("hold");
-        let blocker = block_settlements(&app, &backend, &ada).await;
-        // Its task is gone (a cancelled cast); the settlement is queued all the same.
-        drop(money.begin_settle(hold, &record(1_000_000), None));
+        let blocker = settlement_dropped_and_held_back(&app, &backend, &money, &ada).await;
         // Past the idle time (2 s): nothing is held on the lease, only that settlement is on
         // its way. The upkeep decides what to give back when first polled, while it still waits.
         tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
@@ -223,10 +238,8 @@ on_both_databases! {
         let app = spawn_app(&backend).await;
         let ada = app.user("ada", 10_000_000).await;
         let money = second_instance(&app);
-        let hold = money.hold(hold_for(&ada, "cast_dropped"), plan(5_000_000)).await.expect("hold");
-        let blocker = block_settlements(&app, &backend, &ada).await;
-        // The cast's task is gone, and the server shuts down: no cast is in flight any more.
-        drop(money.begin_settle(hold, &record(1_000_000), None));
+        let blocker = settlement_dropped_and_held_back(&app, &backend, &money, &ada).await;
+        // The server shuts down: no cast is in flight any more.
         first_polled_while_blocked(money.return_all(), blocker).await.expect("return");
         // Once the leases are given back, the settlement is committed (no waiting here), and
         // charged in full out of its lease.
