@@ -14,6 +14,9 @@
 # SPELLHOST_BENCH_BIN runs another spellhost binary instead of building this checkout. The
 # server inherits SPELLHOST_* from the environment: SPELLHOST_WASM_THREAD_POLICY=idle measures
 # what fly.toml deploys.
+# NOISY_TRACE_DIR=DIR keeps each of A's requests (scheduled time, latency, status; see
+# benches/open_load.py) in DIR/a-{idle,primes,sleepers}.txt, to line A's slow casts up with what
+# the server did at the time (e.g. `perf record -k CLOCK_MONOTONIC` of its fdatasyncs).
 # Needs wrk (apt-get install wrk) and python3. Builds and runs the release binary on loopback,
 # on the embedded SQLite.
 set -euo pipefail
@@ -84,7 +87,10 @@ script "$DATA/primes.lua" "$KEY_B" demo/primes '{"below":100000}'
 script "$DATA/sleeper.lua" "$KEY_B" demo/sleeper '{}'
 HELLO='{"spell":"demo/hello","input":{"name":"Ada"}}'
 
-a_load() { python3 "$ROOT/benches/open_load.py" "$URL/v1/cast" "$KEY_A" "$HELLO" "$RATE" "$DURATION"; }
+a_load() { # phase
+  OPEN_LOAD_TRACE="${NOISY_TRACE_DIR:+$NOISY_TRACE_DIR/a-$1.txt}" \
+    python3 "$ROOT/benches/open_load.py" "$URL/v1/cast" "$KEY_A" "$HELLO" "$RATE" "$DURATION"
+}
 b_load() { # script → "casts/s non2xx"
   wrk -t2 -c64 -d"${DURATION}s" -s "$1" "$URL/v1/cast" | awk '
     /Requests\/sec/ { rps = $2 } /Non-2xx/ { errors = $5 }
@@ -106,7 +112,7 @@ report() { # phase a_line b_rate
   printf '%-28s %8s %8s %8s %8s %10s\n' "$1" "$sent" "$bad" "$p50" "$p99" "$3"
 }
 
-read -r _ _ _ _ IDLE_P99 _ <<<"$(a_load | tee "$DATA/idle")"
+read -r _ _ _ _ IDLE_P99 _ <<<"$(a_load idle | tee "$DATA/idle")"
 report "A alone" "$(cat "$DATA/idle")" "-"
 
 B_ALONE="$(b_load "$DATA/primes.lua")"
@@ -114,14 +120,14 @@ report "B primes alone" "0 0 0 - - -" "$(b_ok_rate "$B_ALONE") (non2xx $(cut -d'
 
 b_load "$DATA/primes.lua" >"$DATA/b_primes" &
 B_PID=$!
-A_PRIMES="$(a_load)"
+A_PRIMES="$(a_load primes)"
 wait "$B_PID"
 B_WITH_A="$(cat "$DATA/b_primes")"
 report "A + B primes (64 conns)" "$A_PRIMES" "$(b_ok_rate "$B_WITH_A") (non2xx $(cut -d' ' -f2 <<<"$B_WITH_A"))"
 
 b_load "$DATA/sleeper.lua" >"$DATA/b_sleep" &
 B_PID=$!
-A_SLEEP="$(a_load)"
+A_SLEEP="$(a_load sleepers)"
 wait "$B_PID"
 B_SLEEP="$(cat "$DATA/b_sleep")"
 report "A + B sleepers (64 conns)" "$A_SLEEP" "$(b_ok_rate "$B_SLEEP") (non2xx $(cut -d' ' -f2 <<<"$B_SLEEP"))"

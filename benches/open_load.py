@@ -6,10 +6,14 @@ latency rather than as fewer requests (no coordinated omission, as wrk2 and oha 
 
     open_load.py URL BEARER_KEY BODY_JSON RATE_PER_SECOND SECONDS
 
-Prints one line: "sent ok non2xx p50_ms p99_ms max_ms". Standard library only.
+Prints one line: "sent ok non2xx p50_ms p99_ms max_ms". Standard library only. With
+OPEN_LOAD_TRACE=FILE it also writes one line per request to FILE: its scheduled send time
+(CLOCK_MONOTONIC, seconds, as `perf record -k CLOCK_MONOTONIC` stamps events), its latency in
+ms and its HTTP status (0 for a failed connection), to line slow requests up with the server's.
 """
 
 import ctypes
+import os
 import http.client
 import platform
 import struct
@@ -48,7 +52,7 @@ def main() -> None:
             local.conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
         return local.conn
 
-    def one(scheduled: float) -> tuple[float, int]:
+    def one(scheduled: float) -> tuple[float, float, int]:
         delay = scheduled - time.perf_counter()
         if delay > 0:
             time.sleep(delay)
@@ -61,7 +65,7 @@ def main() -> None:
         except (OSError, http.client.HTTPException):
             local.conn = None
             status = 0
-        return (time.perf_counter() - scheduled) * 1000.0, status
+        return scheduled, (time.perf_counter() - scheduled) * 1000.0, status
 
     count = int(rate * seconds)
     start = time.perf_counter() + 0.2
@@ -69,8 +73,12 @@ def main() -> None:
     with ThreadPoolExecutor(max_workers=64) as pool:
         futures = [pool.submit(one, start + i / rate) for i in range(count)]
         results = [f.result() for f in futures]
-    latencies = sorted(ms for ms, _ in results)
-    ok = sum(1 for _, status in results if 200 <= status < 300)
+    latencies = sorted(ms for _, ms, _ in results)
+    ok = sum(1 for _, _, status in results if 200 <= status < 300)
+    trace = os.environ.get("OPEN_LOAD_TRACE")
+    if trace:
+        with open(trace, "w") as out:
+            out.writelines(f"{at:.6f} {ms:.3f} {status}\n" for at, ms, status in results)
 
     def pct(p: float) -> float:
         return latencies[min(len(latencies) - 1, int(p * len(latencies)))] if latencies else 0.0
