@@ -1,7 +1,8 @@
 //! Logging setup and the one documented set of metrics (Prometheus, names `spellhost_*`).
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    Counter, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry,
 };
 
 /// Installs the tracing subscriber: human-readable text by default, JSON lines for log
@@ -56,6 +57,12 @@ pub struct Metrics {
     /// the mean batch size).
     pub settlement_batches: IntCounter,
     pub settlements: IntCounter,
+    /// SQLite: the money writer's WAL checkpoints and the time they held it up (a settlement
+    /// queued meanwhile waits for the checkpoint), and the flushes of the WAL made ahead of
+    /// them on a thread of their own (`money::wal`).
+    pub sqlite_checkpoints: IntCounter,
+    pub sqlite_checkpoint_seconds: Counter,
+    pub sqlite_wal_flushes: IntCounter,
     /// Billing events that need an operator: `unparseable` and `api_version_unsupported`
     /// (answered 5xx, retried by Stripe), `rejected` (recorded, not applied; replay after review).
     pub billing_alerts: IntCounterVec,
@@ -195,6 +202,18 @@ impl Metrics {
                 "spellhost_settlements_total",
                 "Cast settlements committed",
             )?,
+            sqlite_checkpoints: IntCounter::new(
+                "spellhost_sqlite_checkpoints_total",
+                "WAL checkpoints run by the money writer (SQLite)",
+            )?,
+            sqlite_checkpoint_seconds: Counter::new(
+                "spellhost_sqlite_checkpoint_seconds_total",
+                "Time the money writer spent in WAL checkpoints (SQLite)",
+            )?,
+            sqlite_wal_flushes: IntCounter::new(
+                "spellhost_sqlite_wal_flushes_total",
+                "Flushes of the WAL to disk ahead of its checkpoint, off the money writer (SQLite)",
+            )?,
             billing_alerts: IntCounterVec::new(
                 Opts::new(
                     "spellhost_billing_alerts_total",
@@ -330,6 +349,9 @@ impl Metrics {
         r.register(Box::new(metrics.money_db_transactions.clone()))?;
         r.register(Box::new(metrics.settlement_batches.clone()))?;
         r.register(Box::new(metrics.settlements.clone()))?;
+        r.register(Box::new(metrics.sqlite_checkpoints.clone()))?;
+        r.register(Box::new(metrics.sqlite_checkpoint_seconds.clone()))?;
+        r.register(Box::new(metrics.sqlite_wal_flushes.clone()))?;
         r.register(Box::new(metrics.billing_alerts.clone()))?;
         r.register(Box::new(metrics.recharges.clone()))?;
         r.register(Box::new(metrics.recharge_notices_dropped.clone()))?;
@@ -358,6 +380,15 @@ impl Metrics {
         let seen = counter.get();
         if current > seen {
             counter.inc_by(current - seen);
+        }
+    }
+
+    /// Brings a counter of seconds up to `micros`, a running total kept elsewhere.
+    pub fn sync_seconds(counter: &Counter, micros: u64) {
+        // Micro-second totals fit an f64 exactly for 285 years of checkpointing.
+        let behind = micros as f64 / 1e6 - counter.get();
+        if behind > 0.0 {
+            counter.inc_by(behind);
         }
     }
 

@@ -131,9 +131,17 @@ fn render_metrics(app: &App) -> Response {
         (&metrics.money_db_transactions, &money.transactions),
         (&metrics.settlement_batches, &money.batches),
         (&metrics.settlements, &money.settlements),
+        (&metrics.sqlite_checkpoints, &money.checkpoints),
+        (&metrics.sqlite_wal_flushes, &money.wal_flushes),
     ] {
         Metrics::sync_counter(counter, value.load(std::sync::atomic::Ordering::Relaxed));
     }
+    Metrics::sync_seconds(
+        &metrics.sqlite_checkpoint_seconds,
+        money
+            .checkpoint_micros
+            .load(std::sync::atomic::Ordering::Relaxed),
+    );
     metrics
         .queue_depth
         .set(i64::try_from(app.sandbox.queue_depth()).unwrap_or(i64::MAX));

@@ -18,6 +18,7 @@ pub mod quote;
 pub mod records;
 pub mod store;
 mod units;
+mod wal;
 
 pub use budgets::{Budget, Period, Scope};
 pub use leases::{CastRecord, HoldFor, InFlight, LeaseHold, Money, PendingSettlement, Settlement};

@@ -178,6 +178,11 @@ pub struct DbCounters {
     pub transactions: AtomicU64,
     pub batches: AtomicU64,
     pub settlements: AtomicU64,
+    /// SQLite only: the writer's WAL checkpoints, and the time they took (see `money::wal`).
+    pub checkpoints: AtomicU64,
+    pub checkpoint_micros: AtomicU64,
+    /// SQLite only: flushes of the WAL ahead of its checkpoint, on a thread of their own.
+    pub wal_flushes: AtomicU64,
 }
 
 /// Failures injected into settlement batches, for tests of the retry path: each counter is
@@ -348,6 +353,8 @@ fn spawn_sqlite_writer(
          PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS};"
     ))?;
     conn.set_prepared_statement_cache_capacity(256);
+    let mut wal = super::wal::WalCare::start(&conn, &path, counters.clone())
+        .map_err(|e| MoneyError::Corrupt(format!("starting the WAL flush thread: {e}")))?;
     let (sender, receiver) = std::sync::mpsc::channel::<Job>();
     std::thread::Builder::new()
         .name("spellhost-money".into())
@@ -358,7 +365,7 @@ fn spawn_sqlite_writer(
                 failpoints,
                 numbering_checked: Default::default(),
             };
-            writer.run(&mut conn, &receiver);
+            writer.run(&mut conn, &receiver, &mut wal);
         })
         .map_err(|e| MoneyError::Corrupt(format!("starting the money writer: {e}")))?;
     Ok(sender)
@@ -379,7 +386,12 @@ struct SqliteWriter {
 }
 
 impl SqliteWriter {
-    fn run(&self, conn: &mut rusqlite::Connection, jobs: &std::sync::mpsc::Receiver<Job>) {
+    fn run(
+        &self,
+        conn: &mut rusqlite::Connection,
+        jobs: &std::sync::mpsc::Receiver<Job>,
+        wal: &mut super::wal::WalCare,
+    ) {
         // The loop ends when every sender (the `Store`) is gone.
         while let Ok(job) = jobs.recv() {
             // A panic in one job (a bug) must not take the money path down with it: its
@@ -391,6 +403,9 @@ impl SqliteWriter {
                 tracing::error!("a money transaction panicked; the writer continues");
                 Self::finish(conn);
             }
+            // The job's callers have their answers: a checkpoint its commits made due no
+            // longer delays them.
+            wal.after_job(conn);
         }
     }
 
