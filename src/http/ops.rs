@@ -139,7 +139,7 @@ fn render_metrics(app: &App) -> Response {
     Metrics::sync_seconds(
         &metrics.sqlite_checkpoint_seconds,
         money
-            .checkpoint_micros
+            .checkpoint_microseconds
             .load(std::sync::atomic::Ordering::Relaxed),
     );
     metrics

@@ -180,7 +180,7 @@ pub struct DbCounters {
     pub settlements: AtomicU64,
     /// SQLite only: the writer's WAL checkpoints, and the time they took (see `money::wal`).
     pub checkpoints: AtomicU64,
-    pub checkpoint_micros: AtomicU64,
+    pub checkpoint_microseconds: AtomicU64,
     /// SQLite only: flushes of the WAL ahead of its checkpoint, on a thread of their own.
     pub wal_flushes: AtomicU64,
 }

@@ -7,9 +7,9 @@
 //! syncs the WAL's new header at the next commit. SQLite runs it inside the commit that takes
 //! the WAL past 1 000 frames, so that commit's casts waited for all of it, and every
 //! settlement queued meanwhile as well. Measured on the project machine beside a CPU-bound
-//! neighbour (benches/README.md, "Noisy neighbour"): the first sync alone took 4–6 ms, 18–25
-//! ms at times, of a checkpoint's ~8 ms, and every one of another tenant's slowest 1 % of
-//! casts overlapped a checkpoint.
+//! neighbour (benches/README.md, "Noisy neighbour", "The WAL's checkpoints"): checkpoints
+//! held the writer ~8 ms (median), the first sync alone 4–6 ms of it (18–25 ms at times), and
+//! every one of another tenant's slowest 1 % of casts overlapped a checkpoint.
 //!
 //! So the writer takes checkpoints over from SQLite ([`WalCare::after_job`]):
 //! - it checkpoints (`PASSIVE`) at the same 1 000 frames, but after it has answered the job
@@ -17,6 +17,10 @@
 //! - every [`FLUSH_FRAMES`] frames it asks a thread of its own (`spellhost-wal-flush`) to
 //!   `fdatasync` the WAL. That thread touches no SQLite lock, and the writer goes on
 //!   committing meanwhile; by the checkpoint, little of the WAL is left to sync.
+//!
+//! A checkpoint still holds the writer (~3 ms there): the DB's sync, and the sync of the new
+//! WAL header inside the first commit after it, stay where SQLite puts them. The sqlx pool's
+//! connections keep SQLite's autocheckpoint for their own (rare) writes.
 //!
 //! An extra sync only makes more of the WAL durable sooner: what a commit promises, and the
 //! checkpoint's own syncs, are unchanged.
@@ -33,22 +37,27 @@ use super::store::DbCounters;
 /// WAL frames after which the writer checkpoints: SQLite's own default.
 pub const CHECKPOINT_FRAMES: i32 = 1_000;
 
-/// WAL frames written between two flushes by the flush thread: a fifth of a checkpoint's.
+/// WAL frames written between two flushes by the flush thread. Not tuned: it leaves the
+/// checkpoint's first sync at most ~800 KB to write (a millisecond or so on the project's
+/// disk) for five device flushes per checkpoint instead of one.
 pub const FLUSH_FRAMES: i32 = 200;
 
 thread_local! {
-    /// Frames in the WAL after the last commit on this thread, as SQLite's WAL hook reports.
-    static WAL_FRAMES: Cell<i32> = const { Cell::new(0) };
+    /// Frames in the WAL after the last commit on this thread since [`WalCare::after_job`]
+    /// last looked, as SQLite's WAL hook reports them; `None` when nothing was committed.
+    static COMMITTED_FRAMES: Cell<Option<i32>> = const { Cell::new(None) };
 }
 
-/// SQLite's WAL hook (called by every commit on the connection, on the committing thread).
-/// Installing any WAL hook turns SQLite's own autocheckpoint off; [`WalCare`] checkpoints.
+/// SQLite's WAL hook, called by every commit on the connection, on the committing thread
+/// (the writer's). Installing any WAL hook turns SQLite's own autocheckpoint off on this
+/// connection; [`WalCare`] checkpoints instead.
 fn note_frames(_: &rusqlite::hooks::Wal, frames: std::ffi::c_int) -> rusqlite::Result<()> {
-    WAL_FRAMES.set(frames);
+    COMMITTED_FRAMES.set(Some(frames));
     Ok(())
 }
 
-/// The writer's side: reads the frame count its commits left and decides what is due.
+/// The writer's side: reads the frame count its commits left and decides what is due. Lives
+/// on the writer's thread, as the hook's count does.
 pub struct WalCare {
     counters: Arc<DbCounters>,
     /// Asks the flush thread for one flush; a flush already asked for covers this one.
@@ -57,17 +66,35 @@ pub struct WalCare {
     flushed_at: i32,
 }
 
+/// A row of `PRAGMA wal_checkpoint`.
+struct CheckpointRow {
+    /// 1 when the checkpoint could not run: another connection was checkpointing.
+    busy: i64,
+    /// Frames in the WAL (−1 when it could not be read).
+    frames: i64,
+    /// Frames now copied into the database (−1 likewise).
+    copied: i64,
+}
+
+impl CheckpointRow {
+    fn copied_everything(&self) -> bool {
+        self.busy == 0 && self.frames >= 0 && self.copied == self.frames
+    }
+}
+
 impl WalCare {
-    /// Hooks `conn` (the writer's connection, in WAL mode) and starts the flush thread of the
-    /// WAL beside `database`. The thread ends when this is dropped.
+    /// Hooks `conn` (the writer's connection, in WAL mode, on the database at `database`)
+    /// and starts the flush thread of its WAL. The thread ends when this is dropped.
     pub fn start(
         conn: &rusqlite::Connection,
         database: &str,
         counters: Arc<DbCounters>,
     ) -> std::io::Result<WalCare> {
         conn.wal_hook(Some(note_frames));
-        let (flush, asked) = std::sync::mpsc::sync_channel(1);
+        // SQLite's own idea of the file (absolute, links resolved), where it has one.
+        let database = conn.path().filter(|p| !p.is_empty()).unwrap_or(database);
         let wal = PathBuf::from(format!("{database}-wal"));
+        let (flush, asked) = std::sync::mpsc::sync_channel(1);
         let flushes = counters.clone();
         std::thread::Builder::new()
             .name("spellhost-wal-flush".into())
@@ -79,12 +106,14 @@ impl WalCare {
         })
     }
 
-    /// Runs after each job of the writer, once its callers have their answers: asks for a
-    /// flush, or checkpoints, when the job's commits made one due.
+    /// Runs after each job of the writer, once its callers have their answers: when the
+    /// job committed, asks for a flush or checkpoints, whichever its commits made due.
     pub fn after_job(&mut self, conn: &rusqlite::Connection) {
-        let frames = WAL_FRAMES.get();
+        let Some(frames) = COMMITTED_FRAMES.take() else {
+            return;
+        };
         if frames < self.flushed_at {
-            // The WAL restarted (a checkpoint, or a commit on another connection).
+            // The WAL started over (after a checkpoint, ours or another connection's).
             self.flushed_at = 0;
         }
         if frames >= CHECKPOINT_FRAMES {
@@ -102,23 +131,24 @@ impl WalCare {
 
     fn checkpoint(&mut self, conn: &rusqlite::Connection) {
         let started = Instant::now();
-        // (busy, frames in the WAL, frames copied into the database)
         let outcome = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
-            Ok((row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
+            Ok(CheckpointRow {
+                busy: row.get(0)?,
+                frames: row.get(1)?,
+                copied: row.get(2)?,
+            })
         });
         self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
-        self.counters.checkpoint_micros.fetch_add(
+        self.counters.checkpoint_microseconds.fetch_add(
             u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
         match outcome {
             // Every frame copied: the next commit starts the WAL over from its beginning.
-            Ok((log, copied)) if copied >= log => {
-                WAL_FRAMES.set(0);
-                self.flushed_at = 0;
-            }
-            // A reader still needs older pages (a long read on the pool): what is left is
-            // copied at the next checkpoint, after the next commit, as SQLite itself does.
+            Ok(row) if row.copied_everything() => self.flushed_at = 0,
+            // Another connection was checkpointing, or a reader still needs older pages (a
+            // long read on the pool): the next commit tries again, as SQLite's own
+            // autocheckpoint does, and meanwhile the WAL grows as it would have.
             Ok(_) => {}
             Err(error) => tracing::warn!(error = %error, "checkpointing the WAL failed"),
         }
@@ -136,9 +166,9 @@ fn flush_when_asked(wal: &std::path::Path, asked: &Receiver<()>, counters: &DbCo
                 counters.wal_flushes.fetch_add(1, Ordering::Relaxed);
             }
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-            Err(error) => {
-                tracing::warn!(error = %error, "flushing the WAL failed; its checkpoint syncs it");
-            }
+            // A write-back error: Linux reports it to every descriptor open on the file, so
+            // SQLite's next sync of the WAL (a checkpoint's) fails on it too.
+            Err(error) => tracing::error!(error = %error, "flushing the WAL to disk failed"),
         }
     }
 }
@@ -173,13 +203,27 @@ mod tests {
             .unwrap_or(0)
     }
 
+    fn db_len(path: &str) -> u64 {
+        std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// A WAL frame: its header and one page.
+    const FRAME: u64 = 24 + 4096;
+
+    fn wait_for_flushes(counters: &DbCounters, count: u64) {
+        let deadline = Instant::now() + std::time::Duration::from_secs(60);
+        while counters.wal_flushes.load(Ordering::Relaxed) < count && Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
     #[test]
     fn the_writer_checkpoints_and_the_wal_starts_over_instead_of_growing() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (conn, path) = writer(&dir);
         let counters = Arc::new(DbCounters::default());
         let mut care = WalCare::start(&conn, &path, counters.clone()).expect("start");
-        // 5 000 frames in all, five checkpoints' worth.
+        // ~5 500 frames in all, five checkpoints' worth.
         for _ in 0..500 {
             commit(&conn, 10);
             care.after_job(&conn);
@@ -188,20 +232,20 @@ mod tests {
             counters.checkpoints.load(Ordering::Relaxed) >= 4,
             "checkpoints: {counters:?}"
         );
-        // Without them the WAL would hold all 5 000 frames (~20 MB); it restarts instead,
-        // so it never grows much past the checkpoint's mark.
-        let frame = 4096 + 24;
+        // Without them the WAL would hold every frame (~22 MB); it starts over instead, so it
+        // never grows much past the checkpoint's mark.
         assert!(
-            wal_len(&path) <= (CHECKPOINT_FRAMES as u64 + 20) * frame + 32,
+            wal_len(&path) <= (CHECKPOINT_FRAMES as u64 + 20) * FRAME + 32,
             "WAL of {} bytes",
             wal_len(&path)
         );
-        // And everything committed is in the database, read back by another connection.
-        let reader = rusqlite::Connection::open(&path).expect("reader");
-        let rows: i64 = reader
-            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
-            .expect("count");
-        assert_eq!(rows, 500);
+        // The checkpoints copied the rows' pages into the database file itself: at least the
+        // 4 000 frames of four checkpoints, ten of each eleven a new page.
+        assert!(
+            db_len(&path) >= 3_000 * 4096,
+            "database of {} bytes",
+            db_len(&path)
+        );
     }
 
     #[test]
@@ -210,33 +254,100 @@ mod tests {
         let (conn, path) = writer(&dir);
         let counters = Arc::new(DbCounters::default());
         let _care = WalCare::start(&conn, &path, counters.clone()).expect("start");
-        // Past the mark without `after_job`: SQLite's autocheckpoint would have restarted
-        // the WAL by now; with the hook installed the frames stay until the writer acts.
+        // ~1 650 frames without `after_job`: SQLite's autocheckpoint would have started the
+        // WAL over at 1 000; with the hook installed the frames stay until the writer acts.
         for _ in 0..150 {
             commit(&conn, 10);
         }
-        assert!(WAL_FRAMES.get() > CHECKPOINT_FRAMES, "{}", WAL_FRAMES.get());
-        assert_eq!(counters.checkpoints.load(Ordering::Relaxed), 0);
+        assert!(
+            wal_len(&path) > (CHECKPOINT_FRAMES as u64 + 300) * FRAME,
+            "WAL of {} bytes",
+            wal_len(&path)
+        );
     }
 
     #[test]
-    fn the_flush_thread_syncs_the_wal_every_few_hundred_frames() {
+    fn a_reader_holding_old_pages_delays_the_restart_until_it_lets_go() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (conn, path) = writer(&dir);
         let counters = Arc::new(DbCounters::default());
         let mut care = WalCare::start(&conn, &path, counters.clone()).expect("start");
-        for _ in 0..60 {
+        commit(&conn, 10);
+        let reader = rusqlite::Connection::open(&path).expect("reader");
+        reader.execute_batch("BEGIN").expect("begin");
+        let seen: i64 = reader
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .expect("read");
+        assert_eq!(seen, 1);
+        // Past the mark twice over while the reader holds its snapshot: every commit past it
+        // tries a checkpoint, none can start the WAL over.
+        for _ in 0..200 {
             commit(&conn, 10);
             care.after_job(&conn);
         }
-        // Three flushes were asked for (at ~200, 400 and 600 frames); the thread answers
-        // in its own time, and a request made while one is pending is folded into it.
-        drop(care);
-        let deadline = Instant::now() + std::time::Duration::from_secs(30);
-        while counters.wal_flushes.load(Ordering::Relaxed) == 0 && Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(10));
+        let pinned = wal_len(&path);
+        assert!(
+            pinned > 2 * CHECKPOINT_FRAMES as u64 * FRAME,
+            "WAL of {pinned} bytes"
+        );
+        assert!(counters.checkpoints.load(Ordering::Relaxed) >= 100);
+        // The reader lets go: the next checkpoint copies everything and the WAL starts over,
+        // so writing as much again does not grow it.
+        reader.execute_batch("COMMIT").expect("commit");
+        // One more commit at the WAL's end, then its checkpoint copies everything.
+        commit(&conn, 10);
+        care.after_job(&conn);
+        let released = wal_len(&path);
+        assert!(released <= pinned + 20 * FRAME, "WAL of {released} bytes");
+        for _ in 0..200 {
+            commit(&conn, 10);
+            care.after_job(&conn);
         }
-        assert!(counters.wal_flushes.load(Ordering::Relaxed) >= 1);
+        assert_eq!(
+            wal_len(&path),
+            released,
+            "the WAL grew after the reader let go"
+        );
+        let rows: i64 = reader
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(rows, 402);
+    }
+
+    #[test]
+    fn the_flush_thread_syncs_the_wal_every_two_hundred_frames() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (conn, path) = writer(&dir);
+        let counters = Arc::new(DbCounters::default());
+        let mut care = WalCare::start(&conn, &path, counters.clone()).expect("start");
+        // Three rounds of ~220 frames, each crossing one more multiple of 200: one flush
+        // each, not one per commit. The thread flushes in its own time, so each round waits
+        // for its flush (a request made while one is pending would be folded into it).
+        for round in 1..=3 {
+            for _ in 0..20 {
+                commit(&conn, 10);
+                care.after_job(&conn);
+            }
+            wait_for_flushes(&counters, round);
+        }
+        drop(care);
+        assert_eq!(counters.wal_flushes.load(Ordering::Relaxed), 3);
         assert_eq!(counters.checkpoints.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn only_a_checkpoint_that_copied_every_frame_counts_as_done() {
+        let row = |busy, frames, copied| CheckpointRow {
+            busy,
+            frames,
+            copied,
+        };
+        assert!(row(0, 1_000, 1_000).copied_everything());
+        assert!(row(0, 0, 0).copied_everything());
+        // A reader held older pages.
+        assert!(!row(0, 1_000, 600).copied_everything());
+        // Another connection was checkpointing: SQLite answers (1, -1, -1).
+        assert!(!row(1, -1, -1).copied_everything());
+        assert!(!row(0, -1, -1).copied_everything());
     }
 }
