@@ -188,6 +188,21 @@ mod tests {
         (conn, path)
     }
 
+    /// A writer connection with [`WalCare`] installed, as the money writer has it.
+    fn hooked_writer() -> (
+        tempfile::TempDir,
+        rusqlite::Connection,
+        String,
+        Arc<DbCounters>,
+        WalCare,
+    ) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (conn, path) = writer(&dir);
+        let counters = Arc::new(DbCounters::default());
+        let care = WalCare::start(&conn, &path, counters.clone()).expect("start");
+        (dir, conn, path, counters, care)
+    }
+
     /// One commit that writes about `pages` new pages.
     fn commit(conn: &rusqlite::Connection, pages: usize) {
         conn.execute(
@@ -197,14 +212,13 @@ mod tests {
         .expect("insert");
     }
 
-    fn wal_len(path: &str) -> u64 {
-        std::fs::metadata(format!("{path}-wal"))
-            .map(|m| m.len())
-            .unwrap_or(0)
+    /// A file's length; 0 when it is missing.
+    fn len(file: &str) -> u64 {
+        std::fs::metadata(file).map(|m| m.len()).unwrap_or(0)
     }
 
-    fn db_len(path: &str) -> u64 {
-        std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+    fn wal_len(path: &str) -> u64 {
+        len(&format!("{path}-wal"))
     }
 
     /// A WAL frame: its header and one page.
@@ -219,10 +233,7 @@ mod tests {
 
     #[test]
     fn the_writer_checkpoints_and_the_wal_starts_over_instead_of_growing() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (conn, path) = writer(&dir);
-        let counters = Arc::new(DbCounters::default());
-        let mut care = WalCare::start(&conn, &path, counters.clone()).expect("start");
+        let (_dir, conn, path, counters, mut care) = hooked_writer();
         // ~5 500 frames in all, five checkpoints' worth.
         for _ in 0..500 {
             commit(&conn, 10);
@@ -242,18 +253,15 @@ mod tests {
         // The checkpoints copied the rows' pages into the database file itself: at least the
         // 4 000 frames of four checkpoints, ten of each eleven a new page.
         assert!(
-            db_len(&path) >= 3_000 * 4096,
+            len(&path) >= 3_000 * 4096,
             "database of {} bytes",
-            db_len(&path)
+            len(&path)
         );
     }
 
     #[test]
     fn sqlite_no_longer_checkpoints_inside_the_writers_commits() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (conn, path) = writer(&dir);
-        let counters = Arc::new(DbCounters::default());
-        let _care = WalCare::start(&conn, &path, counters.clone()).expect("start");
+        let (_dir, conn, path, _counters, _care) = hooked_writer();
         // ~1 650 frames without `after_job`: SQLite's autocheckpoint would have started the
         // WAL over at 1 000; with the hook installed the frames stay until the writer acts.
         for _ in 0..150 {
@@ -268,10 +276,7 @@ mod tests {
 
     #[test]
     fn a_reader_holding_old_pages_delays_the_restart_until_it_lets_go() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (conn, path) = writer(&dir);
-        let counters = Arc::new(DbCounters::default());
-        let mut care = WalCare::start(&conn, &path, counters.clone()).expect("start");
+        let (_dir, conn, path, counters, mut care) = hooked_writer();
         commit(&conn, 10);
         let reader = rusqlite::Connection::open(&path).expect("reader");
         reader.execute_batch("BEGIN").expect("begin");
@@ -316,10 +321,7 @@ mod tests {
 
     #[test]
     fn the_flush_thread_syncs_the_wal_every_two_hundred_frames() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (conn, path) = writer(&dir);
-        let counters = Arc::new(DbCounters::default());
-        let mut care = WalCare::start(&conn, &path, counters.clone()).expect("start");
+        let (_dir, conn, _path, counters, mut care) = hooked_writer();
         // Three rounds of ~220 frames, each crossing one more multiple of 200: one flush
         // each, not one per commit. The thread flushes in its own time, so each round waits
         // for its flush (a request made while one is pending would be folded into it).
