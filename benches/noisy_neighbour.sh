@@ -14,9 +14,10 @@
 # SPELLHOST_BENCH_BIN runs another spellhost binary instead of building this checkout. The
 # server inherits SPELLHOST_* from the environment: SPELLHOST_WASM_THREAD_POLICY=idle measures
 # what fly.toml deploys.
-# NOISY_TRACE_DIR=DIR keeps each of A's requests (scheduled time, latency, status; see
-# benches/open_load.py) in DIR/a-{idle,primes,sleepers}.txt, to line A's slow casts up with what
-# the server did at the time (e.g. `perf record -k CLOCK_MONOTONIC` of its fdatasyncs).
+# NOISY_TRACE_DIR=DIR keeps each of A's requests (scheduled time, latency, status, how late the
+# client sent it, and the server's Server-Timing stages; see benches/open_load.py) in
+# DIR/a-{idle,primes,sleepers}.txt, to tell where A's slow casts waited and to line them up with
+# what the server did at the time (e.g. `perf record -k CLOCK_MONOTONIC` of its fdatasyncs).
 # Needs wrk (apt-get install wrk) and python3. Builds and runs the release binary on loopback,
 # on the embedded SQLite.
 set -euo pipefail

@@ -9,7 +9,11 @@ latency rather than as fewer requests (no coordinated omission, as wrk2 and oha 
 Prints one line: "sent ok non2xx p50_ms p99_ms max_ms". Standard library only. With
 OPEN_LOAD_TRACE=FILE it also writes one line per request to FILE: its scheduled send time
 (CLOCK_MONOTONIC, seconds, as `perf record -k CLOCK_MONOTONIC` stamps events), its latency in
-ms and its HTTP status (0 for a failed connection), to line slow requests up with the server's.
+ms, its HTTP status (0 for a failed connection), how late this client sent it (ms: its own
+thread waiting for a core, not the server), then the server's own account of it from the
+answer's Server-Timing header, in ms: prepare, queue, dispatch, run, settle and total ("-" for
+what the answer did not carry). That tells a slow server from a slow client, and which stage
+of the server a slow cast waited in.
 """
 
 import ctypes
@@ -52,20 +56,35 @@ def main() -> None:
             local.conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
         return local.conn
 
-    def one(scheduled: float) -> tuple[float, float, int]:
+    stages = ("prepare", "queue", "dispatch", "run", "settle", "total")
+
+    def server_timing(value: str) -> dict[str, float]:
+        timing = {}
+        for entry in value.split(","):
+            name, _, duration = entry.strip().partition(";dur=")
+            try:
+                timing[name] = float(duration)
+            except ValueError:
+                pass
+        return timing
+
+    def one(scheduled: float) -> tuple[float, float, int, float, dict[str, float]]:
         delay = scheduled - time.perf_counter()
         if delay > 0:
             time.sleep(delay)
+        late = max(0.0, time.perf_counter() - scheduled) * 1000.0
+        timing = {}
         try:
             conn = connection()
             conn.request("POST", target.path, payload, headers)
             response = conn.getresponse()
             response.read()
             status = response.status
+            timing = server_timing(", ".join(response.headers.get_all("Server-Timing") or []))
         except (OSError, http.client.HTTPException):
             local.conn = None
             status = 0
-        return scheduled, (time.perf_counter() - scheduled) * 1000.0, status
+        return scheduled, (time.perf_counter() - scheduled) * 1000.0, status, late, timing
 
     count = int(rate * seconds)
     start = time.perf_counter() + 0.2
@@ -73,12 +92,16 @@ def main() -> None:
     with ThreadPoolExecutor(max_workers=64) as pool:
         futures = [pool.submit(one, start + i / rate) for i in range(count)]
         results = [f.result() for f in futures]
-    latencies = sorted(ms for _, ms, _ in results)
-    ok = sum(1 for _, _, status in results if 200 <= status < 300)
+    latencies = sorted(ms for _, ms, _, _, _ in results)
+    ok = sum(1 for _, _, status, _, _ in results if 200 <= status < 300)
     trace = os.environ.get("OPEN_LOAD_TRACE")
     if trace:
+        def server(timing: dict[str, float]) -> str:
+            return " ".join(f"{timing[name]:.3f}" if name in timing else "-" for name in stages)
+
         with open(trace, "w") as out:
-            out.writelines(f"{at:.6f} {ms:.3f} {status}\n" for at, ms, status in results)
+            out.writelines(f"{at:.6f} {ms:.3f} {status} {late:.3f} {server(timing)}\n"
+                           for at, ms, status, late, timing in results)
 
     def pct(p: float) -> float:
         return latencies[min(len(latencies) - 1, int(p * len(latencies)))] if latencies else 0.0

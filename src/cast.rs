@@ -1,6 +1,7 @@
 //! A cast: resolve → hold → run → settle. The one domain function behind `POST /v1/cast`.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::auth::Caller;
 use crate::idempotency::Reservation;
@@ -40,6 +41,20 @@ pub struct CastResult {
     pub balance_after: MicroUsd,
     /// The budgets that govern the cast, as they are after it.
     pub budgets: Vec<Budget>,
+    /// Where the cast's time went on the server.
+    pub timing: Timing,
+}
+
+/// Where a cast's time went on the server, stage by stage, as its answer's `Server-Timing`
+/// header tells the client (with the run's own `duration`, `report.queue_wait` and
+/// `report.dispatch_wait`): what a slow cast waited for, without access to the server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Timing {
+    /// Resolving the spell, pricing its worst case and holding it.
+    pub prepare: Duration,
+    /// From the run's end to its settlement, committed, reaching the cast: pricing, the money
+    /// writer's queue and batch, and the wake-up of the cast's task.
+    pub settle: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +117,7 @@ pub async fn cast(
     request: CastRequest,
     answer: Option<Answer>,
 ) -> Result<CastResult, CastError> {
+    let started = Instant::now();
     let Prepared {
         spell_name,
         resolved,
@@ -141,6 +157,7 @@ pub async fn cast(
         let app = Arc::clone(app);
         let (spell, version, digest) = (resolved.spell, resolved.version, resolved.digest);
         move |report: &RunReport| {
+            let ended = Instant::now();
             let record = CastRecord {
                 spell: &spell,
                 version: &version,
@@ -164,17 +181,20 @@ pub async fn cast(
                     blocked_ms: record.blocked_ms.min(hold.blocked_ms_max),
                     balance_after: MicroUsd::ZERO,
                     budgets: Vec::new(),
+                    timing: Timing::default(),
                 };
                 receipt(&app, answer, unsettled, trace_id)
             });
             // The names come back with the settlement: the answer needs them.
             (
                 app.money.begin_settle(hold, &record, receipt),
+                ended,
                 spell,
                 version,
             )
         }
     };
+    let prepare = started.elapsed();
     let run = app
         .sandbox
         .run_then(
@@ -188,7 +208,7 @@ pub async fn cast(
             settle,
         )
         .await;
-    let (report, (pending, spell, version)) = match run {
+    let (report, (pending, ended, spell, version)) = match run {
         Ok(ran) => ran,
         Err(error) => {
             // The run never happened: the hold, dropped with `settle`, went back to the lease
@@ -211,6 +231,10 @@ pub async fn cast(
         }
     };
     let settled = pending.finish().await;
+    let timing = Timing {
+        prepare,
+        settle: ended.elapsed(),
+    };
     app.metrics.active_holds.dec();
     // A settle that fails after the spell ran (every retry of its batch failed) is an internal
     // error, never a "402, nothing ran": nothing was charged, and the money held for it stays
@@ -235,6 +259,7 @@ pub async fn cast(
         blocked_ms: settlement.blocked_ms,
         balance_after: settlement.balance_after,
         budgets: settlement.budgets,
+        timing,
     })
 }
 

@@ -1,7 +1,8 @@
 //! Request middleware: trace ids, metrics and logging, and the one error shape for responses
 //! that did not come from our handlers (unknown routes, wrong methods, body limits).
 
-use std::time::Instant;
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, header};
@@ -42,6 +43,9 @@ pub async fn observe(State(app): State<App>, request: Request, next: Next) -> Re
     if let Ok(value) = HeaderValue::from_str(&trace_id) {
         response.headers_mut().insert("x-trace-id", value);
     }
+    response
+        .headers_mut()
+        .append(SERVER_TIMING, server_timing(&[("total", elapsed)]));
     if status.is_server_error() {
         tracing::warn!(trace_id, http.route = %route, http.status = status.as_u16(), "request failed");
     } else {
@@ -49,6 +53,27 @@ pub async fn observe(State(app): State<App>, request: Request, next: Next) -> Re
             http.duration_us = elapsed.as_micros() as u64, "request");
     }
     response
+}
+
+/// W3C Server Timing: every response tells the client how long the server took on it
+/// (`total`, from the request's arrival in the router to its answer), and a cast's answer also
+/// where that time went (`prepare`, `queue`, `dispatch`, `run`, `settle`; see
+/// `cast::Timing`), so a client can tell a slow spell from a slow server.
+pub const SERVER_TIMING: header::HeaderName = header::HeaderName::from_static("server-timing");
+
+/// A `Server-Timing` value: `name;dur=ms` per entry, in milliseconds with µs precision.
+pub fn server_timing(entries: &[(&str, Duration)]) -> HeaderValue {
+    let mut value = String::with_capacity(24 * entries.len());
+    for (name, duration) in entries {
+        let separator = if value.is_empty() { "" } else { ", " };
+        let _ = write!(
+            value,
+            "{separator}{name};dur={:.3}",
+            duration.as_secs_f64() * 1000.0
+        );
+    }
+    // Names are ours (tokens) and numbers are digits: always a valid header value.
+    HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 /// Rewrites error responses that are not already JSON (axum's own rejections, 404 and 405

@@ -445,6 +445,7 @@ impl Sandbox {
         // and keeps its slot to its end even if nobody waits for it any more.
         let job: scheduler::Job = Box::new(move |granted| match granted {
             Ok(slot) => {
+                let granted = std::time::Instant::now();
                 wasm.spawn(async move {
                     // A run started by the release of another is spawned from that wasm
                     // thread and takes its LIFO slot, ahead of runs that arrived meanwhile;
@@ -452,8 +453,10 @@ impl Sandbox {
                     if !slot.waited.is_zero() {
                         tokio::task::yield_now().await;
                     }
+                    let dispatch_wait = granted.elapsed();
                     let mut report = run::execute(&engine, &spell, &input, limits, &host).await;
                     report.queue_wait = slot.waited;
+                    report.dispatch_wait = dispatch_wait;
                     drop(slot);
                     let after = then(&report);
                     let _ = sender.send(Ok((report, after)));

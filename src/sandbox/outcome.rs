@@ -60,6 +60,9 @@ pub struct RunReport {
     pub blocked: Duration,
     /// Time the run waited for a slot before it started (zero outside the scheduler).
     pub queue_wait: Duration,
+    /// Time from the grant of its slot to its start on a wasm thread: how long the run waited
+    /// for a thread of the wasm runtime to take it up (zero outside the scheduler).
+    pub dispatch_wait: Duration,
     /// The most linear memory the run held, in bytes: its initial size or the largest size a
     /// `memory.grow` was allowed to reach (a refused growth does not count).
     pub memory_bytes_peak: u64,

@@ -237,6 +237,7 @@ async fn run_once(
             duration: Duration::ZERO,
             blocked: Duration::ZERO,
             queue_wait: Duration::ZERO,
+            dispatch_wait: Duration::ZERO,
             memory_bytes_peak: 0,
         };
         return (report, None);
@@ -284,6 +285,7 @@ async fn run_once(
         duration,
         blocked,
         queue_wait: Duration::ZERO,
+        dispatch_wait: Duration::ZERO,
         memory_bytes_peak,
     };
     (report, trap)

@@ -198,6 +198,50 @@ on_both_databases! {
         app.shutdown().await;
     }
 
+    async fn every_answer_says_how_long_the_server_took_and_a_cast_where_the_time_went(backend) {
+        let app = spawn_app(&backend).await;
+        let user = app.user("ada", 1_000_000).await;
+        let poor = app.user("bob", 0).await;
+        app.publish_examples(&user, &["hello"]).await;
+        /// The `Server-Timing` entries of an answer, in order, as (name, ms).
+        async fn timed(request: reqwest::RequestBuilder) -> (StatusCode, Vec<(String, f64)>, serde_json::Value) {
+            let response = request.send().await.expect("request");
+            let status = response.status();
+            let entries = response.headers().get_all("server-timing").iter()
+                .flat_map(|value| value.to_str().expect("ascii").split(", ").map(str::to_owned).collect::<Vec<_>>())
+                .map(|entry| {
+                    let (name, duration) = entry.split_once(";dur=").unwrap_or_else(|| panic!("{entry}"));
+                    (name.to_owned(), duration.parse::<f64>().unwrap_or_else(|_| panic!("{entry}")))
+                })
+                .collect();
+            (status, entries, response.json().await.unwrap_or_default())
+        }
+        let (status, entries, _) = timed(app.client.get(app.url("/healthz"))).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(entries.len(), 1, "{entries:?}");
+        assert_eq!(entries[0].0, "total");
+        let cast = |key: &str| app.client.post(app.url("/v1/cast")).bearer_auth(key)
+            .json(&json!({"spell": "ada/hello", "input": {"name": "Ada"}}));
+        let (status, entries, body) = timed(cast(&user.key)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let names: Vec<&str> = entries.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(names, ["prepare", "queue", "dispatch", "run", "settle", "total"]);
+        assert!(entries.iter().all(|(_, ms)| *ms >= 0.0), "{entries:?}");
+        // The run's entry is the answer's own duration (µs, rounded down), and the stages
+        // follow one another inside the request: together they are no longer than it.
+        let run_us = entries[3].1 * 1000.0;
+        let duration_us = body["duration_us"].as_u64().expect("duration_us") as f64;
+        assert!((run_us - duration_us).abs() <= 1.0, "{run_us} µs against {duration_us}");
+        let stages: f64 = entries[..5].iter().map(|(_, ms)| ms).sum();
+        assert!(stages <= entries[5].1 + 0.005, "{entries:?}");
+        // A cast refused before it ran has no stages to tell, only its total.
+        let (status, entries, body) = timed(cast(&poor.key)).await;
+        assert_eq!(status, StatusCode::PAYMENT_REQUIRED, "{body}");
+        let names: Vec<&str> = entries.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(names, ["total"]);
+        app.shutdown().await;
+    }
+
     async fn each_version_runs_under_its_own_manifest_limits(backend) {
         // Two versions of one module (same digest, one compiled module) with different limits.
         let app = spawn_app(&backend).await;
