@@ -57,11 +57,14 @@ pub struct Metrics {
     /// the mean batch size).
     pub settlement_batches: IntCounter,
     pub settlements: IntCounter,
-    /// SQLite: the money writer's WAL checkpoints and the time they held it up (a settlement
-    /// queued meanwhile waits for the checkpoint), and the flushes of the WAL made ahead of
-    /// them on a thread of their own (`money::wal`).
+    /// SQLite: the money writer's own WAL checkpoints and the time they held it up (a
+    /// settlement queued meanwhile waits for the checkpoint); the checkpoints that did the bulk
+    /// of the work off the writer, and their time; and the flushes of the WAL made ahead of
+    /// them (`money::wal`).
     pub sqlite_checkpoints: IntCounter,
     pub sqlite_checkpoint_seconds: Counter,
+    pub sqlite_background_checkpoints: IntCounter,
+    pub sqlite_background_checkpoint_seconds: Counter,
     pub sqlite_wal_flushes: IntCounter,
     /// Billing events that need an operator: `unparseable` and `api_version_unsupported`
     /// (answered 5xx, retried by Stripe), `rejected` (recorded, not applied; replay after review).
@@ -204,11 +207,19 @@ impl Metrics {
             )?,
             sqlite_checkpoints: IntCounter::new(
                 "spellhost_sqlite_checkpoints_total",
-                "WAL checkpoints run by the money writer (SQLite)",
+                "WAL checkpoints run by the money writer itself (SQLite)",
             )?,
             sqlite_checkpoint_seconds: Counter::new(
                 "spellhost_sqlite_checkpoint_seconds_total",
-                "Time the money writer spent in WAL checkpoints (SQLite)",
+                "Time the money writer spent in WAL checkpoints, settlements waiting (SQLite)",
+            )?,
+            sqlite_background_checkpoints: IntCounter::new(
+                "spellhost_sqlite_background_checkpoints_total",
+                "WAL checkpoints run off the money writer while it commits (SQLite)",
+            )?,
+            sqlite_background_checkpoint_seconds: Counter::new(
+                "spellhost_sqlite_background_checkpoint_seconds_total",
+                "Time spent in WAL checkpoints off the money writer (SQLite)",
             )?,
             sqlite_wal_flushes: IntCounter::new(
                 "spellhost_sqlite_wal_flushes_total",
@@ -351,6 +362,10 @@ impl Metrics {
         r.register(Box::new(metrics.settlements.clone()))?;
         r.register(Box::new(metrics.sqlite_checkpoints.clone()))?;
         r.register(Box::new(metrics.sqlite_checkpoint_seconds.clone()))?;
+        r.register(Box::new(metrics.sqlite_background_checkpoints.clone()))?;
+        r.register(Box::new(
+            metrics.sqlite_background_checkpoint_seconds.clone(),
+        ))?;
         r.register(Box::new(metrics.sqlite_wal_flushes.clone()))?;
         r.register(Box::new(metrics.billing_alerts.clone()))?;
         r.register(Box::new(metrics.recharges.clone()))?;

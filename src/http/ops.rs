@@ -132,16 +132,26 @@ fn render_metrics(app: &App) -> Response {
         (&metrics.settlement_batches, &money.batches),
         (&metrics.settlements, &money.settlements),
         (&metrics.sqlite_checkpoints, &money.checkpoints),
+        (
+            &metrics.sqlite_background_checkpoints,
+            &money.background_checkpoints,
+        ),
         (&metrics.sqlite_wal_flushes, &money.wal_flushes),
     ] {
         Metrics::sync_counter(counter, value.load(std::sync::atomic::Ordering::Relaxed));
     }
-    Metrics::sync_seconds(
-        &metrics.sqlite_checkpoint_seconds,
-        money
-            .checkpoint_microseconds
-            .load(std::sync::atomic::Ordering::Relaxed),
-    );
+    for (counter, micros) in [
+        (
+            &metrics.sqlite_checkpoint_seconds,
+            &money.checkpoint_microseconds,
+        ),
+        (
+            &metrics.sqlite_background_checkpoint_seconds,
+            &money.background_checkpoint_microseconds,
+        ),
+    ] {
+        Metrics::sync_seconds(counter, micros.load(std::sync::atomic::Ordering::Relaxed));
+    }
     metrics
         .queue_depth
         .set(i64::try_from(app.sandbox.queue_depth()).unwrap_or(i64::MAX));

@@ -178,11 +178,15 @@ pub struct DbCounters {
     pub transactions: AtomicU64,
     pub batches: AtomicU64,
     pub settlements: AtomicU64,
-    /// SQLite only: the writer's WAL checkpoints, and the time they took (see `money::wal`).
+    /// SQLite only: the writer's own WAL checkpoints, and the time they held it up (see
+    /// `money::wal`).
     pub checkpoints: AtomicU64,
     pub checkpoint_microseconds: AtomicU64,
     /// SQLite only: flushes of the WAL ahead of its checkpoint, on a thread of their own.
     pub wal_flushes: AtomicU64,
+    /// SQLite only: the checkpoints run off the writer, on that thread, and their time.
+    pub background_checkpoints: AtomicU64,
+    pub background_checkpoint_microseconds: AtomicU64,
 }
 
 /// Failures injected into settlement batches, for tests of the retry path: each counter is
@@ -354,7 +358,7 @@ fn spawn_sqlite_writer(
     ))?;
     conn.set_prepared_statement_cache_capacity(256);
     let mut wal = super::wal::WalCare::start(&conn, &path, counters.clone())
-        .map_err(|e| MoneyError::Corrupt(format!("starting the WAL flush thread: {e}")))?;
+        .map_err(|e| MoneyError::Corrupt(format!("starting the WAL thread: {e}")))?;
     let (sender, receiver) = std::sync::mpsc::channel::<Job>();
     std::thread::Builder::new()
         .name("spellhost-money".into())

@@ -374,3 +374,79 @@ on_both_databases! {
         app.shutdown().await;
     }
 }
+
+/// A metric's value in a Prometheus exposition (0 when it is not there).
+fn metric(exposition: &str, name: &str) -> f64 {
+    exposition
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// On SQLite the money writer's care of the WAL shows in `/metrics`: casts enough to write a
+/// few thousand WAL frames, and the flushes and checkpoints (most of their work off the
+/// writer) are counted as they happen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_wal_checkpoints_on_sqlite_show_in_the_metrics() {
+    let app = spawn_app(&crate::app::Backend::Sqlite).await;
+    let user = app.user("ada", 100_000_000).await;
+    app.publish_examples(&user, &["hello"]).await;
+    let scrape = || async {
+        let response = app
+            .client
+            .get(app.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics");
+        response.text().await.expect("text")
+    };
+    let before = scrape().await;
+    for name in [
+        "spellhost_sqlite_checkpoints_total",
+        "spellhost_sqlite_checkpoint_seconds_total",
+        "spellhost_sqlite_background_checkpoints_total",
+        "spellhost_sqlite_background_checkpoint_seconds_total",
+        "spellhost_sqlite_wal_flushes_total",
+    ] {
+        assert!(
+            before.contains(&format!("\n{name} ")),
+            "{name} missing from /metrics"
+        );
+    }
+    // One cast at a time: each commits on its own, a dozen frames or so.
+    for round in 0..300 {
+        let (status, body) = app
+            .cast(
+                &user,
+                json!({"spell": "ada/hello", "input": {"name": round.to_string()}}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    // The thread works in its own time: wait (not a timing assertion) for its first checkpoint.
+    let mut after = scrape().await;
+    for _ in 0..600 {
+        if metric(&after, "spellhost_sqlite_background_checkpoints_total") >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        after = scrape().await;
+    }
+    assert!(
+        metric(&after, "spellhost_sqlite_background_checkpoints_total") >= 1.0,
+        "{after}"
+    );
+    assert!(
+        metric(
+            &after,
+            "spellhost_sqlite_background_checkpoint_seconds_total"
+        ) > 0.0
+    );
+    assert!(
+        metric(&after, "spellhost_sqlite_wal_flushes_total") >= 1.0,
+        "{after}"
+    );
+    app.assert_money_invariants(&user).await;
+    app.shutdown().await;
+}
