@@ -10,7 +10,8 @@ request's latency over all requests, over the slowest 1 % and over the slowest 0
 - late: the client sent it late (its own thread waited for a core);
 - the server's stages from Server-Timing: prepare, queue, dispatch, run, settle;
 - server-other: the rest of the server's total (routing, authentication, the hand-off of the
-  cast to its task and back, rendering);
+  cast to its task and back, the run's set-up before its clock starts and, after a trap, the
+  replay that finds its exact fuel, rendering);
 - outside: latency − late − the server's total: the request and the answer between the
   client's and the server's sockets (the kernel, the HTTP runtime reading it, the client
   reading the answer).

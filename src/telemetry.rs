@@ -215,7 +215,7 @@ impl Metrics {
             )?,
             sqlite_background_checkpoints: IntCounter::new(
                 "spellhost_sqlite_background_checkpoints_total",
-                "WAL checkpoints run off the money writer while it commits (SQLite)",
+                "WAL checkpoints run off the money writer while it commits, failed ones too (SQLite)",
             )?,
             sqlite_background_checkpoint_seconds: Counter::new(
                 "spellhost_sqlite_background_checkpoint_seconds_total",

@@ -134,7 +134,7 @@ pub enum CastOk {
     responses(
         (status = 200, description = "The spell ran and was charged; or, with `dry_run`, the quote of what a cast would do (nothing ran, nothing held).", body = CastOk,
             headers(("Spellhost-Budget-Warning" = String, description = "One per budget at or past its soft limit."),
-                ("Server-Timing" = String, description = "Where the cast's time went on the server, in ms: `prepare` (resolve, price, hold), `queue` (waiting for a sandbox slot), `dispatch` (waiting for a wasm thread), `run`, `settle` (the charge's commit); and `total`, which every response carries."))),
+                ("Server-Timing" = String, description = "Where the cast's time went on the server, in ms: `prepare` (resolve, price, hold), `queue` (waiting for a sandbox slot), `dispatch` (waiting for a wasm thread), `run`, `settle` (the charge's commit); and `total`, which every answer but a 401 carries."))),
         (status = 400, description = "`bad_request`: a malformed spell reference, both or bad inputs, a zero `max_fuel` or `max_cost_microusd`; or `idempotency_key_invalid`.", body = crate::http::openapi::ErrorBody),
         (status = 402, description = "`budget_exhausted` (the balance) or `spend_limit_reached` (a budget) cannot hold the cast's worst case; nothing ran. With `binding`, `required_microusd`, `available_microusd`, `affordable_max_fuel`, `topup` (and `budget`).", body = crate::http::openapi::ErrorBody),
         (status = 403, description = "`spell_not_allowed`: the key may not cast this spell (or `insufficient_scope`).", body = crate::http::openapi::ErrorBody),
@@ -335,16 +335,17 @@ fn respond(result: &CastResult) -> Response {
         HeaderValue::from_static("application/json"),
     );
     let report = &result.report;
-    let timing = super::middleware::server_timing(&[
+    if let Some(timing) = super::middleware::server_timing(&[
         ("prepare", result.timing.prepare),
         ("queue", report.queue_wait),
         ("dispatch", report.dispatch_wait),
         ("run", report.duration),
         ("settle", result.timing.settle),
-    ]);
-    response
-        .headers_mut()
-        .append(super::middleware::SERVER_TIMING, timing);
+    ]) {
+        response
+            .headers_mut()
+            .append(super::middleware::SERVER_TIMING, timing);
+    }
     response
 }
 

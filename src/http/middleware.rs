@@ -43,9 +43,13 @@ pub async fn observe(State(app): State<App>, request: Request, next: Next) -> Re
     if let Ok(value) = HeaderValue::from_str(&trace_id) {
         response.headers_mut().insert("x-trace-id", value);
     }
-    response
-        .headers_mut()
-        .append(SERVER_TIMING, server_timing(&[("total", elapsed)]));
+    // Not on a refused key: its time says nothing the caller may use, and a precise one
+    // would only help guess keys.
+    if status != axum::http::StatusCode::UNAUTHORIZED
+        && let Some(timing) = server_timing(&[("total", elapsed)])
+    {
+        response.headers_mut().append(SERVER_TIMING, timing);
+    }
     if status.is_server_error() {
         tracing::warn!(trace_id, http.route = %route, http.status = status.as_u16(), "request failed");
     } else {
@@ -55,14 +59,14 @@ pub async fn observe(State(app): State<App>, request: Request, next: Next) -> Re
     response
 }
 
-/// W3C Server Timing: every response tells the client how long the server took on it
-/// (`total`, from the request's arrival in the router to its answer), and a cast's answer also
+/// W3C Server Timing: every response (but a `401`) tells the client how long the server took
+/// on it (`total`, from the request's arrival in the router to its answer), and a cast's answer also
 /// where that time went (`prepare`, `queue`, `dispatch`, `run`, `settle`; see
 /// `cast::Timing`), so a client can tell a slow spell from a slow server.
 pub const SERVER_TIMING: header::HeaderName = header::HeaderName::from_static("server-timing");
 
 /// A `Server-Timing` value: `name;dur=ms` per entry, in milliseconds with µs precision.
-pub fn server_timing(entries: &[(&str, Duration)]) -> HeaderValue {
+pub fn server_timing(entries: &[(&str, Duration)]) -> Option<HeaderValue> {
     let mut value = String::with_capacity(24 * entries.len());
     for (name, duration) in entries {
         let separator = if value.is_empty() { "" } else { ", " };
@@ -73,7 +77,7 @@ pub fn server_timing(entries: &[(&str, Duration)]) -> HeaderValue {
         );
     }
     // Names are ours (tokens) and numbers are digits: always a valid header value.
-    HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static(""))
+    HeaderValue::from_str(&value).ok()
 }
 
 /// Rewrites error responses that are not already JSON (axum's own rejections, 404 and 405

@@ -227,13 +227,18 @@ on_both_databases! {
         let names: Vec<&str> = entries.iter().map(|(name, _)| name.as_str()).collect();
         assert_eq!(names, ["prepare", "queue", "dispatch", "run", "settle", "total"]);
         assert!(entries.iter().all(|(_, ms)| *ms >= 0.0), "{entries:?}");
-        // The run's entry is the answer's own duration (µs, rounded down), and the stages
-        // follow one another inside the request: together they are no longer than it.
-        let run_us = entries[3].1 * 1000.0;
-        let duration_us = body["duration_us"].as_u64().expect("duration_us") as f64;
-        assert!((run_us - duration_us).abs() <= 1.0, "{run_us} µs against {duration_us}");
+        // The run's entry is the answer's own duration: the header rounds to the nearest µs,
+        // `duration_us` rounds down. The stages follow one another inside the request:
+        // together they are no longer than it.
+        let run_us = (entries[3].1 * 1000.0).round() as u64;
+        let duration_us = body["duration_us"].as_u64().expect("duration_us");
+        assert!(run_us == duration_us || run_us == duration_us + 1, "{run_us} µs against {duration_us}");
         let stages: f64 = entries[..5].iter().map(|(_, ms)| ms).sum();
         assert!(stages <= entries[5].1 + 0.005, "{entries:?}");
+        // A refused key is told nothing of the server's time.
+        let (status, entries, _) = timed(app.client.get(app.url("/v1/users/me")).bearer_auth("nonsense")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(entries.is_empty(), "{entries:?}");
         // A cast refused before it ran has no stages to tell, only its total.
         let (status, entries, body) = timed(cast(&poor.key)).await;
         assert_eq!(status, StatusCode::PAYMENT_REQUIRED, "{body}");
@@ -385,8 +390,9 @@ fn metric(exposition: &str, name: &str) -> f64 {
 }
 
 /// On SQLite the money writer's care of the WAL shows in `/metrics`: casts enough to write a
-/// few thousand WAL frames, and the flushes and checkpoints (most of their work off the
-/// writer) are counted as they happen.
+/// few thousand WAL frames, and the checkpoints (most of their work off the writer) are
+/// counted as they happen. (Flushes are not asserted: the thread folds a flush asked while it
+/// checkpoints into the checkpoint.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_wal_checkpoints_on_sqlite_show_in_the_metrics() {
     let app = spawn_app(&crate::app::Backend::Sqlite).await;
@@ -414,7 +420,9 @@ async fn the_wal_checkpoints_on_sqlite_show_in_the_metrics() {
             "{name} missing from /metrics"
         );
     }
-    // One cast at a time: each commits on its own, a dozen frames or so.
+    // One cast at a time: each commits on its own, about a dozen WAL frames (the cast's row
+    // and its indexes, the ledger's, the user, the lease, the chain's head), so 300 of them
+    // write ~3 600 frames, over three times the mark at which a checkpoint starts.
     for round in 0..300 {
         let (status, body) = app
             .cast(
@@ -442,10 +450,6 @@ async fn the_wal_checkpoints_on_sqlite_show_in_the_metrics() {
             &after,
             "spellhost_sqlite_background_checkpoint_seconds_total"
         ) > 0.0
-    );
-    assert!(
-        metric(&after, "spellhost_sqlite_wal_flushes_total") >= 1.0,
-        "{after}"
     );
     app.assert_money_invariants(&user).await;
     app.shutdown().await;
