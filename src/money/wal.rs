@@ -90,8 +90,6 @@ pub struct WalCare {
     answered: Option<Result<CheckpointRow, String>>,
     /// The frame count at the last flush asked for (0 after the WAL restarted).
     flushed_at: i32,
-    /// Frames the writer's own last checkpoint copied (what the thread had not).
-    last_checkpoint_frames: i64,
 }
 
 /// A row of `PRAGMA wal_checkpoint`.
@@ -160,7 +158,6 @@ impl WalCare {
             background: false,
             answered: None,
             flushed_at: 0,
-            last_checkpoint_frames: 0,
         })
     }
 
@@ -186,7 +183,7 @@ impl WalCare {
                 Ok(Ok(row)) => {
                     self.background = false;
                     if row.left_for_the_writer(frames) {
-                        self.finish(conn, Some(row));
+                        self.finish(conn);
                     }
                     return;
                 }
@@ -195,7 +192,7 @@ impl WalCare {
                 Ok(Err(error)) => {
                     tracing::warn!(error, "checkpointing the WAL off the writer failed");
                     self.background = false;
-                    self.finish(conn, None);
+                    self.finish(conn);
                     return;
                 }
                 // From now on asking fails, and the writer checkpoints on its own.
@@ -209,7 +206,7 @@ impl WalCare {
             if self.asks.send(Ask::Checkpoint).is_ok() {
                 self.background = true;
             } else {
-                self.finish(conn, None);
+                self.finish(conn);
             }
         } else if frames - self.flushed_at >= FLUSH_FRAMES {
             self.flushed_at = frames;
@@ -218,20 +215,16 @@ impl WalCare {
         }
     }
 
-    /// The writer's own checkpoint: what was written since the thread's (`before`), or all of
-    /// it when the thread could not help.
-    fn finish(&mut self, conn: &rusqlite::Connection, before: Option<CheckpointRow>) {
+    /// The writer's own checkpoint: what was written since the thread's, or all of it when
+    /// the thread could not help.
+    fn finish(&mut self, conn: &rusqlite::Connection) {
         let started = Instant::now();
         let outcome = checkpoint(conn);
         self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
         add_time(&self.counters.checkpoint_microseconds, started);
         match outcome {
             // Every frame copied: the next commit starts the WAL over from its beginning.
-            Ok(row) if row.copied_everything() => {
-                let copied_before = before.filter(|b| b.copied >= 0).map_or(0, |b| b.copied);
-                self.last_checkpoint_frames = row.copied - copied_before.min(row.copied);
-                self.flushed_at = 0;
-            }
+            Ok(row) if row.copied_everything() => self.flushed_at = 0,
             // Another connection was checkpointing, or a reader still needs older pages (a
             // long read on the pool): past the mark, the next commit starts again, as SQLite's
             // own autocheckpoint does, and meanwhile the WAL grows as it would have.
@@ -499,7 +492,6 @@ mod tests {
         // more meanwhile. (Its answer is given here: the thread's pace is not the test's.)
         let seen = i64::from(frames_now());
         commit(&conn, 10);
-        let after = i64::from(frames_now());
         care.background = true;
         care.answered = Some(Ok(CheckpointRow {
             busy: 0,
@@ -508,7 +500,6 @@ mod tests {
         }));
         care.after_job(&conn);
         assert_eq!(counters.checkpoints.load(Ordering::Relaxed), 1);
-        assert_eq!(care.last_checkpoint_frames, after - seen);
         // The writer's checkpoint copied everything: the next commit starts the WAL over.
         let len = wal_len(&path);
         commit(&conn, 10);

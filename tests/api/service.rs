@@ -4,6 +4,8 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::app::{error_code, spawn_app, spawn_app_with};
+use crate::billing::metric;
+use crate::helpers::eventually;
 use crate::helpers::{manifest_text, new_signer, signed_bundle};
 use crate::on_both_databases;
 
@@ -380,15 +382,6 @@ on_both_databases! {
     }
 }
 
-/// A metric's value in a Prometheus exposition (0 when it is not there).
-fn metric(exposition: &str, name: &str) -> f64 {
-    exposition
-        .lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 /// On SQLite the money writer's care of the WAL shows in `/metrics`: casts enough to write a
 /// few thousand WAL frames, and the checkpoints (most of their work off the writer) are
 /// counted as they happen. (Flushes are not asserted: the thread folds a flush asked while it
@@ -398,16 +391,7 @@ async fn the_wal_checkpoints_on_sqlite_show_in_the_metrics() {
     let app = spawn_app(&crate::app::Backend::Sqlite).await;
     let user = app.user("ada", 100_000_000).await;
     app.publish_examples(&user, &["hello"]).await;
-    let scrape = || async {
-        let response = app
-            .client
-            .get(app.url("/metrics"))
-            .send()
-            .await
-            .expect("metrics");
-        response.text().await.expect("text")
-    };
-    let before = scrape().await;
+    let before = app.exposition().await;
     for name in [
         "spellhost_sqlite_checkpoints_total",
         "spellhost_sqlite_checkpoint_seconds_total",
@@ -433,24 +417,12 @@ async fn the_wal_checkpoints_on_sqlite_show_in_the_metrics() {
         assert_eq!(status, StatusCode::OK, "{body}");
     }
     // The thread works in its own time: wait (not a timing assertion) for its first checkpoint.
-    let mut after = scrape().await;
-    for _ in 0..600 {
-        if metric(&after, "spellhost_sqlite_background_checkpoints_total") >= 1.0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        after = scrape().await;
-    }
-    assert!(
-        metric(&after, "spellhost_sqlite_background_checkpoints_total") >= 1.0,
-        "{after}"
-    );
-    assert!(
-        metric(
-            &after,
-            "spellhost_sqlite_background_checkpoint_seconds_total"
-        ) > 0.0
-    );
+    let background = "spellhost_sqlite_background_checkpoints_total";
+    eventually("a checkpoint off the writer", || async {
+        metric(&app, background).await >= 1.0
+    })
+    .await;
+    assert!(metric(&app, "spellhost_sqlite_background_checkpoint_seconds_total").await > 0.0);
     app.assert_money_invariants(&user).await;
     app.shutdown().await;
 }
